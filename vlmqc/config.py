@@ -1,0 +1,230 @@
+"""Config schemas: every option file in ``conf/`` inherits one of these dataclasses.
+
+Hydra checks key names and types when it composes the config, so ``data.defect_rat=0.3`` or
+``data.defect_types=[scratch]`` fails with a message naming the key. Ranges and cross-field
+rules live in ``__post_init__``; ``validate`` runs them right after composition and prefixes the
+failing key with its group, so ``data.defect_rate=1.5`` fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from vlmqc.labels import ROWS, DefectType, Shape, Task
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; the message names the key."""
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+@dataclass
+class IntRange:
+    min: int = 1
+    max: int = 1
+
+    def check(self, key: str, lowest: int) -> None:
+        _check(self.min >= lowest, f"{key}.min", self.min, f"must be >= {lowest}")
+        _check(self.max >= self.min, f"{key}.max", self.max, f"must be >= {key}.min ({self.min})")
+
+
+@dataclass
+class RenderConfig:
+    width: int = 448  # pixel width of one board image; a pair stacks two boards
+    supersample: int = 2  # drawn at this multiple, then reduced: smooth edges, sub-pixel shifts
+
+    def __post_init__(self):
+        _check(self.width >= 160, "render.width", self.width, "must be >= 160 pixels (coordinates must stay legible)")
+        _check(self.supersample in (1, 2, 3, 4), "render.supersample", self.supersample, "must be 1, 2, 3 or 4")
+
+
+@dataclass
+class NuisanceConfig:
+    """Variation that is not a defect, drawn independently for reference and candidate."""
+
+    strength: float = 1.0  # multiplies every amplitude below; 0 gives clean, pixel-aligned renders
+    brightness: float = 0.12  # max relative change of overall brightness
+    contrast: float = 0.12  # max relative change of contrast
+    gradient: float = 0.10  # max relative illumination slope across the board
+    shift: float = 0.08  # max board shift, as a fraction of a cell
+    rotation: float = 1.5  # max board rotation, degrees
+    noise: float = 4.0  # sensor noise standard deviation, 8-bit levels
+    blur: float = 0.8  # max Gaussian blur sigma, pixels
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            _check(v >= 0, f"nuisance.{f.name}", v, "must be >= 0")
+        _check(self.shift * self.strength <= 0.15, "nuisance.shift", self.shift, "times strength must be <= 0.15 cell (a board shifted further puts terminals under the wrong coordinate)")
+        _check(self.rotation * self.strength <= 3, "nuisance.rotation", self.rotation, "times strength must be <= 3 degrees")
+
+
+class DiffMode(str, enum.Enum):
+    overlay = "overlay"  # the aligned candidate, dimmed except where it differs from the reference
+    heatmap = "heatmap"  # the difference alone as a heat map
+    cells = "cells"  # one deviation score per cell, drawn as a 3 x 9 map
+
+
+@dataclass
+class DiffImageConfig:
+    mode: DiffMode = DiffMode.overlay
+    smoothing: float = 1.5  # Gaussian sigma (pixels) applied to the difference, suppresses sensor noise
+    scale: float = 40.0  # smoothed difference (8-bit levels) shown at full intensity
+    keep_source: bool = True  # store the raw pair beside the derived image
+
+    def __post_init__(self):
+        _check(self.smoothing >= 0, "diff.smoothing", self.smoothing, "must be >= 0")
+        _check(self.scale > 0, "diff.scale", self.scale, "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    TASK: ClassVar[Task]
+    name: str = MISSING
+    task: Task = MISSING
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.task == self.TASK, "task", self.task.value, f"must be {self.TASK.value!r} for this kind of dataset")
+
+
+@dataclass
+class SynthConfig(DataConfig):
+    train_size: int = 500
+    test_size: int = 300
+    terminal_shapes: list[Shape] = field(default_factory=lambda: [Shape.square])
+    render: RenderConfig = field(default_factory=RenderConfig)
+    nuisance: NuisanceConfig = field(default_factory=NuisanceConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.train_size >= 1, "train_size", self.train_size, "must be >= 1")
+        _check(self.test_size >= 1, "test_size", self.test_size, "must be >= 1")
+        _check(len(self.terminal_shapes) > 0, "terminal_shapes", self.terminal_shapes, "must name at least one shape")
+        _check(len(set(self.terminal_shapes)) == len(self.terminal_shapes), "terminal_shapes", self.terminal_shapes, "has duplicates")
+
+
+@dataclass
+class StarConfig(SynthConfig):
+    TASK = Task.star
+    task: Task = Task.star
+    distractors: IntRange = field(default_factory=lambda: IntRange(2, 6))  # other marks, each in its own cell
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.distractors.check("distractors", 0)
+        _check(self.distractors.max <= 20, "distractors.max", self.distractors.max, "must be <= 20 (26 cells are free)")
+
+
+@dataclass
+class PairConfig(SynthConfig):
+    TASK = Task.pair
+    task: Task = Task.pair
+    defect_rate: float = 0.5  # fraction of candidates that are defective
+    defect_types: list[DefectType] = field(default_factory=lambda: list(DefectType))
+    defects_per_candidate: IntRange = field(default_factory=IntRange)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 <= self.defect_rate <= 1.0, "defect_rate", self.defect_rate, "must be between 0 and 1")
+        _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
+        _check(len(set(self.defect_types)) == len(self.defect_types), "defect_types", self.defect_types, "has duplicates")
+        self.defects_per_candidate.check("defects_per_candidate", 1)
+        _check(self.defects_per_candidate.max <= 27, "defects_per_candidate.max", self.defects_per_candidate.max, "must be <= 27 (the board has 27 cells)")
+
+
+@dataclass
+class DiffConfig(PairConfig):
+    TASK = Task.diff
+    task: Task = Task.diff
+    diff: DiffImageConfig = field(default_factory=DiffImageConfig)
+
+
+@dataclass
+class CustomConfig(DataConfig):
+    TASK = Task.custom
+    task: Task = Task.custom
+    path: str = MISSING  # folder with the images and the metadata file
+    metadata: str = "metadata.jsonl"  # one JSON object per line, relative to path
+    test_fraction: float = 0.375  # used when metadata.jsonl names no split (0.375 = 300 of 800)
+    stack_reference: bool = True  # a row with a reference: the model sees reference on top, image below
+    defect_types: list[str] = field(default_factory=lambda: [t.value for t in DefectType])
+    rows: list[str] = field(default_factory=lambda: list(ROWS))
+    columns: int = 9
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
+        _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
+        _check(len(self.rows) > 0 and all(r.isalpha() and r.isupper() for r in self.rows), "rows", self.rows, "must be upper-case letters")
+        _check(self.columns >= 1, "columns", self.columns, "must be >= 1")
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
+    output_dir: str = MISSING
+
+
+@dataclass
+class ContactSheetConfig:
+    split: str = "test"
+    examples: int = 12
+
+    def __post_init__(self):
+        _check(self.split in ("train", "test"), "contact_sheet.split", self.split, "must be train or test")
+        _check(self.examples >= 1, "contact_sheet.examples", self.examples, "must be >= 1")
+
+
+@dataclass
+class DataAppConfig:
+    """``python -m vlmqc.data``: build or load a dataset, print its counts, draw a contact sheet."""
+
+    data: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    num_workers: int = 2  # processes that render examples; results do not depend on it
+    contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
+    baseline: bool = True  # pair and diff tasks: score the test split with the pixel difference alone
+
+
+DATA_SCHEMAS = {
+    "star": StarConfig,
+    "pair": PairConfig,
+    "diff": DiffConfig,
+    "custom": CustomConfig,
+}
+
+
+def register() -> None:
+    """Store the schemas where option files find them (``defaults: [<schema>]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="data_app_schema", node=DataAppConfig)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    for task, schema in DATA_SCHEMAS.items():
+        cs.store(group="data", name=f"{task}_schema", node=schema)
+
+
+def to_object(node: DictConfig, key: str) -> Any:
+    """Instantiate one group's schema, running its checks; errors name the full key."""
+    try:
+        return OmegaConf.to_object(node)
+    except ConfigError as e:
+        raise ConfigError(f"{key}.{e}") from None
+
+
+def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:
+    """The validated data config object of a composed app config."""
+    return to_object(cfg.data, "data")
+
+
+register()

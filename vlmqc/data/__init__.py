@@ -1,0 +1,37 @@
+"""Datasets for the inspection study: synthetic tasks (star, pair, diff) and the user's own images.
+
+    from vlmqc.data import get_dataset
+    dsd, path = get_dataset(data_cfg, cache_dir="~/.cache/vlmqc/datasets")   # train and test
+
+The first request for a config generates it (in ``num_workers`` processes) and caches it; later
+requests load the cache. ``python -m vlmqc.data data=<option>`` does the same from the command
+line and also prints the counts and draws a contact sheet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+
+from vlmqc.config import CustomConfig, SynthConfig
+from vlmqc.data import store, synth
+
+
+def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True) -> tuple[datasets.DatasetDict, Path]:
+    """Load the dataset for ``cfg`` from the cache, generating it first if needed."""
+    if isinstance(cfg, CustomConfig):
+        from vlmqc.data import custom
+
+        source = custom.read(cfg)  # validates everything before anything is written
+        key = store.cache_key(cfg, source.digest)
+        splits, rows_of, n = source.chunks(store.CHUNK), custom.rows, source.size
+    else:
+        key = store.cache_key(cfg)
+        splits = {split: synth.chunks(cfg, split, store.CHUNK) for split in synth.SPLITS}
+        rows_of, n = synth.rows, cfg.train_size + cfg.test_size
+    path = store.cache_path(cache_dir, cfg.name, key)
+    if (path / store.INFO).exists():
+        return store.load(path), path
+    info = {"name": cfg.name, "task": cfg.task.value, "key": key, "examples": n, "config": store.plain(cfg)}
+    return store.build(path, splits, rows_of, info, num_workers=num_workers, progress=progress), path

@@ -1,0 +1,244 @@
+"""The user's own images: a folder with the images and a ``metadata.jsonl``.
+
+One JSON object per line::
+
+    {"file": "cand/0001.png", "reference": "ref/0001.png", "verdict": "defective",
+     "defects": [{"position": "C5", "type": "missing"}], "split": "test"}
+    {"file": "cand/0002.png", "answer": "The bottom product passed."}
+
+- ``file`` (required): the image, relative to the folder.
+- ``reference`` (optional): an image of a product that passed; with ``stack_reference`` the
+  model sees the reference on top and ``file`` below, as in the synthetic pair task.
+- labels: ``verdict`` (``pass`` or ``defective``) with ``defects`` (position + type), or a
+  free ``answer`` text; at least one of the two.
+- ``split`` (optional, ``train`` or ``test``): on every line or on none; without it the
+  examples are split with stratification over verdict, defect type and position.
+
+Everything is checked before anything is written; each problem is reported with the file and
+line it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlmqc.config import CustomConfig
+from vlmqc.data import split as splitting
+from vlmqc.data import store
+from vlmqc.data.synth import SPLITS, stack
+from vlmqc.labels import Verdict, cell_index
+
+KEYS = {"file", "reference", "verdict", "defects", "answer", "split"}
+MAX_REPORTED = 20
+
+
+class CustomDataError(ValueError):
+    """The user's folder or metadata is not usable; the message names file and line."""
+
+
+@dataclass
+class Entry:
+    line: int
+    file: Path
+    reference: Path | None
+    labels: dict
+    split: str | None
+
+
+@dataclass
+class Source:
+    cfg: CustomConfig
+    root: Path
+    digest: str  # content hash of the metadata and every image it names
+    entries: dict[str, list[Entry]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+    def chunks(self, size: int) -> dict[str, list]:
+        """Each split's entries cut into jobs for ``rows``."""
+        return {s: [(self.cfg, self.root, es[i : i + size]) for i in range(0, len(es), size)] for s, es in self.entries.items()}
+
+
+def rows(job) -> Iterator[dict]:
+    cfg, root, entries = job
+    for e in entries:
+        yield _row(cfg, root, e)
+
+
+def _inside(root: Path, rel, where: str, key: str, errors: list[str]) -> Path | None:
+    if not isinstance(rel, str) or not rel.strip():
+        errors.append(f"{where}: '{key}' must be a non-empty relative path, got {rel!r}")
+        return None
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        errors.append(f"{where}: '{key}' {rel!r} points outside the folder {root}")
+        return None
+    if not path.is_file():
+        errors.append(f"{where}: '{key}' image not found: {path}")
+        return None
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        errors.append(f"{where}: '{key}' unreadable image {path}: {e}")
+        return None
+    return path
+
+
+def _labels(cfg: CustomConfig, rec: dict, where: str, errors: list[str]) -> dict:
+    labels = {"verdict": "", "defects": [], "answer": ""}
+    verdict, defects, answer = rec.get("verdict"), rec.get("defects"), rec.get("answer")
+    if verdict is None and answer is None:
+        errors.append(f"{where}: needs labels ('verdict', with 'defects' when defective) or an 'answer' text")
+        return labels
+    if answer is not None:
+        if not isinstance(answer, str) or not answer.strip():
+            errors.append(f"{where}: 'answer' must be a non-empty string, got {answer!r}")
+        else:
+            labels["answer"] = answer.strip()
+    if verdict is not None:
+        allowed = [v.value for v in Verdict]
+        if verdict not in allowed:
+            errors.append(f"{where}: unknown verdict {verdict!r} (expected one of {', '.join(allowed)})")
+        else:
+            labels["verdict"] = verdict
+    if defects is not None:
+        if not isinstance(defects, list):
+            errors.append(f"{where}: 'defects' must be a list of {{'position': ..., 'type': ...}}, got {defects!r}")
+            return labels
+        if defects and verdict != Verdict.defective.value:
+            errors.append(f"{where}: 'defects' given but verdict is {verdict!r}, not 'defective'")
+        seen = set()
+        for j, d in enumerate(defects):
+            if not isinstance(d, dict) or set(d) != {"position", "type"}:
+                errors.append(f"{where}: defects[{j}] must be an object with exactly 'position' and 'type', got {d!r}")
+                continue
+            try:
+                r, c = cell_index(d["position"], tuple(cfg.rows), cfg.columns)
+            except ValueError as e:
+                errors.append(f"{where}: defects[{j}]: {e}")
+                continue
+            if d["type"] not in cfg.defect_types:
+                errors.append(f"{where}: defects[{j}]: unknown defect type {d['type']!r} (allowed, from data.defect_types: {', '.join(cfg.defect_types)})")
+                continue
+            pos = f"{cfg.rows[r]}{c + 1}"
+            if pos in seen:
+                errors.append(f"{where}: defects[{j}]: position {pos} is listed twice")
+            seen.add(pos)
+            labels["defects"].append({"position": pos, "type": d["type"]})
+    return labels
+
+
+def read(cfg: CustomConfig) -> Source:
+    """Validate the folder and its metadata; raise CustomDataError listing every problem."""
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise CustomDataError(f"data.path={cfg.path!r}: folder not found")
+    root = root.resolve()
+    meta = root / cfg.metadata
+    if not meta.is_file():
+        raise CustomDataError(f"{meta}: metadata file not found (data.metadata={cfg.metadata!r})")
+    raw = meta.read_bytes()
+    errors: list[str] = []
+    entries: list[Entry] = []
+    seen_files: dict[Path, int] = {}
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CustomDataError(f"{meta}: not UTF-8 text ({e})") from None
+    for lineno, text in enumerate(lines, 1):
+        where = f"{meta}:{lineno}"
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            errors.append(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            continue
+        unknown = sorted(set(rec) - KEYS)
+        if unknown:
+            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(KEYS))})")
+            continue
+        if "file" not in rec:
+            errors.append(f"{where}: missing required key 'file'")
+            continue
+        file = _inside(root, rec["file"], where, "file", errors)
+        reference = _inside(root, rec["reference"], where, "reference", errors) if rec.get("reference") is not None else None
+        labels = _labels(cfg, rec, where, errors)
+        split = rec.get("split")
+        if split is not None and split not in SPLITS:
+            errors.append(f"{where}: unknown split {split!r} (expected train or test)")
+        if file is not None:
+            if file in seen_files:
+                errors.append(f"{where}: {rec['file']!r} is already listed on line {seen_files[file]}")
+            seen_files[file] = lineno
+            entries.append(Entry(lineno, file, reference, labels, split))
+    if not errors and not entries:
+        errors.append(f"{meta}: no examples (the file has no JSON lines)")
+    with_split = [e for e in entries if e.split is not None]
+    if not errors and with_split and len(with_split) != len(entries):
+        first = next(e for e in entries if e.split is None)
+        errors.append(f"{meta}:{first.line}: 'split' is given on some lines but not this one: give it on every line or on none")
+    if errors:
+        shown = errors[:MAX_REPORTED]
+        more = f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise CustomDataError(f"{len(errors)} problem(s) in custom data {root}:\n  " + "\n  ".join(shown) + more)
+
+    if not with_split:
+        assigned = splitting.stratified_split([splitting.label_set(e.labels) for e in entries], cfg.test_fraction, cfg.seed)
+        for e, s in zip(entries, assigned):
+            e.split = s
+    by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
+    for s, members in by_split.items():
+        if not members:
+            raise CustomDataError(f"{meta}: split {s!r} is empty ({len(entries)} example(s) in all); add examples or change 'split' / data.test_fraction")
+
+    h = hashlib.sha256(raw)
+    for e in entries:
+        for p in (e.file, e.reference):
+            if p is not None:
+                h.update(str(p.relative_to(root)).encode())
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+    return Source(cfg, root, h.hexdigest(), by_split)
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
+    rel = str(e.file.relative_to(root))
+    source = None
+    if e.reference is not None and cfg.stack_reference:
+        cand, ref = _open(e.file), _open(e.reference)
+        ref = ref.resize((cand.width, max(1, round(ref.height * cand.width / ref.width))), Image.BICUBIC)
+        image = store.encode(stack(ref, cand, gap=max(2, cand.width // 100)), "PNG")  # WebP stops at 16383 pixels
+    else:
+        image = {"bytes": e.file.read_bytes(), "path": None}  # the user's bytes, not re-encoded
+        if e.reference is not None:
+            source = {"bytes": e.reference.read_bytes(), "path": None}
+    meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
+    return {
+        "id": rel,
+        "task": "custom",
+        "image": image,
+        "source_image": source,
+        "verdict": e.labels["verdict"],
+        "defects": e.labels["defects"],
+        "target": "",
+        "shape": "",
+        "answer": e.labels["answer"],
+        "meta": json.dumps(meta, sort_keys=True),
+    }

@@ -1,0 +1,84 @@
+"""The vocabulary of inspection labels: grid positions, verdicts, defect types.
+
+Every example carries structured labels (a verdict and a list of position + defect type, or
+the star's position); the answer *text* a model is trained on is rendered from them later by
+the prompt config, so nothing here fixes the wording.
+
+A board has 3 rows of 9 terminals. Coordinates printed on the image read 1-9 across and
+U, C, D down, so a position is written row letter + column number: ``C5``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+ROWS = ("U", "C", "D")
+COLUMNS = tuple(range(1, 10))
+POSITIONS = tuple(f"{r}{c}" for r in ROWS for c in COLUMNS)
+_POSITION_RE = re.compile(r"^([A-Z]+)(\d+)$")
+
+
+class Task(str, enum.Enum):
+    star = "star"  # one board, answer the red star's position
+    pair = "pair"  # reference on top, candidate below: passed or defective, where, what
+    diff = "diff"  # the pair turned into one image that concentrates the difference
+    custom = "custom"  # the user's own images
+
+
+class Shape(str, enum.Enum):
+    square = "square"
+    round = "round"
+
+
+class Verdict(str, enum.Enum):
+    passed = "pass"
+    defective = "defective"
+
+
+class DefectType(str, enum.Enum):
+    missing = "missing"
+    shifted = "shifted"
+    wrong_shape = "wrong_shape"
+    discoloured = "discoloured"
+    foreign_particle = "foreign_particle"
+    deformed = "deformed"
+
+
+# Canonical human names, the ones a prompt renders into an answer and a parser maps back.
+DEFECT_NAMES = {
+    DefectType.missing: "missing terminal",
+    DefectType.shifted: "shifted terminal",
+    DefectType.wrong_shape: "wrong shape",
+    DefectType.discoloured: "burnt terminal",
+    DefectType.foreign_particle: "foreign particle",
+    DefectType.deformed: "deformed terminal",
+}
+
+
+def position(row: int, col: int) -> str:
+    """Grid indices (0-based row, 0-based column) to the printed coordinate, e.g. (1, 4) -> C5."""
+    return f"{ROWS[row]}{COLUMNS[col]}"
+
+
+def cell_index(pos: str, rows=ROWS, n_columns: int = len(COLUMNS)) -> tuple[int, int]:
+    """The printed coordinate to 0-based (row, column); raises ValueError naming the value."""
+    m = _POSITION_RE.match(pos.strip().upper()) if isinstance(pos, str) else None
+    if not m or m.group(1) not in rows or not 1 <= int(m.group(2)) <= n_columns:
+        raise ValueError(
+            f"invalid position {pos!r}: expected a row in {'/'.join(rows)} followed by a column 1-{n_columns}, e.g. C5"
+        )
+    return rows.index(m.group(1)), int(m.group(2)) - 1
+
+
+def describe(example: dict) -> str:
+    """A one-line, human-readable summary of an example's labels (for reports, not for training)."""
+    if example.get("target"):
+        return f"star at {example['target']}"
+    if example.get("verdict") == Verdict.defective.value:
+        names = {t.value: name for t, name in DEFECT_NAMES.items()}
+        parts = [f"{d['position']} {names.get(d['type'], d['type'])}" for d in example["defects"]]
+        return "DEFECTIVE: " + ", ".join(parts) if parts else "DEFECTIVE"
+    if example.get("verdict") == Verdict.passed.value:
+        return "pass"
+    return (example.get("answer") or "").strip()[:80]
