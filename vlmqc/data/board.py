@@ -87,7 +87,7 @@ def _shade(rgb, f):
 
 
 def _mix(a, b, t):
-    return tuple(int(round(x * (1 - t) + y * t)) for x, y in zip(a, b))
+    return tuple(int(round(x * (1 - t) + y * t)) for x, y in zip(a, b, strict=True))
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,7 +167,7 @@ def draw_cell(draw, geom: Geometry, scale: int, row: int, col: int, shape: Shape
             draw.line(pts, fill=colour, width=max(1, round(0.045 * c)), joint="curve")
         else:
             r = 0.085 * c
-            pts = [(px + r * rr * math.cos(t), py + r * rr * math.sin(t)) for t, rr in zip(np.linspace(0, 2 * math.pi, 7)[:-1], defect["radii"])]
+            pts = [(px + r * rr * math.cos(t), py + r * rr * math.sin(t)) for t, rr in zip(np.linspace(0, 2 * math.pi, 7)[:-1], defect["radii"], strict=True)]
             draw.polygon(pts, fill=colour)
 
 

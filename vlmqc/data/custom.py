@@ -197,7 +197,7 @@ def read(cfg: CustomConfig) -> Source:
 
     if not with_split:
         assigned = splitting.stratified_split([splitting.label_set(e.labels) for e in entries], cfg.test_fraction, cfg.seed)
-        for e, s in zip(entries, assigned):
+        for e, s in zip(entries, assigned, strict=True):
             e.split = s
     by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
     for s, members in by_split.items():

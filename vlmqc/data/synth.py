@@ -80,7 +80,7 @@ def plan(cfg: SynthConfig, split: str) -> list[dict]:
     defective = np.zeros(n, dtype=bool)
     defective[rng.permutation(n)[:n_defective]] = True
     types = _Deck(rng, [t.value for t in cfg.defect_types])
-    for s, is_defective in zip(specs, defective):
+    for s, is_defective in zip(specs, defective, strict=True):
         s["verdict"] = Verdict.defective.value if is_defective else Verdict.passed.value
         s["defects"] = []
         if is_defective:
