@@ -1,0 +1,70 @@
+"""``python -m vlmqc.data`` as a user runs it: a real subprocess, a real Hydra run folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_OPTIONS
+from PIL import Image
+
+SHRINK = ["data.train_size=12", "data.test_size=9"]
+
+
+def run_app(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra takes its flags before the overrides
+    overrides = [o for o in overrides if not o.startswith("-")]
+    return subprocess.run(
+        [sys.executable, "-m", "vlmqc.data", *flags, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+
+
+def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
+    out = run_app(tmp_path, "data=pair_round", *SHRINK, "contact_sheet.examples=7")
+    assert out.returncode == 0, out.stderr
+    assert "defective" in out.stdout and "wrong_shape" in out.stdout and "position:" in out.stdout
+    assert "pixel-difference baseline on test" in out.stdout
+    sheet = tmp_path / "run" / "contact_sheet.png"
+    with Image.open(sheet) as im:
+        assert im.format == "PNG" and im.width > 448 and im.height > 200
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.startswith("pair_round-")]) == 1
+    again = run_app(tmp_path, "data=pair_round", *SHRINK)  # from the cache
+    assert again.returncode == 0, again.stderr
+    assert "generating" not in again.stderr
+
+
+def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
+    options = [o for o in DATA_OPTIONS if o != "custom"]
+    out = run_app(tmp_path, "-m", f"data={','.join(options)}", *SHRINK, "baseline=false")
+    assert out.returncode == 0, out.stderr
+    for option in options:
+        assert (tmp_path / "multirun" / option / "contact_sheet.png").is_file(), option
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0"),
+        (["data=custom", f"data.path={'/nonexistent/folder'}"], "folder not found"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_the_key(tmp_path, overrides, message):
+    out = run_app(tmp_path, *overrides)
+    assert out.returncode == 2
+    assert message in out.stderr + out.stdout
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_typo_in_a_key_fails_before_anything_runs(tmp_path):
+    out = run_app(tmp_path, "data=pair_square", "data.defect_rat=0.2")
+    assert out.returncode != 0
+    assert "defect_rat" in out.stderr
