@@ -87,6 +87,8 @@ def _inside(root: Path, rel, where: str, key: str, errors: list[str]) -> Path | 
     try:
         with Image.open(path) as im:
             im.verify()
+        with Image.open(path) as im:  # verify() does not decode pixels: a truncated JPEG passes it
+            im.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         errors.append(f"{where}: '{key}' unreadable image {path}: {e}")
         return None
@@ -151,7 +153,9 @@ def read(cfg: CustomConfig) -> Source:
     entries: list[Entry] = []
     seen_files: dict[Path, int] = {}
     try:
-        lines = raw.decode("utf-8").splitlines()
+        # utf-8-sig: editors on Windows save a BOM; split on \n only, since splitlines() also
+        # breaks at U+2028, U+2029 and U+0085, which JSON allows unescaped inside strings
+        lines = raw.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         raise CustomDataError(f"{meta}: not UTF-8 text ({e})") from None
     for lineno, text in enumerate(lines, 1):

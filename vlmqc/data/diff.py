@@ -35,8 +35,8 @@ LIGHT = (240, 240, 240)
 class Concentrated:
     image: Image.Image
     scores: np.ndarray  # (3, 9) mean smoothed residual per cell, 8-bit levels
-    rotation: float  # degrees applied to the candidate to align it
-    shift: tuple[float, float]  # pixels
+    rotation: float  # degrees between the candidate's board and the reference's
+    shift: tuple[float, float]  # pixels from the candidate's board centre to the reference's
 
     def ranked(self) -> list[str]:
         """Positions from most to least deviating."""
@@ -51,18 +51,14 @@ class Concentrated:
         }
 
 
-def _gray(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("L"), dtype=np.float32)
-
-
-def board_pose(img: Image.Image, geom: board.Geometry) -> tuple[float, float, float]:
-    """Centroid (x, y) and principal-axis angle (radians, image coordinates) of the board.
+def board_pose(g: np.ndarray, geom: board.Geometry) -> tuple[float, float, float]:
+    """Centroid (x, y) and principal-axis angle (radians, image coordinates) of the board in a
+    grey image.
 
     The board's silhouette is found inside its nominal box widened by a quarter cell (the
     printed coordinates lie outside that box); each row of the silhouette is filled between
     its first and last board pixel, so missing or pale terminals do not bias the moments.
     """
-    g = _gray(img)
     pad = 0.25 * geom.cell
     x0, y0, x1, y1 = geom.board_box
     x0, y0 = max(0, int(x0 - pad)), max(0, int(y0 - pad))
@@ -71,22 +67,61 @@ def board_pose(img: Image.Image, geom: board.Geometry) -> tuple[float, float, fl
     frame = np.concatenate([sub[:2].ravel(), sub[-2:].ravel(), sub[:, :2].ravel(), sub[:, -2:].ravel()])
     background, inside = np.median(frame[::2]), np.median(sub[::3, ::3])  # subsampled: same level, a tenth of the time
     mask = np.abs(sub - background) > 0.5 * abs(background - inside)
-    mask = np.maximum.accumulate(mask, axis=1) & np.maximum.accumulate(mask[:, ::-1], axis=1)[:, ::-1]
-    ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean(), ys.mean()
-    dx, dy = xs - cx, ys - cy
-    angle = 0.5 * math.atan2(2 * (dx * dy).mean(), (dx * dx).mean() - (dy * dy).mean())
+    # Each row of the silhouette spans [left, right]; the moments of those spans have closed
+    # forms, so a few sums over rows replace sums over every board pixel.
+    rows = np.nonzero(mask.any(axis=1))[0].astype(np.float64)
+    left = np.argmax(mask[rows.astype(int)], axis=1).astype(np.float64)
+    right = mask.shape[1] - 1 - np.argmax(mask[rows.astype(int), ::-1], axis=1).astype(np.float64)
+    n = right - left + 1
+    sx = n * (left + right) / 2
+    sxx = (right * (right + 1) * (2 * right + 1) - (left - 1) * left * (2 * left - 1)) / 6
+    total = n.sum()
+    cx, cy = sx.sum() / total, (rows * n).sum() / total
+    mxx = sxx.sum() / total - cx * cx
+    myy = (rows * rows * n).sum() / total - cy * cy
+    mxy = (rows * sx).sum() / total - cx * cy
+    angle = 0.5 * math.atan2(2 * mxy, mxx - myy)
     return cx + x0, cy + y0, angle
 
 
-def align(reference: Image.Image, candidate: Image.Image, geom: board.Geometry) -> tuple[Image.Image, float, tuple[float, float]]:
-    """The candidate warped so that its board lies where the reference's does."""
-    rx, ry, ra = board_pose(reference, geom)
-    cx, cy, ca = board_pose(candidate, geom)
-    rotation = math.degrees(ca - ra)  # PIL rotates counter-clockwise on screen, i.e. by -angle in image coordinates
-    shift = (rx - cx, ry - cy)
-    warped = candidate.rotate(rotation, resample=Image.BILINEAR, center=(cx, cy), translate=shift, fillcolor=(0, 0, 0))
-    return warped, rotation, shift
+def _warp(candidate: Image.Image, pc: np.ndarray, pr: np.ndarray, phi: float) -> Image.Image:
+    """The candidate resampled into the reference frame: x_cand = pc + Rot(phi) (x_ref - pr)."""
+    c, s = math.cos(phi), math.sin(phi)
+    data = (c, -s, pc[0] - (c * pr[0] - s * pr[1]), s, c, pc[1] - (s * pr[0] + c * pr[1]))
+    return candidate.transform(candidate.size, Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=0 if candidate.mode == "L" else (0, 0, 0))
+
+
+def align(reference: Image.Image, candidate: Image.Image, geom: board.Geometry, refine: int = 2) -> tuple[Image.Image, float, tuple[float, float]]:
+    """The candidate warped so that its board lies where the reference's does.
+
+    The silhouettes' moments give the pose to a fraction of a pixel; ``refine`` Gauss-Newton
+    steps on the board's own texture (Lucas-Kanade for a shift and a small rotation) take the
+    rest, so that terminal edges do not light up the difference of two identical products.
+    """
+    ref_gray, cand_gray = reference.convert("L"), candidate.convert("L")
+    rx, ry, ra = board_pose(np.asarray(ref_gray, dtype=np.float32), geom)
+    cx, cy, ca = board_pose(np.asarray(cand_gray, dtype=np.float32), geom)
+    pr, pc, phi = np.array([rx, ry]), np.array([cx, cy]), ca - ra
+    if refine:
+        rows, cols = _board_slice(geom, 0.1)
+        rows, cols = slice(rows.start, rows.stop, 2), slice(cols.start, cols.stop, 2)  # every 4th pixel is plenty for 3 unknowns
+        ref = np.asarray(ref_gray, dtype=np.float32)[rows, cols]
+        ref = (ref - ref.mean()) / (ref.std() + 1e-6)
+        iy, ix = np.gradient(ref)
+        iy, ix = iy / 2, ix / 2  # gradients per pixel, not per sample
+        ys, xs = np.mgrid[rows, cols].astype(np.float32)
+        jac = np.stack([ix, iy, (xs - pr[0]) * iy - (ys - pr[1]) * ix], axis=-1).reshape(-1, 3)
+        for _ in range(refine):
+            cur = np.asarray(_warp(cand_gray, pc, pr, phi), dtype=np.float32)[rows, cols]
+            err = ((cur - cur.mean()) / (cur.std() + 1e-6) - ref).ravel()
+            w = (np.abs(err) < 3 * 1.4826 * np.median(np.abs(err[::4])) + 1e-6).astype(np.float32)  # a defect is not misalignment
+            wj = jac * w[:, None]
+            dx, dy, theta = np.linalg.solve(wj.T @ jac, -(wj.T @ err))
+            c, s = math.cos(phi), math.sin(phi)
+            pc = pc + np.array([c * dx - s * dy, s * dx + c * dy])
+            phi += theta
+    warped = _warp(candidate, pc, pr, phi)
+    return warped, math.degrees(phi), (float(pr[0] - pc[0]), float(pr[1] - pc[1]))
 
 
 def _board_slice(geom: board.Geometry, inset: float) -> tuple[slice, slice]:
@@ -112,11 +147,12 @@ def match_lighting(reference: np.ndarray, candidate: np.ndarray, margin: int) ->
         r = reference[rows, cols, ch]
         design = np.stack([r, r * sx, r * sy, np.ones_like(r)], axis=-1).reshape(-1, 4)
         target = candidate[rows, cols, ch].ravel()
-        keep = np.ones(target.shape, dtype=bool)
+        keep = np.ones(target.shape, dtype=np.float32)
         for _ in range(2):
-            (a, gx, gy, b), *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
+            weighted = design * keep[:, None]
+            a, gx, gy, b = np.linalg.solve(weighted.T @ design, weighted.T @ target)  # normal equations: 4 unknowns
             resid = np.abs(design @ np.array([a, gx, gy, b], dtype=np.float32) - target)
-            keep = resid < max(3.0 * 1.4826 * float(np.median(resid)), 1.0)
+            keep = (resid < max(3.0 * 1.4826 * float(np.median(resid[::4])), 1.0)).astype(np.float32)
         out[..., ch] = reference[..., ch] * (a + gx * xs + gy * ys) + b
     return out
 
@@ -124,9 +160,10 @@ def match_lighting(reference: np.ndarray, candidate: np.ndarray, margin: int) ->
 def residual(reference: Image.Image, aligned: Image.Image, geom: board.Geometry, smoothing: float) -> np.ndarray:
     """Smoothed |candidate - relit reference| (mean over channels) above its median floor.
 
-    Only the board counts: outside it lie the printed coordinates and the warp's fill.
+    Only the board's inside counts: outside it lie the printed coordinates and the warp's fill,
+    and its edge would show every residual misalignment; the cells start a further 0.1 cell in.
     """
-    rows, cols = _board_slice(geom, 0.0)
+    rows, cols = _board_slice(geom, 0.1)
     ref = np.asarray(reference, dtype=np.float32)[rows, cols]
     cand = np.asarray(aligned, dtype=np.float32)[rows, cols]
     d = np.abs(cand - match_lighting(ref, cand, margin=round(0.05 * geom.cell))).mean(axis=-1)
