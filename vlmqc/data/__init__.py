@@ -10,6 +10,7 @@ line and also prints the counts and draws a contact sheet.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import datasets
@@ -24,7 +25,8 @@ def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_work
         from vlmqc.data import custom
 
         source = custom.read(cfg)  # validates everything before anything is written
-        key = store.cache_key(cfg, source.digest)
+        # the digest covers every file by its path inside the folder: a moved folder is the same data
+        key = store.cache_key(dataclasses.replace(cfg, path=""), source.digest)
         splits, rows_of, n = source.chunks(store.CHUNK), custom.rows, source.size
     else:
         key = store.cache_key(cfg)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vlmqc.config import CustomConfig
 from vlmqc.data import split as splitting
@@ -217,6 +217,14 @@ def read(cfg: CustomConfig) -> Source:
     return Source(cfg, root, h.hexdigest(), by_split)
 
 
+def _as_stored(path: Path) -> dict:
+    """The user's bytes, not re-encoded, unless the file asks to be rotated (EXIF orientation):
+    decoders ignore that tag, so the model would see the photo on its side."""
+    with Image.open(path) as im:
+        upright = im.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    return {"bytes": path.read_bytes(), "path": None} if upright else store.encode(_open(path), "PNG")
+
+
 def _open(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return ImageOps.exif_transpose(im).convert("RGB")
@@ -230,9 +238,9 @@ def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
         ref = ref.resize((cand.width, max(1, round(ref.height * cand.width / ref.width))), Image.BICUBIC)
         image = store.encode(stack(ref, cand, gap=max(2, cand.width // 100)), "PNG")  # WebP stops at 16383 pixels
     else:
-        image = {"bytes": e.file.read_bytes(), "path": None}  # the user's bytes, not re-encoded
+        image = _as_stored(e.file)
         if e.reference is not None:
-            source = {"bytes": e.reference.read_bytes(), "path": None}
+            source = _as_stored(e.reference)
     meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
     return {
         "id": rel,
