@@ -194,7 +194,7 @@ class PromptConfig:
     defect_separator: str = "; "
     answer_star: str = "The red star is at {position}."
     # canonical defect type -> the name this prompt uses; a missing type uses the canonical English name
-    defect_names: Dict[str, str] = field(default_factory=dict)
+    defect_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for key in ("pair", "diff", "star", "answer_pass", "answer_star"):
