@@ -207,8 +207,126 @@ class PromptConfig:
 
 
 @dataclass
+class TinyModelConfig:
+    """Sizes of the tiny random-initialised LLaVA (CLIP vision tower, Llama language model)."""
+
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    patch_size: int = 16
+    native_size: int = 224  # the resolution it is built for when image_size=native
+    text_hidden: int = 64
+    text_layers: int = 2
+    vocab_size: int = 1024  # byte-level BPE trained offline
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str | None = None  # a local checkpoint folder or a hub id; null = build the tiny model
+    trust_remote_code: bool = False  # only a model config that needs it sets it
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
+    attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; null = the library's choice
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self):
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype, "must be auto, float32, bfloat16 or float16")
+        _check(self.path is not None or self.name == "tiny", "path", self.path, "must name a checkpoint folder or hub id (only the tiny model is built offline)")
+
+
+class LoraTarget(str, enum.Enum):
+    language = "language"  # the language model's linear layers
+    language_vision = "language_vision"  # and the vision tower's and the projector's
+    all_linear = "all_linear"  # every linear layer but the output head
+
+
+@dataclass
+class LoraConfig:
+    name: str = MISSING
+    full: bool = False  # full fine-tuning instead of adapters (r, alpha, dropout, target unused)
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target: LoraTarget = LoraTarget.language
+    train_vision: bool = False  # full fine-tuning only: whether the vision tower trains too
+
+    def __post_init__(self):
+        _check(self.r >= 1, "r", self.r, "must be >= 1")
+        _check(self.alpha > 0, "alpha", self.alpha, "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class ImageSizeConfig:
+    name: str = MISSING
+    size: int | None = None  # side of the square input in pixels; null = the model's native resolution
+
+    def __post_init__(self):
+        _check(self.size is None or self.size >= 32, "size", self.size, "must be >= 32 pixels, or null for the model's native resolution")
+
+
+class Precision(str, enum.Enum):
+    auto = "auto"  # bf16 on a GPU that supports it, fp32 on the CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_schedule: str = "cosine"  # a transformers scheduler name: linear, cosine, constant, constant_with_warmup, ...
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Precision = Precision.auto
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: bool = True  # re-running a trial resumes from its last checkpoint; a completed trial is not run again
+    gradient_checkpointing: bool = False
+    eval_before: bool = True  # evaluate the base model first, as the study did
+    eval_every: int = 0  # also evaluate by generation every N steps (0: before and after training only)
+    eval_batch_size: int = 16
+    eval_limit: int = 0  # evaluate on the first N test examples (0: all)
+    max_new_tokens: int = 48
+    samples: int = 16  # inference samples logged per evaluation, always the same test ids
+
+    def __post_init__(self):
+        _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "must be > 0 (or set max_steps)")
+        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "max_new_tokens"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+        for key in ("eval_every", "eval_limit", "samples"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # wandb | none
+    project: str = "vlmqc"
+    entity: str | None = None
+    group: str | None = None  # a sweep sets its id here
+    tags: list[str] = field(default_factory=list)
+    mode: str = "offline"  # offline (default: no account needed) | online | disabled
+
+    def __post_init__(self):
+        _check(self.name in ("wandb", "none"), "name", self.name, "must be wandb or none")
+        _check(self.mode in ("offline", "online", "disabled"), "mode", self.mode, "must be offline, online or disabled")
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
+    models_dir: str = MISSING  # models built offline (the tiny model)
     output_dir: str = MISSING
 
 
@@ -233,6 +351,23 @@ class DataAppConfig:
     baseline: bool = True  # pair and diff tasks: score the test split with the pixel difference alone
 
 
+@dataclass
+class TrainAppConfig:
+    """``python -m vlmqc.train``: one trial."""
+
+    data: Any = MISSING
+    model: ModelConfig = MISSING
+    prompt: PromptConfig = MISSING
+    lora: LoraConfig = MISSING
+    image_size: ImageSizeConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: Any = None
+    run_name: str = MISSING  # from the command line's overrides; names the run folder and the W&B run
+    num_workers: int = 2  # dataset generation processes
+
+
 DATA_SCHEMAS = {
     "star": StarConfig,
     "pair": PairConfig,
@@ -246,7 +381,9 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="data_app_schema", node=DataAppConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
-    cs.store(group="prompt", name="prompt_schema", node=PromptConfig)
+    cs.store(name="train_schema", node=TrainAppConfig)
+    for group, schema in (("prompt", PromptConfig), ("model", ModelConfig), ("lora", LoraConfig), ("image_size", ImageSizeConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=schema)
     for task, schema in DATA_SCHEMAS.items():
         cs.store(group="data", name=f"{task}_schema", node=schema)
 
@@ -257,6 +394,16 @@ def to_object(node: DictConfig, key: str) -> Any:
         return OmegaConf.to_object(node)
     except ConfigError as e:
         raise ConfigError(f"{key}.{e}") from None
+
+
+def _run_name(overrides: str) -> str:
+    """A run's name from its command-line overrides: ``data=pair_round,lora=r16``; a path's
+    slashes would nest folders, so they become underscores."""
+    return overrides.replace("/", "_").replace("\\", "_") or "default"
+
+
+if not OmegaConf.has_resolver("vlmqc.run_name"):
+    OmegaConf.register_new_resolver("vlmqc.run_name", _run_name)
 
 
 def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:

@@ -36,7 +36,7 @@ def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
     sheet = tmp_path / "run" / "contact_sheet.png"
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.width > 448 and im.height > 200
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.startswith("pair_round-")]) == 1
+    assert len([p for p in (tmp_path / "cache" / "datasets").iterdir() if p.name.startswith("pair_round-")]) == 1
     again = run_app(tmp_path, "data=pair_round", *SHRINK)  # from the cache
     assert again.returncode == 0, again.stderr
     assert "generating" not in again.stderr
@@ -61,7 +61,8 @@ def test_bad_input_exits_2_with_a_message_naming_the_key(tmp_path, overrides, me
     out = run_app(tmp_path, *overrides)
     assert out.returncode == 2
     assert message in out.stderr + out.stdout
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    datasets_dir = tmp_path / "cache" / "datasets"
+    assert not datasets_dir.exists() or not any(datasets_dir.iterdir())
 
 
 def test_a_typo_in_a_key_fails_before_anything_runs(tmp_path):
