@@ -27,3 +27,10 @@ def cache_dir(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the user's real dataset cache."""
     monkeypatch.setenv("VLMQC_CACHE_DIR", str(tmp_path / "env-cache"))
+
+
+def prompt_option(name: str):
+    """A prompt option from conf/prompt/, validated."""
+    from vlmqc.config import to_object
+
+    return to_object(compose_app("train", [f"prompt={name}"]).prompt, "prompt")

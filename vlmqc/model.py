@@ -100,6 +100,7 @@ def _build_tiny(cfg: TinyModelConfig, size: int, path: Path) -> None:
             image_size=size,
             patch_size=cfg.patch_size,
             projection_dim=cfg.vision_hidden,
+            initializer_range=cfg.init_std,
         ),
         text_config=LlamaConfig(
             vocab_size=len(tokenizer),
@@ -112,10 +113,12 @@ def _build_tiny(cfg: TinyModelConfig, size: int, path: Path) -> None:
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            initializer_range=cfg.init_std,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
+        initializer_range=cfg.init_std,
     )
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)

@@ -1,0 +1,292 @@
+"""One trial: fine-tune a VLM on an inspection dataset, evaluate it by generation, record it.
+
+    python -m vlmqc.train                                        # star data, tiny model, offline W&B
+    python -m vlmqc.train data=pair_round prompt=short lora=r8 image_size=224
+    python -m vlmqc.train model=tiny model.path=/ckpt/llava-1.5-7b-hf image_size=native trainer.device=cuda
+    python -m vlmqc.train logger=none trainer.max_steps=20       # no tracker, a quick smoke trial
+
+The trial reads top to bottom in ``run``: data -> model -> adapters -> evaluate the base model ->
+train (transformers' Trainer: loop, precision, checkpoints, resume) -> evaluate -> save.
+Its folder, ``outputs/runs/<overrides>``, holds the checkpoints, the adapter (PEFT format), the
+records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run. Running the same
+command again resumes an interrupted trial from its last checkpoint, in the same W&B run; a
+completed trial is not run twice (``trainer.resume=false`` starts over).
+Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from vlmqc import config as schema
+from vlmqc.collate import Collator
+from vlmqc.config import ConfigError, Precision
+from vlmqc.data import get_dataset, report
+from vlmqc.data.custom import CustomDataError
+from vlmqc.evaluate import score
+from vlmqc.model import adapt, load, parameter_counts
+from vlmqc.predict import predict
+from vlmqc.prompts import instruction, render_answer
+from vlmqc.track import Records, Tracker
+
+log = logging.getLogger("vlmqc.train")
+HIGHER_IS_BETTER = ("verdict_accuracy", "defect_recall", "position_accuracy", "defect_type_accuracy", "exact_match")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda': no CUDA device is visible")
+    return name
+
+
+class Trial(TrainerCallback):
+    """Everything a trial records, hooked into the Trainer's events.
+
+    - every log: ``train/…`` and ``eval/…`` names, throughput and peak GPU memory added, sent to
+      the run folder and to W&B; a non-finite loss stops training;
+    - every evaluation: generation on the test split, the inspection metrics, and the inference
+      samples for the fixed test ids.
+    """
+
+    def __init__(self, trainer_cfg, prompt, records: Records, tracker: Tracker, processor, test_rows: list[dict], sample_ids: list[str]):
+        self.t, self.prompt, self.records, self.tracker, self.processor = trainer_cfg, prompt, records, tracker, processor
+        self.test_rows, self.sample_ids = test_rows, set(sample_ids)
+        self.nonfinite_step: int | None = None
+        self.final: dict = {}
+        self.best: dict = dict(records.summary.get("best", {}))
+        self._last = None  # (time, step, tokens) at the previous training log, for throughput
+
+    def _emit(self, metrics: dict, step: int) -> None:
+        self.records.log(metrics, step)
+        self.tracker.log(metrics, step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        metrics = {}
+        for k, v in logs.items():
+            if k.startswith("eval_"):
+                metrics[f"eval/{k[5:]}"] = v
+            elif k in ("loss", "learning_rate", "grad_norm", "epoch"):
+                metrics[f"train/{k}"] = v
+            elif k == "train_loss":  # the end-of-training summary: the mean over all steps
+                metrics["train/mean_loss"] = v
+            elif k.startswith("train_"):  # and runtime, samples per second, ...
+                metrics[f"train/{k[6:]}"] = v
+        if "loss" in logs:
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
+                self.nonfinite_step = state.global_step
+                control.should_training_stop = True
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            if self._last is not None and now > self._last[0]:
+                dt, steps = now - self._last[0], state.global_step - self._last[1]
+                samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                metrics["train/samples_per_second"] = samples / dt
+                metrics["train/tokens_per_second"] = (tokens - self._last[2]) / dt
+            self._last = (now, state.global_step, tokens)
+            if torch.cuda.is_available():
+                metrics["train/peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if metrics:
+            self._emit(metrics, state.global_step)
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        preds = predict(model, self.processor, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens)
+        scores = {f"eval/{k}": v for k, v in score(self.test_rows, [p["parsed"] for p in preds]).items()}
+        if metrics and "eval_loss" in metrics:
+            scores["eval/loss"] = metrics["eval_loss"]
+        self._emit({k: v for k, v in scores.items() if k != "eval/loss"}, state.global_step)
+        self.final = {**scores, "step": state.global_step}
+        for k, v in scores.items():
+            name = k.split("/", 1)[1]
+            better = max if name in HIGHER_IS_BETTER else min
+            if name in HIGHER_IS_BETTER or name in ("loss", "escape_rate", "false_reject_rate", "unparseable_rate"):
+                self.best[k] = better(self.best.get(k, v), v)
+        rows = []
+        for row, pred in zip(self.test_rows, preds, strict=True):
+            if row["id"] in self.sample_ids:
+                truth = render_answer(self.prompt, row)
+                one = score([row], [pred["parsed"]])
+                correct = bool(one.get("exact_match", 0.0) == 1.0)
+                rows.append({"id": row["id"], "image": row["image"], "prompt": instruction(self.prompt, row["task"]), "truth": truth, "prediction": pred["text"], "correct": correct})
+        self.records.samples(rows, state.global_step)
+        self.tracker.samples(rows, state.global_step)
+        log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
+
+
+def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
+    precision = Precision(t.precision)
+    if precision == Precision.auto:
+        precision = Precision.bf16 if device == "cuda" and torch.cuda.is_bf16_supported() else Precision.fp32
+    if device == "cpu" and precision != Precision.fp32:
+        raise ConfigError(f"trainer.precision={precision.value}: mixed precision needs a GPU here; use fp32 or auto")
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_schedule,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == Precision.bf16,
+        fp16=precision == Precision.fp16,
+        use_cpu=device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must reach the log, where the trial stops on it
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t.eval_every else "no",
+        eval_steps=t.eval_every or None,
+        gradient_checkpointing=t.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
+        label_names=["labels"],
+        report_to="none",  # tracking goes through Trial, so the run folder and W&B get the same stream
+        disable_tqdm=True,
+    )
+
+
+def run(cfg: DictConfig, run_dir: Path) -> str:
+    """The trial; returns its final status. Records are written whatever happens."""
+    objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
+    data_cfg = schema.data_config(cfg)
+    t = objs["trainer"]
+    records = Records(run_dir)
+    previous = records.summary
+    if t.resume and previous.get("status") == "completed":
+        log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
+        return "completed"
+    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if t.resume and (run_dir / "checkpoints").is_dir() else None
+    resume_id = previous.get("wandb", {}).get("id") if t.resume else None
+    started = time.time()
+    records.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None,
+                   attempts=int(previous.get("attempts", 0)) + 1 if t.resume else 1, resumed_from=checkpoint)
+    tracker = None
+    status, reason, step = "failed", None, None
+    trainer = None
+    try:
+        set_seed(t.seed)
+        device = pick_device(t.device)
+        dsd, data_path = get_dataset(data_cfg, cfg.paths.cache_dir, num_workers=cfg.num_workers)
+        test = dsd["test"] if not t.eval_limit else dsd["test"].select(range(min(t.eval_limit, len(dsd["test"]))))
+        test_rows = list(test)
+        sample_ids = [test[i]["id"] for i in report.pick(test, t.samples)] if t.samples else []
+
+        model, processor, model_path = load(objs["model"], objs["image_size"], cfg.paths.models_dir, device)
+        model = adapt(model, objs["lora"])
+        if t.gradient_checkpointing:
+            model.enable_input_require_grads()
+        trainable, total = parameter_counts(model)
+        probe = Collator(processor, objs["prompt"], train=True)([test_rows[0]])
+        facts = {
+            "processed_resolution": list(probe["pixel_values"].shape[-2:]) if "pixel_values" in probe else None,
+            "image_tokens_per_sample": int((probe["input_ids"] == model.config.image_token_id).sum()) if hasattr(model.config, "image_token_id") else None,
+            "source_image_size": list(test_rows[0]["image"].size),
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "dataset_hash": data_path.name.rsplit("-", 1)[-1],
+            "dataset_path": str(data_path),
+            "model_path": model_path,
+            "git_commit": git_commit(),
+            "device": device,
+            "sample_ids": sample_ids,
+        }
+        log.info("trial %s: %s", cfg.run_name, facts)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracker = Tracker(objs["logger"], run_dir, cfg.run_name, resolved, resume_id)
+        tracker.config({"facts": facts})
+        records.update(facts=facts, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
+
+        trial = Trial(t, objs["prompt"], records, tracker, processor, test_rows, sample_ids)
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(t, run_dir, device),
+            train_dataset=dsd["train"],
+            eval_dataset=test,
+            data_collator=Collator(processor, objs["prompt"], train=True),
+            callbacks=[trial],
+        )
+        if t.eval_before and checkpoint is None:
+            trainer.evaluate()
+        trainer.train(resume_from_checkpoint=checkpoint)
+        if trial.nonfinite_step is not None:
+            raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
+        trainer.evaluate()
+        model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
+        processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
+        status, step = "completed", trainer.state.global_step
+        records.update(final=trial.final, best=trial.best)
+        tracker.summary({"status": status, **{f"best/{k}": v for k, v in trial.best.items()}})
+    except KeyboardInterrupt:
+        status, reason = "interrupted", "interrupted (KeyboardInterrupt)"
+    except NonFiniteLoss as e:
+        status, reason, step = "failed", str(e), trial.nonfinite_step
+    except (ConfigError, CustomDataError) as e:
+        status, reason = "failed", str(e)
+        raise
+    except Exception as e:  # noqa: BLE001 - a trial's record must say why it failed, whatever it was
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        records.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
+        log.exception("trial %s failed", cfg.run_name)
+    finally:
+        if step is None and trainer is not None:
+            step = trainer.state.global_step
+        records.update(status=status, reason=reason, step=step, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), runtime_seconds=round(time.time() - started, 2))
+        if tracker is not None:
+            tracker.summary({"status": status, "reason": reason})
+            tracker.finish(status)
+    if reason:
+        log.error("trial %s %s: %s", cfg.run_name, status, reason)
+    return status
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        status = run(cfg, run_dir)
+    except (ConfigError, CustomDataError) as e:
+        log.error("%s", e)
+        sys.exit(2)
+    if status != "completed":
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
