@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -405,6 +406,24 @@ def _run_name(overrides: str) -> str:
 
 if not OmegaConf.has_resolver("vlmqc.run_name"):
     OmegaConf.register_new_resolver("vlmqc.run_name", _run_name)
+
+
+NUMERIC_GROUPS = ("image_size",)  # config groups whose option names are numbers: image_size=448
+
+
+def quote_numeric_options(argv: list[str]) -> list[str]:
+    """``image_size=448`` -> ``image_size='448'`` (and ``=224,448`` -> ``='224','448'``).
+
+    Hydra's override grammar reads 448 as an integer and refuses an integer as a config group's
+    option; quoted, it is the option named 448. Hydra has no hook for this, so the command line
+    is rewritten before Hydra reads it.
+    """
+    groups = "|".join(NUMERIC_GROUPS)
+    out = []
+    for arg in argv:
+        m = re.fullmatch(rf"(\+{{0,2}}(?:{groups}))=(\d+(?:,\d+)*)", arg)
+        out.append(f"{m[1]}=" + ",".join(f"'{v}'" for v in m[2].split(",")) if m else arg)
+    return out
 
 
 def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:

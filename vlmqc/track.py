@@ -20,8 +20,6 @@ import os
 import time
 from pathlib import Path
 
-from PIL import Image
-
 STEP = "trainer/global_step"  # every metric's x axis in W&B
 
 
@@ -122,7 +120,7 @@ class Tracker:
         table = self.wandb.Table(columns=columns)
         for r in rows:
             table.add_data(step, r["id"], self.wandb.Image(r["image"]), r["prompt"], r["truth"], r["prediction"], r["correct"])
-        self.run.log({"eval/samples": table, STEP: step})
+        self.run.log({"eval/predictions": table, STEP: step})
 
     def summary(self, fields: dict) -> None:
         if self.run:

@@ -173,7 +173,7 @@ def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
         label_names=["labels"],
@@ -288,5 +288,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    sys.argv[1:] = schema.quote_numeric_options(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

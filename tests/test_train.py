@@ -1,0 +1,213 @@
+"""A trial end to end on the tiny model: what it trains, what it records, how it fails and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_app, prompt_option
+from transformers import Trainer, TrainerCallback, set_seed
+
+from vlmqc.collate import Collator
+from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config
+from vlmqc.data import get_dataset
+from vlmqc.model import adapt, load
+from vlmqc.train import run, training_arguments
+
+SHRINK = [
+    "data.train_size=32",
+    "data.test_size=12",
+    "trainer.max_steps=8",
+    "trainer.logging_steps=2",
+    "trainer.save_steps=4",
+    "trainer.samples=4",
+    "trainer.eval_batch_size=12",
+]
+SECRET = "wandb-secret-0123456789abcdef"
+
+
+def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m vlmqc.train`` in a subprocess, every cache and output under tmp_path."""
+    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_API_KEY": SECRET, "WANDB_SILENT": "true", **(env or {})}
+    env.pop("WANDB_MODE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *SHRINK, *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+def leet(run_dir: Path, *flags: str):
+    """What W&B itself recorded, read back with W&B's own tool."""
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    out = subprocess.run(["wandb", "leet", "inspect", "--json", *flags, str(wandb_run)], capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out) if "--summary" in flags else [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    """One completed trial, shared by the tests that read its records."""
+    tmp = tmp_path_factory.mktemp("trial")
+    out = trial(tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "run", out
+
+
+def test_main_job_completes_and_records_everything_locally(completed):
+    run_dir, _ = completed
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["reason"] is None and summary["step"] == 8
+    facts = summary["facts"]
+    assert facts["processed_resolution"] == [224, 224] and facts["image_tokens_per_sample"] == 196
+    assert facts["source_image_size"] == [448, 190]
+    assert 0 < facts["trainable_parameters"] < facts["total_parameters"]
+    assert len(facts["dataset_hash"]) == 16 and "git_commit" in facts
+    rows = metrics(run_dir)
+    train_steps = [r["trainer/global_step"] for r in rows if "train/loss" in r]
+    assert train_steps == [2, 4, 6, 8]
+    assert all("train/learning_rate" in r and "train/grad_norm" in r for r in rows if "train/loss" in r)
+    assert any("train/samples_per_second" in r and "train/tokens_per_second" in r for r in rows)
+    evals = {r["trainer/global_step"]: r for r in rows if "eval/exact_match" in r}
+    assert set(evals) == {0, 8}, "the base model is evaluated before training, and the trained one after"
+    for r in evals.values():
+        assert {"eval/position_accuracy", "eval/unparseable_rate"} <= set(r)
+    assert any("eval/loss" in r and r["trainer/global_step"] == 8 for r in rows)
+    assert summary["final"]["step"] == 8 and "eval/exact_match" in summary["final"]
+    assert (run_dir / "adapter" / "adapter_config.json").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_samples_are_the_same_test_ids_at_every_evaluation(completed):
+    run_dir, _ = completed
+    before = [json.loads(x) for x in (run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()]
+    after = [json.loads(x) for x in (run_dir / "samples" / "step-000008.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in before] == [r["id"] for r in after] and len(after) == 4
+    for r in after:
+        assert (run_dir / r["image"]).is_file()
+        assert r["truth"].startswith("The red star is at ") and isinstance(r["correct"], bool)
+        assert "prediction" in r and "red star" in r["prompt"]
+
+
+def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(completed):
+    run_dir, _ = completed
+    records = leet(run_dir)
+    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    logged = {(h["trainer/global_step"], round(h["train/loss"], 6)) for h in history if "train/loss" in h}
+    local = {(r["trainer/global_step"], round(r["train/loss"], 6)) for r in metrics(run_dir) if "train/loss" in r}
+    assert logged == local and len(local) == 4
+    assert {h["trainer/global_step"] for h in history if "eval/exact_match" in h} == {0, 8}
+    tables = [h["trainer/global_step"] for h in history if h.get("eval/predictions._type") == "table-file"]
+    assert tables == [0, 8]
+    summary = leet(run_dir, "--summary")
+    assert summary["config"]["facts"]["image_tokens_per_sample"] == 196
+    assert summary["config"]["lora"]["r"] == 16 and summary["config"]["data"]["name"] == "star"
+    assert summary["state"] == "finished" and summary["exit_code"] == 0
+    assert summary["summary"]["status"] == "completed" and summary["summary"]["eval/exact_match"] == metrics(run_dir)[-1].get("eval/exact_match", summary["summary"]["eval/exact_match"])
+
+
+def test_the_api_key_is_never_written(completed):
+    run_dir, out = completed
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in out.stdout + out.stderr
+
+
+def test_a_completed_trial_is_not_run_twice(completed, tmp_path):
+    run_dir, _ = completed
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    again = trial(run_dir.parent)
+    assert again.returncode == 0
+    assert "already completed" in again.stdout + again.stderr
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
+    out = trial(tmp_path, "logger=none", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", "trainer.eval_before=false")
+    assert out.returncode == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["reason"] == f"non-finite training loss at step {summary['step']}" and 1 <= summary["step"] < 8
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0"), (["trainer.precision=bf16"], "trainer.precision=bf16")],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, overrides, key):
+    if "bf16" in key and torch.cuda.is_available():
+        pytest.skip("bf16 is valid where there is a GPU")
+    out = trial(tmp_path, "logger=none", *overrides)
+    assert out.returncode == 2
+    assert key in out.stdout + out.stderr
+
+
+def test_image_size_option_as_typed_on_the_command_line(tmp_path):
+    """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input."""
+    out = trial(tmp_path, "logger=none", "image_size=448", "trainer.max_steps=2", "trainer.eval_before=false", "trainer.samples=0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    facts = json.loads((tmp_path / "run" / "summary.json").read_text())["facts"]
+    assert facts["processed_resolution"] == [448, 448] and facts["image_tokens_per_sample"] == (448 // 16) ** 2
+
+
+class _Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 6:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint_in_the_same_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMQC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_app("train", [*SHRINK, "paths.output_dir=" + str(run_dir), "run_name=resume-test"])
+    original_init = Trainer.__init__
+
+    def with_interrupt(self, *a, **k):
+        original_init(self, *a, **k)
+        self.add_callback(_Interrupt())
+
+    monkeypatch.setattr(Trainer, "__init__", with_interrupt)
+    assert run(cfg, run_dir) == "interrupted"
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert first["status"] == "interrupted" and first["step"] == 6
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+    assert run(cfg, run_dir) == "completed"
+    second = json.loads((run_dir / "summary.json").read_text())
+    assert second["attempts"] == 2 and second["resumed_from"].endswith("checkpoint-4")
+    assert second["wandb"]["id"] == first["wandb"]["id"]
+    steps = [r["trainer/global_step"] for r in metrics(run_dir) if "train/loss" in r]
+    # the first attempt logged steps 2 and 4 and stopped inside step 6, before its log;
+    # the second resumed from checkpoint 4 and logged 6 and 8
+    assert steps == [2, 4, 6, 8]
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[-1] for p in runs}) == 1, "both attempts write to the same W&B run id"
+
+
+def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
+    """The recipe's own pieces (loader, adapters, collator, Trainer arguments), a few steps."""
+    cfg = compose_app("train", ["data.train_size=16", "data.test_size=4"])
+    dsd, _ = get_dataset(data_config(cfg), tmp_path / "data", num_workers=1, progress=False)
+    set_seed(0)
+    model, processor, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(tmp_path / "models"), "cpu")
+    model = adapt(model, LoraConfig(name="r8", r=8, alpha=16, dropout=0.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = training_arguments(TrainerConfig(max_steps=4, batch_size=4, lr=1e-2, warmup_ratio=0.0, logging_steps=1, save_steps=100), tmp_path / "run", "cpu")
+    Trainer(model=model, args=args, train_dataset=dsd["train"], data_collator=Collator(processor, prompt_option("short"), train=True)).train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert changed == trainable
