@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DATA_OPTIONS, compose_app
+from conftest import CONF, DATA_OPTIONS, compose_app
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, data_config
+from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, data_config, to_object
 
 
 def data(*overrides: str):
@@ -21,6 +21,53 @@ def test_every_data_option_composes_and_validates(option):
     assert cfg.name == option
     expected = {"star": StarConfig, "custom": CustomConfig, "diff": DiffConfig}.get(option, PairConfig)
     assert type(cfg) is expected
+
+
+TRAIN_GROUPS = ("model", "prompt", "lora", "image_size", "trainer", "logger")
+
+
+@pytest.mark.parametrize("group, option", [(g, p.stem) for g in TRAIN_GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_train_option_composes_and_validates(group, option):
+    cfg = compose_app("train", [f"{group}='{option}'"])
+    obj = to_object(cfg[group], group)
+    assert getattr(obj, "name", option) == option or group == "trainer"
+
+
+def test_train_groups_have_the_options_the_issue_names():
+    names = {g: {p.stem for p in (CONF / g).glob("*.yaml")} for g in TRAIN_GROUPS}
+    assert {"long", "short", "ja", "json"} <= names["prompt"]
+    assert {"r4", "r8", "r16", "r64", "full"} <= names["lora"]
+    assert {"224", "336", "448", "672", "native"} <= names["image_size"]
+    assert {"wandb", "none"} <= names["logger"] and "tiny" in names["model"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lora.r=0", "lora.r=0"),
+        ("lora.dropout=1.5", "lora.dropout=1.5"),
+        ("image_size.size=-5", "image_size.size=-5"),
+        ("trainer.lr=0", "trainer.lr=0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.device=tpu", "trainer.device='tpu'"),
+        ("logger.mode=sometimes", "logger.mode='sometimes'"),
+        ("model.dtype=int3", "model.dtype='int3'"),
+        ("prompt.answer_star=nowhere", "prompt.answer_star='nowhere'"),
+        ("+prompt.defect_names.scratch=kratzer", "prompt.defect_names"),
+    ],
+)
+def test_bad_train_values_fail_with_the_key(override, key):
+    cfg = compose_app("train", [override])
+    with pytest.raises(ConfigError) as e:
+        for group in TRAIN_GROUPS:
+            to_object(cfg[group], group)
+    assert key in str(e.value)
+
+
+def test_a_typo_in_a_train_key_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_app("train", ["trainer.learning_rate=0.1"])
+    assert "learning_rate" in str(e.value) + str(e.value.__cause__)
 
 
 def test_data_options_are_the_ones_the_study_needs():

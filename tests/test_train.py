@@ -27,6 +27,7 @@ SHRINK = [
     "trainer.save_steps=4",
     "trainer.samples=4",
     "trainer.eval_batch_size=12",
+    "trainer.eval_every=4",
 ]
 SECRET = "wandb-secret-0123456789abcdef"
 
@@ -80,7 +81,7 @@ def test_main_job_completes_and_records_everything_locally(completed):
     assert all("train/learning_rate" in r and "train/grad_norm" in r for r in rows if "train/loss" in r)
     assert any("train/samples_per_second" in r and "train/tokens_per_second" in r for r in rows)
     evals = {r["trainer/global_step"]: r for r in rows if "eval/exact_match" in r}
-    assert set(evals) == {0, 8}, "the base model is evaluated before training, and the trained one after"
+    assert set(evals) == {0, 4, 8}, "the base model before training, every eval_every steps, and the trained one after"
     for r in evals.values():
         assert {"eval/position_accuracy", "eval/unparseable_rate"} <= set(r)
     assert any("eval/loss" in r and r["trainer/global_step"] == 8 for r in rows)
@@ -106,9 +107,9 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     logged = {(h["trainer/global_step"], round(h["train/loss"], 6)) for h in history if "train/loss" in h}
     local = {(r["trainer/global_step"], round(r["train/loss"], 6)) for r in metrics(run_dir) if "train/loss" in r}
     assert logged == local and len(local) == 4
-    assert {h["trainer/global_step"] for h in history if "eval/exact_match" in h} == {0, 8}
+    assert {h["trainer/global_step"] for h in history if "eval/exact_match" in h} == {0, 4, 8}
     tables = [h["trainer/global_step"] for h in history if h.get("eval/predictions._type") == "table-file"]
-    assert tables == [0, 8]
+    assert tables == [0, 4, 8]
     summary = leet(run_dir, "--summary")
     assert summary["config"]["facts"]["image_tokens_per_sample"] == 196
     assert summary["config"]["lora"]["r"] == 16 and summary["config"]["data"]["name"] == "star"
@@ -154,12 +155,19 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, overrides, key):
     assert key in out.stdout + out.stderr
 
 
-def test_image_size_option_as_typed_on_the_command_line(tmp_path):
-    """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input."""
-    out = trial(tmp_path, "logger=none", "image_size=448", "trainer.max_steps=2", "trainer.eval_before=false", "trainer.samples=0")
+def test_pair_data_json_prompt_and_image_size_as_typed_on_the_command_line(tmp_path):
+    """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input;
+    pair data is scored with the inspection metrics."""
+    out = trial(tmp_path, "logger=none", "data=pair_mixed", "prompt=json", "lora=r4", "image_size=448", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.samples=2")
     assert out.returncode == 0, out.stderr[-2000:]
-    facts = json.loads((tmp_path / "run" / "summary.json").read_text())["facts"]
-    assert facts["processed_resolution"] == [448, 448] and facts["image_tokens_per_sample"] == (448 // 16) ** 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["facts"]["processed_resolution"] == [448, 448] and summary["facts"]["image_tokens_per_sample"] == (448 // 16) ** 2
+    assert summary["facts"]["source_image_size"][1] > 380  # the stacked pair
+    final = summary["final"]
+    for key in ("verdict_accuracy", "defect_recall", "escape_rate", "false_reject_rate", "position_accuracy", "defect_type_accuracy", "exact_match", "unparseable_rate", "loss"):
+        assert f"eval/{key}" in final, key
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples" / "step-000002.jsonl").read_text().splitlines()]
+    assert all(json.loads(r["truth"])["verdict"] in ("pass", "defective") for r in samples)
 
 
 class _Interrupt(TrainerCallback):

@@ -247,7 +247,8 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
         trainer.train(resume_from_checkpoint=checkpoint)
         if trial.nonfinite_step is not None:
             raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
-        trainer.evaluate()
+        if trial.final.get("step") != trainer.state.global_step:  # eval_every may have just done it
+            trainer.evaluate()
         model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         status, step = "completed", trainer.state.global_step
