@@ -83,3 +83,19 @@ def test_a_checkpoint_that_does_not_exist_fails_clearly(models_dir):
 def test_dtype_auto_is_fp32_on_cpu(models_dir):
     model, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_model_path_loads_any_saved_checkpoint_folder(models_dir, tmp_path):
+    """``model.path=<folder>``: the loader only needs what from_pretrained needs."""
+    import shutil
+
+    folder = tmp_path / "my-checkpoint"
+    shutil.copytree(tiny_checkpoint(TinyModelConfig(), None, models_dir), folder)
+    model, processor, path = load(ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    assert path == str(folder) and model.config.model_type == "llava"
+    assert ModelConfig(name="mine", path=str(folder)).trust_remote_code is False
+
+
+def test_only_the_tiny_model_may_go_without_a_path():
+    with pytest.raises(ConfigError, match="path"):
+        ModelConfig(name="llava")
