@@ -94,6 +94,8 @@ def test_samples_are_the_same_test_ids_at_every_evaluation(completed):
     before = [json.loads(x) for x in (run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()]
     after = [json.loads(x) for x in (run_dir / "samples" / "step-000008.jsonl").read_text().splitlines()]
     assert [r["id"] for r in before] == [r["id"] for r in after] and len(after) == 4
+    predictions = [json.loads(x) for x in (run_dir / "predictions" / "step-000008.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and all({"id", "target", "prediction", "parsed"} <= set(p) for p in predictions)
     for r in after:
         assert (run_dir / r["image"]).is_file()
         assert r["truth"].startswith("The red star is at ") and isinstance(r["correct"], bool)

@@ -4,6 +4,7 @@ The run folder holds, independent of any account:
 - ``metrics.jsonl``: every logged step, one JSON object a line (``train/…``, ``eval/…``);
 - ``samples/step-<N>.jsonl`` and ``samples/images/<id>.png``: inference samples, always the
   same test ids, so trials line up row by row;
+- ``predictions/step-<N>.jsonl``: every test prediction of an evaluation, parsed, with its labels;
 - ``summary.json``: status (running / completed / failed / interrupted), the reason and step
   of a failure, final and best metrics, and the facts of the run (resolution, image tokens,
   parameters, dataset hash, git commit). Written atomically, and rewritten in ``finally``.
@@ -65,6 +66,13 @@ class Records:
             lines.append(json.dumps({k: v for k, v in r.items() if k != "image"} | {"image": str(path.relative_to(self.dir)), "step": step}))
         out = self.samples_dir / f"step-{step:06d}.jsonl"
         out.write_text("\n".join(lines) + "\n")
+        return out
+
+    def predictions(self, rows: list[dict], step: int) -> Path:
+        """Every test prediction of one evaluation, with the labels it is judged against."""
+        out = self.dir / "predictions" / f"step-{step:06d}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         return out
 
     def update(self, **fields) -> None:

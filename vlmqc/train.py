@@ -131,6 +131,14 @@ class Trial(TrainerCallback):
             better = max if name in HIGHER_IS_BETTER else min
             if name in HIGHER_IS_BETTER or name in ("loss", "escape_rate", "false_reject_rate", "unparseable_rate"):
                 self.best[k] = better(self.best.get(k, v), v)
+        self.records.predictions(
+            [
+                {"id": row["id"], "task": row["task"], "verdict": row["verdict"], "defects": row["defects"], "target": row["target"], "prediction": pred["text"],
+                 "parsed": {"verdict": pred["parsed"].verdict, "defects": [list(d) for d in pred["parsed"].defects], "target": pred["parsed"].target, "ok": pred["parsed"].ok}}
+                for row, pred in zip(self.test_rows, preds, strict=True)
+            ],
+            state.global_step,
+        )
         rows = []
         for row, pred in zip(self.test_rows, preds, strict=True):
             if row["id"] in self.sample_ids:
