@@ -367,6 +367,7 @@ class TrainAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Any = None
     run_name: str = MISSING  # from the command line's overrides; names the run folder and the W&B run
+    sweep_metric: str = "eval/exact_match"  # what a metric-driven sweep optimises and a report sorts by
     num_workers: int = 2  # dataset generation processes
 
 
@@ -400,8 +401,9 @@ def to_object(node: DictConfig, key: str) -> Any:
 
 def _run_name(overrides: str) -> str:
     """A run's name from its command-line overrides: ``data=pair_round,lora=r16``; a path's
-    slashes would nest folders, so they become underscores."""
-    return overrides.replace("/", "_").replace("\\", "_") or "default"
+    slashes would nest folders, so they become underscores, and quotes (``image_size='448'``) go."""
+    name = overrides.replace("/", "_").replace("\\", "_").replace("'", "").replace('"', "")
+    return name or "default"
 
 
 if not OmegaConf.has_resolver("vlmqc.run_name"):

@@ -83,7 +83,7 @@ class Records:
 class Tracker:
     """W&B, or nothing. Errors inside W&B never take a trial down with them."""
 
-    def __init__(self, logger_cfg, run_dir: Path, run_name: str, config: dict, resume_id: str | None):
+    def __init__(self, logger_cfg, run_dir: Path, run_name: str, config: dict, resume_id: str | None, group: str | None = None, tags: list[str] = ()):
         self.run = None
         if logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
             return
@@ -93,8 +93,8 @@ class Tracker:
         self.run = wandb.init(
             project=logger_cfg.project,
             entity=logger_cfg.entity,
-            group=logger_cfg.group,
-            tags=list(logger_cfg.tags),
+            group=group,
+            tags=list(tags),
             name=run_name,
             config=config,
             mode=logger_cfg.mode,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -190,25 +192,39 @@ def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
     )
 
 
+def sweep_context() -> dict:
+    """The command line's overrides, and the sweep this trial belongs to (None outside a multirun)."""
+    if not HydraConfig.initialized():
+        return {"overrides": [], "sweep": None}
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith("hydra")]
+    sweep = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    return {"overrides": overrides, "sweep": sweep}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> str:
-    """The trial; returns its final status. Records are written whatever happens."""
-    objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
-    data_cfg = schema.data_config(cfg)
-    t = objs["trainer"]
+    """The trial; returns its final status. Its record is written whatever happens, a config
+    error included (which is raised again after being recorded)."""
     records = Records(run_dir)
     previous = records.summary
-    if t.resume and previous.get("status") == "completed":
+    resume = bool(cfg.trainer.resume)
+    if resume and previous.get("status") == "completed":
         log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
         return "completed"
-    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if t.resume and (run_dir / "checkpoints").is_dir() else None
-    resume_id = previous.get("wandb", {}).get("id") if t.resume else None
+    context = sweep_context()
     started = time.time()
-    records.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None,
-                   attempts=int(previous.get("attempts", 0)) + 1 if t.resume else 1, resumed_from=checkpoint)
+    records.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None, traceback=None,
+                   attempts=int(previous.get("attempts", 0)) + 1 if resume else 1, **context)
     tracker = None
     status, reason, step = "failed", None, None
     trainer = None
     try:
+        objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
+        data_cfg = schema.data_config(cfg)
+        t = objs["trainer"]
+        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume and (run_dir / "checkpoints").is_dir() else None
+        resume_id = (previous.get("wandb") or {}).get("id") if resume else None
+        records.update(resumed_from=checkpoint)
         set_seed(t.seed)
         device = pick_device(t.device)
         dsd, data_path = get_dataset(data_cfg, cfg.paths.cache_dir, num_workers=cfg.num_workers)
@@ -237,7 +253,11 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
         }
         log.info("trial %s: %s", cfg.run_name, facts)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        tracker = Tracker(objs["logger"], run_dir, cfg.run_name, resolved, resume_id)
+        # a sweep's trials share a W&B group and carry their overrides as tags, for W&B's own views
+        logger = objs["logger"]
+        group = logger.group or context["sweep"]
+        tags = [*logger.tags, *(o[:64] for o in context["overrides"])]  # W&B's tag limit is 64 characters
+        tracker = Tracker(logger, run_dir, cfg.run_name, {**resolved, "overrides": context["overrides"]}, resume_id, group=group, tags=tags)
         tracker.config({"facts": facts})
         records.update(facts=facts, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
@@ -285,16 +305,31 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
     return status
 
 
+def objective(run_dir: Path, metric: str) -> float:
+    """The value a metric-driven sweeper (Optuna) optimises: the trial's final ``metric``;
+    NaN for a trial that failed, which Optuna records as a failed trial."""
+    summary = Records(run_dir).summary
+    if summary.get("status") != "completed":
+        return float("nan")
+    return float((summary.get("final") or {}).get(metric, float("nan")))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         status = run(cfg, run_dir)
     except (ConfigError, CustomDataError) as e:
         log.error("%s", e)
-        sys.exit(2)
+        if not multirun:
+            sys.exit(2)
+        status = "failed"
+    if multirun:  # a failed trial must not stop the sweep: vlmqc.sweep reports it at the end
+        return objective(run_dir, cfg.sweep_metric)
     if status != "completed":
         sys.exit(1)
+    return None
 
 
 def cli() -> None:
