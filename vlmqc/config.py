@@ -223,17 +223,109 @@ class TinyModelConfig:
 
 
 @dataclass
+class Qwen2VLTextShape:
+    """The language model of a random Qwen2-VL; names as in transformers' Qwen2VLTextConfig.
+
+    Defaults: Qwen2-VL-2B-Instruct."""
+
+    hidden_size: int = 1536
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    intermediate_size: int = 8960
+    vocab_size: int = 151936  # embedding rows, as the real model; the small tokenizer uses the first few hundred
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    mrope_section: list[int] = field(default_factory=lambda: [16, 24, 24])  # rotary frequencies for time, height, width; sums to head size / 2
+
+
+@dataclass
+class Qwen2VLVisionShape:
+    """The vision tower of a random Qwen2-VL; names as in transformers' Qwen2VLVisionConfig.
+
+    Defaults: Qwen2-VL-2B-Instruct. Its output width is the language model's hidden_size."""
+
+    depth: int = 32
+    embed_dim: int = 1280
+    num_heads: int = 16
+    mlp_ratio: int = 4
+    patch_size: int = 14
+    spatial_merge_size: int = 2  # 2 x 2 patches merge into one image token
+    temporal_patch_size: int = 2
+
+
+@dataclass
+class Qwen2VLModelConfig:
+    """A Qwen2-VL with random weights, the byte-level BPE tokenizer with Qwen's special tokens, and
+    Qwen's chat format; the pixel budget is the processor's (it keeps the aspect ratio)."""
+
+    text: Qwen2VLTextShape = field(default_factory=Qwen2VLTextShape)
+    vision: Qwen2VLVisionShape = field(default_factory=Qwen2VLVisionShape)
+    tie_word_embeddings: bool = True
+    tokenizer_vocab_size: int = 1024  # byte-level BPE trained offline
+    min_pixels: int = 56 * 56  # images are scaled up to at least this many pixels
+    max_pixels: int = 448 * 448  # and down to at most this many: the resolution of image_size=native
+    initializer_range: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self):
+        t, v = self.text, self.vision
+        for part, shape in (("text", t), ("vision", v)):
+            for f in dataclasses.fields(shape):
+                value = getattr(shape, f.name)
+                _check(not isinstance(value, int) or value >= 1, f"qwen2_vl.{part}.{f.name}", value, "must be >= 1")
+        heads, kv = t.num_attention_heads, t.num_key_value_heads
+        _check(t.hidden_size % heads == 0, "qwen2_vl.text.hidden_size", t.hidden_size, f"must be a multiple of text.num_attention_heads ({heads})")
+        _check(heads % kv == 0, "qwen2_vl.text.num_key_value_heads", kv, f"must divide text.num_attention_heads ({heads})")
+        half = t.hidden_size // heads // 2
+        _check(
+            len(t.mrope_section) == 3 and sum(t.mrope_section) == half,
+            "qwen2_vl.text.mrope_section",
+            t.mrope_section,
+            f"must be 3 numbers summing to half the head size ({half})",
+        )
+        _check(
+            v.embed_dim % (4 * v.num_heads) == 0, "qwen2_vl.vision.embed_dim", v.embed_dim, f"must be a multiple of 4 x vision.num_heads ({4 * v.num_heads})"
+        )
+        _check(self.tokenizer_vocab_size >= 512, "qwen2_vl.tokenizer_vocab_size", self.tokenizer_vocab_size, "must be >= 512 (bytes, special tokens, merges)")
+        _check(
+            t.vocab_size >= self.tokenizer_vocab_size,
+            "qwen2_vl.text.vocab_size",
+            t.vocab_size,
+            f"must be >= tokenizer_vocab_size ({self.tokenizer_vocab_size})",
+        )
+        side = v.patch_size * v.spatial_merge_size
+        _check(self.min_pixels >= side * side, "qwen2_vl.min_pixels", self.min_pixels, f"must be >= {side * side} (one image token: {side} x {side} pixels)")
+        _check(self.max_pixels >= self.min_pixels, "qwen2_vl.max_pixels", self.max_pixels, f"must be >= min_pixels ({self.min_pixels})")
+
+
+class RandomModel(str, enum.Enum):
+    llava = "llava"  # the tiny LLaVA, sized by model.tiny
+    qwen2_vl = "qwen2_vl"  # a Qwen2-VL, shaped by model.qwen2_vl
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
-    path: str | None = None  # a local checkpoint folder or a hub id; null = build the tiny model
+    path: str | None = None  # a local checkpoint folder or a hub id; null = build the random model `random`
+    random: RandomModel | None = None  # what path=null builds offline; null: path is required
     trust_remote_code: bool = False  # only a model config that needs it sets it
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; null = the library's choice
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    qwen2_vl: Qwen2VLModelConfig = field(default_factory=Qwen2VLModelConfig)
 
     def __post_init__(self):
+        if self.random is None and self.name == "tiny":
+            self.random = RandomModel.llava  # the tiny preset, built in Python as ModelConfig(name="tiny")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype, "must be auto, float32, bfloat16 or float16")
-        _check(self.path is not None or self.name == "tiny", "path", self.path, "must name a checkpoint folder or hub id (only the tiny model is built offline)")
+        _check(
+            self.path is not None or self.random is not None,
+            "path",
+            self.path,
+            "must name a checkpoint folder or hub id (or model.random: a model built offline)",
+        )
 
 
 class LoraTarget(str, enum.Enum):
@@ -261,7 +353,7 @@ class LoraConfig:
 @dataclass
 class ImageSizeConfig:
     name: str = MISSING
-    size: int | None = None  # side of the square input in pixels; null = the model's native resolution
+    size: int | None = None  # side of the square input in pixels (Qwen2-VL: size x size pixels, aspect kept); null = the model's native one
 
     def __post_init__(self):
         _check(self.size is None or self.size >= 32, "size", self.size, "must be >= 32 pixels, or null for the model's native resolution")
@@ -287,6 +379,12 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     precision: Precision = Precision.auto
     device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1  # processes (one GPU each) for one trial, with PyTorch DDP; per node when nodes > 1
+    nodes: int = 1  # >1: one trial over that many Slurm nodes (hydra/launcher=slurm_multinode), devices GPUs on each
+    rdzv_port: int = 29500  # multi-node: the port on the first node where the ranks meet (torch's c10d rendezvous)
+    elastic: bool = False  # start ranks with torch's elastic launcher even for one device (the multi-GPU path on one GPU)
+    lr_scale_with_batch: bool = False  # true: lr x effective batch / lr_reference_batch (linear scaling rule)
+    lr_reference_batch: int = 8  # the effective batch that trainer.lr was chosen for
     seed: int = 0
     logging_steps: int = 5
     save_steps: int = 50
@@ -300,9 +398,16 @@ class TrainerConfig:
     max_new_tokens: int = 48
     samples: int = 16  # inference samples logged per evaluation, always the same test ids
 
+    def effective_batch(self, world_size: int) -> int:
+        return self.batch_size * world_size * self.grad_accum
+
+    def effective_lr(self, world_size: int) -> float:
+        """The learning rate the optimiser uses: scaled only when the config says so."""
+        return self.lr * self.effective_batch(world_size) / self.lr_reference_batch if self.lr_scale_with_batch else self.lr
+
     def __post_init__(self):
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "must be > 0 (or set max_steps)")
-        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "max_new_tokens"):
+        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "max_new_tokens", "devices", "nodes", "rdzv_port", "lr_reference_batch"):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
@@ -328,7 +433,7 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
-    models_dir: str = MISSING  # models built offline (the tiny model)
+    models_dir: str = MISSING  # models built offline (model.random: the tiny LLaVA, the random Qwen2-VL)
     output_dir: str = MISSING
 
 

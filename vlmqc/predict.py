@@ -30,3 +30,23 @@ def predict(model, processor, prompt: PromptConfig, rows: list[dict], batch_size
     finally:
         model.train(was_training)
     return out
+
+
+def predict_sharded(model, processor, prompt: PromptConfig, rows: list[dict], batch_size: int, max_new_tokens: int) -> list[dict]:
+    """``predict`` spread over the ranks of a distributed run; every rank gets all predictions.
+
+    Whole batches are dealt out (batch k to rank k mod world size), so each batch holds the
+    same rows, padded the same way, as in a single process: the predictions are the ones a
+    single-process evaluation of the same model gives, not merely close to them.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return predict(model, processor, prompt, rows, batch_size, max_new_tokens)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    mine = {k: predict(model, processor, prompt, batches[k], batch_size, max_new_tokens) for k in range(rank, len(batches), world)}
+    gathered: list[dict] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(gathered, mine)
+    merged = {k: v for part in gathered for k, v in part.items()}
+    return [p for k in range(len(batches)) for p in merged[k]]

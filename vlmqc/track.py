@@ -43,19 +43,23 @@ def _finite(v):
 
 
 class Records:
-    """The run folder's own records."""
+    """The run folder's own records. ``enabled=False`` (ranks other than 0) reads but never writes."""
 
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.dir, self.enabled = run_dir, enabled
         self.samples_dir = run_dir / "samples"
         self.summary_path = run_dir / "summary.json"
         self.summary = read_json(self.summary_path) or {}
 
     def log(self, metrics: dict, step: int) -> None:
+        if not self.enabled:
+            return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({STEP: step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}) + "\n")
 
-    def samples(self, rows: list[dict], step: int) -> Path:
+    def samples(self, rows: list[dict], step: int) -> Path | None:
+        if not self.enabled:
+            return None
         images = self.samples_dir / "images"
         images.mkdir(parents=True, exist_ok=True)
         lines = []
@@ -68,8 +72,10 @@ class Records:
         out.write_text("\n".join(lines) + "\n")
         return out
 
-    def predictions(self, rows: list[dict], step: int) -> Path:
+    def predictions(self, rows: list[dict], step: int) -> Path | None:
         """Every test prediction of one evaluation, with the labels it is judged against."""
+        if not self.enabled:
+            return None
         out = self.dir / "predictions" / f"step-{step:06d}.jsonl"
         out.parent.mkdir(exist_ok=True)
         out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -77,15 +83,16 @@ class Records:
 
     def update(self, **fields) -> None:
         self.summary.update(fields)
-        write_json(self.summary_path, self.summary)
+        if self.enabled:
+            write_json(self.summary_path, self.summary)
 
 
 class Tracker:
     """W&B, or nothing. Errors inside W&B never take a trial down with them."""
 
-    def __init__(self, logger_cfg, run_dir: Path, run_name: str, config: dict, resume_id: str | None, group: str | None = None, tags: list[str] = ()):
+    def __init__(self, logger_cfg, run_dir: Path, run_name: str, config: dict, resume_id: str | None, group: str | None = None, tags: list[str] = (), enabled: bool = True):
         self.run = None
-        if logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
+        if not enabled or logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
             return
         import wandb
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -38,8 +39,8 @@ from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
 from vlmqc.evaluate import score
-from vlmqc.model import adapt, load, parameter_counts
-from vlmqc.predict import predict
+from vlmqc.model import adapt, load, parameter_counts, tiny_checkpoint
+from vlmqc.predict import predict_sharded
 from vlmqc.prompts import instruction, render_answer
 from vlmqc.track import Records, Tracker
 
@@ -82,6 +83,7 @@ class Trial(TrainerCallback):
         self.test_rows, self.sample_ids = test_rows, set(sample_ids)
         self.nonfinite_step: int | None = None
         self.final: dict = {}
+        self.evaluated_step: int | None = None
         self.best: dict = dict(records.summary.get("best", {}))
         self._last = None  # (time, step, tokens) at the previous training log, for throughput
 
@@ -90,7 +92,13 @@ class Trial(TrainerCallback):
         self.tracker.log(metrics, step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not logs:
+            return
+        # every rank sees the same (all-reduced) loss and stops on it: one rank stopping alone would hang the others
+        if "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self.nonfinite_step = state.global_step
+            control.should_training_stop = True
+        if not state.is_world_process_zero:
             return
         metrics = {}
         for k, v in logs.items():
@@ -103,10 +111,6 @@ class Trial(TrainerCallback):
             elif k.startswith("train_"):  # and runtime, samples per second, ...
                 metrics[f"train/{k[6:]}"] = v
         if "loss" in logs:
-            loss = float(logs["loss"])
-            if not math.isfinite(loss):
-                self.nonfinite_step = state.global_step
-                control.should_training_stop = True
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             if self._last is not None and now > self._last[0]:
                 dt, steps = now - self._last[0], state.global_step - self._last[1]
@@ -120,9 +124,10 @@ class Trial(TrainerCallback):
             self._emit(metrics, state.global_step)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        preds = predict_sharded(model, self.processor, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens)
+        self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
         if not state.is_world_process_zero:
             return
-        preds = predict(model, self.processor, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens)
         scores = {f"eval/{k}": v for k, v in score(self.test_rows, [p["parsed"] for p in preds]).items()}
         if metrics and "eval_loss" in metrics:
             scores["eval/loss"] = metrics["eval_loss"]
@@ -153,7 +158,7 @@ class Trial(TrainerCallback):
         log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
 
 
-def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
+def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_on_start: bool = False) -> TrainingArguments:
     precision = Precision(t.precision)
     if precision == Precision.auto:
         precision = Precision.bf16 if device == "cuda" and torch.cuda.is_bf16_supported() else Precision.fp32
@@ -166,7 +171,7 @@ def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
+        learning_rate=t.effective_lr(world_size),
         lr_scheduler_type=t.lr_schedule,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps
         weight_decay=t.weight_decay,
@@ -174,6 +179,11 @@ def training_arguments(t, run_dir: Path, device: str) -> TrainingArguments:
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         use_cpu=device == "cpu",
+        ddp_backend=("nccl" if device == "cuda" else "gloo") if "LOCAL_RANK" in os.environ else None,
+        # the base model's evaluation: inside train(), after the model is wrapped for DDP. Calling
+        # trainer.evaluate() before train() instead makes accelerate mark the model prepared, and
+        # train() then skips the DDP wrapper: the ranks would not synchronise their gradients.
+        eval_on_start=eval_on_start,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -202,16 +212,17 @@ def sweep_context() -> dict:
     return {"overrides": overrides, "sweep": sweep}
 
 
-def run(cfg: DictConfig, run_dir: Path) -> str:
+def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
     """The trial; returns its final status. Its record is written whatever happens, a config
     error included (which is raised again after being recorded)."""
-    records = Records(run_dir)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    records = Records(run_dir, enabled=rank == 0)  # one writer: rank 0
     previous = records.summary
     resume = bool(cfg.trainer.resume)
     if resume and previous.get("status") == "completed":
         log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
         return "completed"
-    context = sweep_context()
+    context = context if context is not None else sweep_context()
     started = time.time()
     records.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None, traceback=None,
                    attempts=int(previous.get("attempts", 0)) + 1 if resume else 1, **context)
@@ -233,6 +244,9 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
         sample_ids = [test[i]["id"] for i in report.pick(test, t.samples)] if t.samples else []
 
         model, processor, model_path = load(objs["model"], objs["image_size"], cfg.paths.models_dir, device)
+        # seeded again here: the adapters' initial weights depend on trainer.seed alone, not on
+        # whether load() had to build the tiny model first (which draws from the same generator)
+        set_seed(t.seed)
         model = adapt(model, objs["lora"])
         if t.gradient_checkpointing:
             model.enable_input_require_grads()
@@ -249,6 +263,9 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
             "model_path": model_path,
             "git_commit": git_commit(),
             "device": device,
+            "world_size": world,
+            "effective_batch": t.effective_batch(world),
+            "learning_rate": t.effective_lr(world),
             "sample_ids": sample_ids,
         }
         log.info("trial %s: %s", cfg.run_name, facts)
@@ -257,25 +274,26 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
         logger = objs["logger"]
         group = logger.group or context["sweep"]
         tags = [*logger.tags, *(o[:64] for o in context["overrides"])]  # W&B's tag limit is 64 characters
-        tracker = Tracker(logger, run_dir, cfg.run_name, {**resolved, "overrides": context["overrides"]}, resume_id, group=group, tags=tags)
+        tracker = Tracker(logger, run_dir, cfg.run_name, {**resolved, "overrides": context["overrides"]}, resume_id, group=group, tags=tags, enabled=rank == 0)
         tracker.config({"facts": facts})
         records.update(facts=facts, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], records, tracker, processor, test_rows, sample_ids)
         trainer = Trainer(
             model=model,
-            args=training_arguments(t, run_dir, device),
+            args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
             train_dataset=dsd["train"],
             eval_dataset=test,
             data_collator=Collator(processor, objs["prompt"], train=True),
             callbacks=[trial],
         )
-        if t.eval_before and checkpoint is None:
-            trainer.evaluate()
+        facts["distributed_backend"] = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        records.update(facts=facts)
+        tracker.config({"facts": facts})
         trainer.train(resume_from_checkpoint=checkpoint)
         if trial.nonfinite_step is not None:
             raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
-        if trial.final.get("step") != trainer.state.global_step:  # eval_every may have just done it
+        if trial.evaluated_step != trainer.state.global_step:  # eval_every may have just done it (the same answer on every rank)
             trainer.evaluate()
         model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
@@ -305,6 +323,82 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
     return status
 
 
+def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict) -> str:
+    """One rank of a multi-GPU trial, in a process started by torch's elastic launcher.
+
+    The config is composed again from the same overrides with Hydra's compose API, so every
+    schema applies as in the parent; the run folder and name are the parent's (one folder for
+    all ranks).
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parent.parent / "conf")):
+        cfg = compose("train", overrides=overrides)
+    cfg.paths.output_dir, cfg.run_name = run_dir, run_name
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
+    return run(cfg, Path(run_dir), context)  # the parent's Hydra context: workers have none
+
+
+def rendezvous(t) -> tuple[int, str, str, bool]:
+    """(nodes, rendezvous endpoint, run id, whether this is the first node) for the elastic launcher.
+
+    One node: a free local port, as ``torchrun --standalone``. Several: this process is one task
+    per node of a Slurm job started by Hydra's submitit launcher; submitit's job environment names
+    the nodes, and the first one hosts the c10d rendezvous.
+    """
+    if t.nodes == 1:
+        return 1, "localhost:0", f"vlmqc-{os.getpid()}-{int(time.time())}", True
+    import submitit
+
+    try:
+        job = submitit.JobEnvironment()
+    except RuntimeError as e:
+        raise ConfigError(f"trainer.nodes={t.nodes}: a multi-node trial runs as one task per node of a Slurm job (hydra/launcher=slurm_multinode); {e}") from e
+    if job.num_nodes != t.nodes or job.num_tasks != t.nodes:
+        raise ConfigError(
+            f"trainer.nodes={t.nodes}: this Slurm job has {job.num_nodes} node(s) and {job.num_tasks} task(s); it needs one task on each of {t.nodes} nodes "
+            "(hydra.launcher.nodes and tasks_per_node=1; hydra/launcher=slurm_multinode sets them from trainer.nodes)"
+        )
+    return t.nodes, f"{job.hostnames[0]}:{t.rdzv_port}", f"vlmqc-{job.job_id}", job.node == 0
+
+
+def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
+    """Run the trial on ``devices`` processes (DDP) per node with PyTorch's elastic launcher.
+
+    The dataset and the tiny model are prepared here first, so that the workers only load them.
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    objs = {k: schema.to_object(cfg[k], k) for k in ("model", "image_size", "trainer")}
+    nodes, endpoint, run_id, first_node = rendezvous(objs["trainer"])
+    get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
+    if objs["model"].path is None:
+        tiny_checkpoint(objs["model"].tiny, objs["image_size"].size, cfg.paths.models_dir)
+    if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
+        raise ConfigError(f"trainer.devices={devices}: only {torch.cuda.device_count()} GPU(s) are visible")
+    context = sweep_context()
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
+    config = LaunchConfig(
+        min_nodes=nodes,
+        max_nodes=nodes,
+        nproc_per_node=devices,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=endpoint,
+        max_restarts=0,
+        monitor_interval=1,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(config, _worker)(overrides, str(run_dir), cfg.run_name, context)
+    except Exception as e:  # a rank died without reporting (killed, segfault): the record says so
+        if first_node:
+            Records(run_dir).update(status="failed", reason=f"a worker process failed: {type(e).__name__}: {str(e)[:2000]}")
+        return "failed"
+    # the global ranks' results; on a later node, rank 0's is not among them, but its own are the same
+    return results.get(0, next(iter(results.values())))
+
+
 def objective(run_dir: Path, metric: str) -> float:
     """The value a metric-driven sweeper (Optuna) optimises: the trial's final ``metric``;
     NaN for a trial that failed, which Optuna records as a failed trial."""
@@ -319,7 +413,10 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        status = run(cfg, run_dir)
+        devices = int(cfg.trainer.devices)
+        # under torchrun (LOCAL_RANK set) this process already is one rank; else start the ranks here
+        elastic = (devices > 1 or int(cfg.trainer.nodes) > 1 or bool(cfg.trainer.elastic)) and "LOCAL_RANK" not in os.environ
+        status = launch(cfg, run_dir, devices) if elastic else run(cfg, run_dir)
     except (ConfigError, CustomDataError) as e:
         log.error("%s", e)
         if not multirun:
