@@ -511,8 +511,18 @@ def _run_name(overrides: str) -> str:
     return name or "default"
 
 
+def _gpu_count() -> int:
+    """The GPUs this machine shows the launching process (hydra/launcher=gpus_local gives them all
+    to every trial, and each trial then claims its own: vlmqc/gpus.py)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 if not OmegaConf.has_resolver("vlmqc.run_name"):
     OmegaConf.register_new_resolver("vlmqc.run_name", _run_name)
+if not OmegaConf.has_resolver("vlmqc.gpu_count"):
+    OmegaConf.register_new_resolver("vlmqc.gpu_count", _gpu_count)
 
 
 NUMERIC_GROUPS = ("image_size",)  # config groups whose option names are numbers: image_size=448

@@ -34,6 +34,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmqc import config as schema
+from vlmqc import gpus
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -264,6 +265,9 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             "git_commit": git_commit(),
             "device": device,
             "world_size": world,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPUs a launcher gave this trial
+            "gpu_uuid": str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid) if device == "cuda" else None,
             "effective_batch": t.effective_batch(world),
             "learning_rate": t.effective_lr(world),
             "sample_ids": sample_ids,
@@ -414,6 +418,8 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         devices = int(cfg.trainer.devices)
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local" and cfg.trainer.device != "cpu" and gpus.visible():
+            gpus.claim(devices)  # parallel trials on one machine: each its own GPUs (vlmqc/gpus.py)
         # under torchrun (LOCAL_RANK set) this process already is one rank; else start the ranks here
         elastic = (devices > 1 or int(cfg.trainer.nodes) > 1 or bool(cfg.trainer.elastic)) and "LOCAL_RANK" not in os.environ
         status = launch(cfg, run_dir, devices) if elastic else run(cfg, run_dir)
