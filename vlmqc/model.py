@@ -7,15 +7,22 @@ is the path it takes with a real checkpoint (``model.path=<folder or hub id>``).
 The tiny model is a real LLaVA (CLIP vision tower, projector, Llama language model) with random
 weights and a byte-level BPE tokenizer trained offline on inspection vocabulary. It is built on
 first use into ``paths.models_dir`` and reused: it needs no network, no GPU and no torchvision.
+
+``model=qwen2_vl_2b_random`` is built the same way: a Qwen2-VL with the exact shape of
+Qwen2-VL-2B-Instruct (2.2 B parameters, random bf16 weights, 4.4 GB on disk), the same tokenizer
+with Qwen's special tokens, and Qwen's chat format; for measuring speed and memory at a realistic
+size. Its shape fields (``model.qwen2_vl.*``) shrink it for tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,9 +30,10 @@ import torch
 import transformers
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+from transformers.utils import is_torchvision_available
 
-from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, TinyModelConfig
+from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, Qwen2VLModelConfig, RandomModel, TinyModelConfig
 from vlmqc.labels import DEFECT_NAMES, POSITIONS
 
 IMAGE_TOKEN = "<image>"
@@ -58,26 +66,58 @@ _CORPUS = [
 ]
 
 
-# ------------------------------------------------------------------------------------------ tiny
+# --------------------------------------------------------------------------------- built offline
 
 
-def _tiny_key(cfg: TinyModelConfig, size: int) -> str:
-    spec = {"tiny": asdict(cfg), "size": size, "transformers": transformers.__version__, "template": CHAT_TEMPLATE, "corpus": _CORPUS}
+def _key(spec: dict) -> str:
+    """A built model's cache key: what it is built from, the library that builds it, the corpus."""
+    spec = {**spec, "transformers": transformers.__version__, "corpus": _CORPUS}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _build_tiny(cfg: TinyModelConfig, size: int, path: Path) -> None:
+def _built(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, built by ``build`` into a temporary folder and renamed into place, unless it is there."""
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same build first
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
+    """A byte-level BPE trained on ``_CORPUS``; ``kwargs`` name its special tokens' roles."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     bpe.train_from_iterator(_CORPUS * 4, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **kwargs)
+
+
+def _tiny_key(cfg: TinyModelConfig, size: int) -> str:
+    return _key({"tiny": asdict(cfg), "size": size, "template": CHAT_TEMPLATE})
+
+
+def _build_tiny(cfg: TinyModelConfig, size: int, path: Path) -> None:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = _tokenizer(
+        cfg.vocab_size, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}
     )
     # PIL processor: no torchvision needed; the whole image is resized to the square input
     image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size})
@@ -134,21 +174,91 @@ def tiny_checkpoint(cfg: TinyModelConfig, size: int | None, models_dir: str | os
     A CLIP tower is built for one resolution, so the tiny model is built once per image size.
     """
     size = size or cfg.native_size
-    final = Path(models_dir).expanduser() / f"tiny-{size}px-{_tiny_key(cfg, size)}"
-    if (final / "config.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        _build_tiny(cfg, size, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return _built(Path(models_dir).expanduser() / f"tiny-{size}px-{_tiny_key(cfg, size)}", lambda path: _build_tiny(cfg, size, path))
+
+
+# Qwen2-VL's special tokens (the ones its chat format and processor use) and a chat template in its
+# format, images only. The assistant turn starts with a fixed header, so the prompt alone always
+# tokenizes to a prefix of prompt + answer.
+QWEN2_VL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN2_VL_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def qwen2_vl_config(cfg: Qwen2VLModelConfig, token_ids: dict[str, int]) -> Qwen2VLConfig:
+    """The transformers config of a random Qwen2-VL, given the ids of ``QWEN2_VL_TOKENS``."""
+    t, v = cfg.text, cfg.vision
+    text = {k: val for k, val in asdict(t).items() if k not in ("rope_theta", "mrope_section")}
+    return Qwen2VLConfig(
+        text_config={
+            **text,
+            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
+            "initializer_range": cfg.initializer_range,
+            "bos_token_id": token_ids["<|endoftext|>"],
+            "eos_token_id": token_ids["<|im_end|>"],
+            "pad_token_id": token_ids["<|endoftext|>"],
+        },
+        vision_config={**asdict(v), "hidden_size": t.hidden_size, "initializer_range": cfg.initializer_range},
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+
+
+def _build_qwen2_vl(cfg: Qwen2VLModelConfig, path: Path) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _tokenizer(
+        cfg.tokenizer_vocab_size,
+        QWEN2_VL_TOKENS,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    tokenizer.chat_template = QWEN2_VL_TEMPLATE
+    # PIL processor: no torchvision needed. Images keep their aspect ratio within the pixel budget.
+    v = cfg.vision
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels},
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        merge_size=v.spatial_merge_size,
+    )
+    config = qwen2_vl_config(cfg, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_TOKENS})
+    torch.manual_seed(cfg.seed)
+    # random weights lose nothing in bf16, which halves the 2B model on disk; a GPU trial loads bf16 anyway
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    model.save_pretrained(path)
+    # the files of a published Qwen2-VL checkpoint: AutoProcessor assembles Qwen2VLProcessor from them
+    tokenizer.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(QWEN2_VL_TEMPLATE)
+
+
+def qwen2_vl_checkpoint(cfg: Qwen2VLModelConfig, models_dir: str | os.PathLike) -> Path:
+    """The random Qwen2-VL's folder, built (atomically) if it is not there yet."""
+    key = _key({"qwen2_vl": asdict(cfg), "template": QWEN2_VL_TEMPLATE})
+    return _built(Path(models_dir).expanduser() / f"qwen2_vl-random-{key}", lambda path: _build_qwen2_vl(cfg, path))
+
+
+def random_checkpoint(cfg: ModelConfig, size: int | None, models_dir: str | os.PathLike) -> Path:
+    """The folder of the random model ``cfg.random``, built if it is not there yet."""
+    if cfg.random == RandomModel.qwen2_vl:
+        return qwen2_vl_checkpoint(cfg.qwen2_vl, models_dir)
+    return tiny_checkpoint(cfg.tiny, size, models_dir)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -162,14 +272,33 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 def load(cfg: ModelConfig, image_size: ImageSizeConfig, models_dir: str, device: str) -> tuple[torch.nn.Module, object, str]:
     """The model and processor, the processor set to the requested resolution; and the path."""
-    path = str(tiny_checkpoint(cfg.tiny, image_size.size, models_dir)) if cfg.path is None else cfg.path
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    path = str(random_checkpoint(cfg, image_size.size, models_dir)) if cfg.path is None else cfg.path
+    processor = load_processor(path, cfg.trust_remote_code)
     kwargs = {"dtype": resolve_dtype(cfg.dtype, device), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     set_image_size(processor, model, image_size)
     return model, processor, path
+
+
+class _Qwen2VLImagesOnlyProcessor(Qwen2VLProcessor):
+    """Qwen2VLProcessor without its video processor, which transformers builds only with torchvision.
+
+    The processor's attributes are read from this signature, so it loads and checks only an image
+    processor and a tokenizer; images and text behave exactly as in Qwen2VLProcessor.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+def load_processor(path: str, trust_remote_code: bool = False):
+    """The checkpoint's processor through ``AutoProcessor``; a Qwen2-VL's without its video half
+    where torchvision is missing (a trial uses images and text only)."""
+    if not is_torchvision_available() and AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type == "qwen2_vl":
+        return _Qwen2VLImagesOnlyProcessor.from_pretrained(path)
+    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def set_image_size(processor, model, cfg: ImageSizeConfig) -> None:
@@ -191,6 +320,16 @@ def set_image_size(processor, model, cfg: ImageSizeConfig) -> None:
         ip.size = {"height": cfg.size, "width": cfg.size}
         ip.do_center_crop = False  # the whole image, not its centre square
         return
+    if model_type in ("qwen2_vl",):
+        # a pixel budget, not a square: the processor keeps the aspect ratio, scaling down to fit
+        ip = processor.image_processor
+        lowest = ip.size["shortest_edge"]
+        if cfg.size * cfg.size < lowest:
+            raise ConfigError(
+                f"image_size.size={cfg.size}: this {model_type} processor scales every image up to at least {lowest} pixels; use a size >= {math.isqrt(lowest - 1) + 1}"
+            )
+        ip.size = {"shortest_edge": lowest, "longest_edge": cfg.size * cfg.size}
+        return
     raise ConfigError(f"image_size.size={cfg.size}: setting the resolution of a {model_type!r} model is not supported yet; use image_size=native")
 
 
@@ -201,10 +340,10 @@ def _part(name: str) -> str:
     """Which part of a VLM a module belongs to, from its qualified name."""
     if "language_model" in name or name.startswith("model.layers") or name.startswith("layers."):
         return "language"
+    if any(k in name for k in ("projector", "merger", "connector")):  # before vision: Qwen2-VL's is model.visual.merger
+        return "projector"
     if any(k in name for k in ("vision", "visual", "image_encoder")):
         return "vision"
-    if any(k in name for k in ("projector", "merger", "connector")):
-        return "projector"
     return "other"
 
 
@@ -214,9 +353,11 @@ def adapt(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
         for name, p in model.named_parameters():
             p.requires_grad = _part(name) != "vision" or cfg.train_vision
         return model
-    parts = {LoraTarget.language: {"language"}, LoraTarget.language_vision: {"language", "vision", "projector"}, LoraTarget.all_linear: {"language", "vision", "projector", "other"}}[
-        LoraTarget(cfg.target)
-    ]
+    parts = {
+        LoraTarget.language: {"language"},
+        LoraTarget.language_vision: {"language", "vision", "projector"},
+        LoraTarget.all_linear: {"language", "vision", "projector", "other"},
+    }[LoraTarget(cfg.target)]
     output = model.get_output_embeddings()
     targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not output and _part(n) in parts]
     if not targets:
