@@ -257,5 +257,8 @@ def test_a_short_trial_of_the_shrunk_preset_completes(tmp_path):
     facts = summary["facts"]
     assert "qwen2_vl-random-" in facts["model_path"]
     assert 150 < facts["image_tokens_per_sample"] < 400
+    # the resolution the tower saw, in pixels: the patch grid, within the 448 x 448 pixel budget
+    h, w = facts["processed_resolution"]
+    assert h % 28 == 0 and w % 28 == 0 and h * w <= 448 * 448 and (h // 28) * (w // 28) == facts["image_tokens_per_sample"]
     assert 0 < facts["trainable_parameters"] < facts["total_parameters"]
     assert "eval/loss" in summary["final"] and "eval/verdict_accuracy" in summary["final"]

@@ -86,3 +86,16 @@ def claim(n: int, poll_seconds: float = 2.0, timeout_seconds: float | None = Non
 def release() -> None:
     while _held:
         _held.pop().close()
+
+
+def distributed_backend() -> str | None:
+    """The process group's backend (nccl, gloo), or None outside a distributed run.
+
+    Here rather than in vlmqc/train.py: Hydra's submitit launcher pickles the train app's functions
+    by value (it runs as ``__main__``), and cloudpickle would then try to take ``torch.distributed``'s
+    config module along with them, which cannot be pickled.
+    """
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+

@@ -261,6 +261,20 @@ def random_checkpoint(cfg: ModelConfig, size: int | None, models_dir: str | os.P
     return tiny_checkpoint(cfg.tiny, size, models_dir)
 
 
+def processed_resolution(model, batch: dict) -> list[int] | None:
+    """Height and width in pixels of the image the vision tower really saw, for a batch of one.
+
+    A fixed-size tower's ``pixel_values`` are the image itself; Qwen2-VL's are flattened patches,
+    and its ``image_grid_thw`` gives the patch grid."""
+    if "image_grid_thw" in batch:
+        _, h, w = (int(x) for x in batch["image_grid_thw"][0])
+        patch = model.config.vision_config.patch_size
+        return [h * patch, w * patch]
+    if "pixel_values" in batch:
+        return list(batch["pixel_values"].shape[-2:])
+    return None
+
+
 # ------------------------------------------------------------------------------ loading
 
 

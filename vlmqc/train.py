@@ -40,7 +40,7 @@ from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
 from vlmqc.evaluate import score
-from vlmqc.model import adapt, load, parameter_counts, tiny_checkpoint
+from vlmqc.model import adapt, load, parameter_counts, processed_resolution, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import instruction, render_answer
 from vlmqc.track import Records, Tracker
@@ -194,7 +194,7 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
-        activation_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.gradient_checkpointing,  # transformers 5.24 calls it activation_checkpointing, and takes this name too
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
         label_names=["labels"],
@@ -254,7 +254,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
         trainable, total = parameter_counts(model)
         probe = Collator(processor, objs["prompt"], train=True)([test_rows[0]])
         facts = {
-            "processed_resolution": list(probe["pixel_values"].shape[-2:]) if "pixel_values" in probe else None,
+            "processed_resolution": processed_resolution(model, probe),
             "image_tokens_per_sample": int((probe["input_ids"] == model.config.image_token_id).sum()) if hasattr(model.config, "image_token_id") else None,
             "source_image_size": list(test_rows[0]["image"].size),
             "trainable_parameters": trainable,
@@ -291,7 +291,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             data_collator=Collator(processor, objs["prompt"], train=True),
             callbacks=[trial],
         )
-        facts["distributed_backend"] = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        facts["distributed_backend"] = gpus.distributed_backend()
         records.update(facts=facts)
         tracker.config({"facts": facts})
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -369,7 +369,7 @@ def rendezvous(t) -> tuple[int, str, str, bool]:
 def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
     """Run the trial on ``devices`` processes (DDP) per node with PyTorch's elastic launcher.
 
-    The dataset and the tiny model are prepared here first, so that the workers only load them.
+    The dataset and a random model (tiny or not) are prepared here first, so that the workers only load them.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -377,7 +377,7 @@ def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
     nodes, endpoint, run_id, first_node = rendezvous(objs["trainer"])
     get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
     if objs["model"].path is None:
-        tiny_checkpoint(objs["model"].tiny, objs["image_size"].size, cfg.paths.models_dir)
+        random_checkpoint(objs["model"], objs["image_size"].size, cfg.paths.models_dir)
     if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
         raise ConfigError(f"trainer.devices={devices}: only {torch.cuda.device_count()} GPU(s) are visible")
     context = sweep_context()
