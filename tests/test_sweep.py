@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +75,20 @@ def test_a_sweeps_trials_share_a_wandb_group_and_carry_their_overrides_as_tags(f
     assert len(seen) == 4
 
 
+def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_sweep):
+    sweep, _ = failing_sweep
+    out = subprocess.run([sys.executable, "-m", "vlmqc.compare", str(sweep)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = Path(out.stdout.strip())
+    assert report == sweep / "report" / "report.html"
+    text = report.read_text()
+    rows = re.findall(r'<tr class="row-(\w+)" data-dir="([^"]+)"', text)
+    assert sorted(status for status, _ in rows) == ["completed", "completed", "completed", "failed"]
+    assert {Path(d).name for _, d in rows} == set(summaries(sweep))
+    (failed,) = [r for r in summaries(sweep).values() if r["status"] == "failed"]
+    assert html.escape(failed["reason"]) in text
+
+
 def test_every_experiment_composes_and_validates():
     assert {"first_trial", "second_trial", "raw_vs_diff", "prompt_ablation", "lora_rank", "image_size"} <= set(EXPERIMENTS)
     for name in EXPERIMENTS:
@@ -130,3 +146,13 @@ def compose_app_hydra(overrides: list[str]):
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_launchers_take_their_gpus_and_nodes_from_the_trainer():
+    cfg = compose_app_hydra(["hydra/launcher=slurm_multinode", "trainer.nodes=2", "trainer.devices=4"])
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.max_num_timeout) == (2, 1, 4, 3)
+    import torch
+
+    assert compose_app_hydra(["hydra/launcher=gpus_local"]).hydra.launcher.gpus_per_node == torch.cuda.device_count()  # all, to claim from
+

@@ -25,8 +25,9 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -51,7 +52,6 @@ class Trial:
     reason: str | None
     overrides: dict[str, str]  # the command line's, as typed: key -> value
     label: str = ""  # short and unique among the compared trials: legends and column heads
-    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -172,10 +172,10 @@ def override_value(trial: Trial, key: str) -> tuple[str | None, bool]:
     return config_value(trial, key), False
 
 
-def _canon(value: str | None):
-    """1e-3 and 0.001 are the same setting."""
-    n = _number(value)
-    return n if n is not None else value
+def settings(trials: list[Trial], key: str) -> set:
+    """The distinct values of a key among the trials that know it (1e-3 and 0.001 are one)."""
+    values = (override_value(t, key)[0] for t in trials)
+    return {n if (n := _number(v)) is not None else v for v in values if v is not None}
 
 
 def _sort_key(value: str):
@@ -183,16 +183,23 @@ def _sort_key(value: str):
     return (0, n, "") if n is not None else (1, 0.0, str(value))
 
 
+def _rename_clashes(trials: list[Trial], rename) -> None:
+    clashes: dict[str, list[Trial]] = {}
+    for t in trials:
+        clashes.setdefault(t.label, []).append(t)
+    for same in clashes.values():
+        if len(same) > 1:
+            for i, t in enumerate(same, 1):
+                t.label = rename(t, i)
+
+
 def label_trials(trials: list[Trial], swept: list[str]) -> None:
-    """Name each trial by the swept settings it typed; the folder name where that is not unique."""
+    """Name each trial by the swept settings it typed; where two names clash, add the folder's
+    name (a multirun's folder names are whole run names, so they are cut short), then a number."""
     for t in trials:
         t.label = ", ".join(f"{k}={t.overrides[k]}" for k in swept if k in t.overrides) or t.dir.name
-    seen: dict[str, int] = {}
-    for t in trials:
-        seen[t.label] = seen.get(t.label, 0) + 1
-    for t in trials:
-        if seen[t.label] > 1:
-            t.label = f"{t.label} [{t.dir.name}]"
+    _rename_clashes(trials, lambda t, i: f"{t.label} [{t.dir.name if len(t.dir.name) <= 24 else t.dir.name[:23] + '…'}]")
+    _rename_clashes(trials, lambda t, i: f"{t.label} #{i}")
 
 
 # --- Figures -------------------------------------------------------------------------------------
@@ -224,7 +231,9 @@ def curves_png(trials: list[Trial], history: dict[Path, list[dict]]) -> bytes | 
     kinds = (("train/loss", "train loss"), ("eval/loss", "eval loss"))
     if not any(k in row for t in trials for row in history.get(t.dir, []) for k, _ in kinds):
         return None
-    fig = _figure(figsize=(11, 4 + 0.22 * len(trials)))
+    # long names wrap, and the figure grows to keep its legend (two columns) whole
+    labels = {t.dir: textwrap.fill(t.label + (f" ({t.status})" if t.status in NOT_FINISHED else ""), 70, subsequent_indent="  ") for t in trials}
+    fig = _figure(figsize=(11, 4.3 + 0.16 * math.ceil(sum(v.count("\n") + 1 for v in labels.values()) / 2)))
     axes = fig.subplots(1, 2)
     for ax, (key, title) in zip(axes, kinds, strict=True):
         for i, t in enumerate(trials):
@@ -232,18 +241,17 @@ def curves_png(trials: list[Trial], history: dict[Path, list[dict]]) -> bytes | 
             finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
             if not finite:
                 continue
-            label = t.label + ("" if t.status not in NOT_FINISHED else f" ({t.status})")
-            ax.plot(*zip(*finite, strict=True), marker="o", markersize=3, label=label, **_style(i))
+            ax.plot(*zip(*finite, strict=True), marker="o", markersize=3, label=labels[t.dir], **_style(i))
             if len(finite) < len(points):
                 ax.plot(*finite[-1], marker="x", markersize=10, mew=2, color=_style(i)["color"])
         ax.set(title=title, xlabel="step", ylabel="loss")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    for h, lab in zip(*axes[1].get_legend_handles_labels(), strict=True):
-        if lab not in labels:
+    handles, names = axes[0].get_legend_handles_labels()
+    for h, name in zip(*axes[1].get_legend_handles_labels(), strict=True):
+        if name not in names:
             handles.append(h)
-            labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=1 if len(trials) > 6 else 2)
+            names.append(name)
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=2)
     return _png(fig)
 
 
@@ -281,10 +289,19 @@ def thumbnail(path: Path) -> str | None:
 # --- HTML ----------------------------------------------------------------------------------------
 
 
+def _visible(ch: str) -> str:
+    return f"\\x{ord(ch):02x}" if ord(ch) < 256 else "\ufffd"  # a lone surrogate cannot be written as UTF-8
+
+
 def e(value) -> str:
-    """Escaped text; control characters made visible (models emit NULs and ESCs)."""
+    """Text content, escaped; control characters shown as \\xNN (models emit NULs and ESCs)."""
     text = html.escape("" if value is None else str(value), quote=True)
-    return _CONTROL.sub(lambda m: f'<span class="ctl">\\x{ord(m.group()):02x}</span>' if ord(m.group()) < 256 else "\ufffd", text)
+    return _CONTROL.sub(lambda m: f'<span class="ctl">{_visible(m.group())}</span>', text)
+
+
+def a(value) -> str:
+    """An attribute value, escaped (for double quotes); control characters as \\xNN, no markup."""
+    return _CONTROL.sub(lambda m: _visible(m.group()), html.escape("" if value is None else str(value), quote=True))
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -306,12 +323,12 @@ def _cell(text: str, value=None, cls: str = "") -> str:
     """A table cell; data-value is what the column sorts on (a number where there is one, empty when missing)."""
     if isinstance(value, float):
         value = repr(value) if math.isfinite(value) else ""
-    data = "" if value is None else e(value)
+    data = "" if value is None else a(value)
     return f'<td data-value="{data}" class="{cls}">{text}</td>'
 
 
 def _status_html(t: Trial) -> str:
-    parts = [f'<span class="badge {e(t.status)}">{e(t.status)}</span>']
+    parts = [f'<span class="badge {a(t.status)}">{e(t.status)}</span>']
     if t.reason:
         parts.append(f'<div class="reason">{e(t.reason)}</div>')
     if t.summary.get("traceback"):
@@ -350,7 +367,7 @@ def trials_table(trials: list[Trial], swept: list[str], fixed: list[str], metric
         runtime = _number(t.summary.get("runtime_seconds"))
         cells.append(_cell(_runtime(runtime), runtime, "num"))
         cells += override_cells(t, fixed)
-        rows.append(f'<tr class="row-{e(t.status)}" data-dir="{e(t.dir)}">{"".join(cells)}</tr>')
+        rows.append(f'<tr class="row-{a(t.status)}" data-dir="{a(t.dir)}">{"".join(cells)}</tr>')
     return (
         '<div class="scroll"><table id="trials" class="sortable">'
         f"<thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -365,26 +382,37 @@ def failed_section(trials: list[Trial]) -> str:
     for t in bad:
         step = t.summary.get("step")
         items.append(
-            f'<li class="row-{e(t.status)}"><b>{e(t.label)}</b> — {_status_html(t)}'
+            f'<li class="row-{a(t.status)}"><b>{e(t.label)}</b> — {_status_html(t)}'
             f'<div class="muted">{e(t.dir)}{f" · step {e(step)}" if step is not None else ""} · ran {_runtime(_number(t.summary.get("runtime_seconds")))}</div></li>'
         )
     return f'<ul class="failed">{"".join(items)}</ul>'
 
 
 def _image(data_uri: str, alt: str, cls: str = "") -> str:
-    return f'<img src="{data_uri}" alt="{e(alt)}" class="{cls}">'
+    return f'<img src="{data_uri}" alt="{a(alt)}" class="{cls}">'
+
+
+def by_dataset(trials: list[Trial]) -> dict[str, list[Trial]]:
+    """Trials by dataset hash (the same test ids mean the same images only within one); unknown last."""
+    groups: dict[str, list[Trial]] = {}
+    for t in sorted(trials, key=lambda t: t.dataset == "unknown"):
+        groups.setdefault(t.dataset, []).append(t)
+    return groups
+
+
+def dataset_heading(members: list[Trial]) -> str:
+    if members[0].dataset == "unknown":
+        return '<h3>dataset unknown <span class="muted">(no dataset hash in summary.json)</span></h3>'
+    return f'<h3>dataset {e(config_value(members[0], "data") or "?")} <span class="muted">(hash {e(members[0].dataset)})</span></h3>'
 
 
 def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[dict]]], labels_by_id: dict[Path, dict[str, dict]]) -> str:
     """Per dataset: one row per fixed sample id, each trial's answer in a column, right in green."""
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        if t.dir in samples:
-            groups.setdefault(t.dataset, []).append(t)
+    groups = by_dataset([t for t in trials if t.dir in samples])
     if not groups:
         return "<p>No trial recorded inference samples.</p>"
     out = []
-    for dataset, members in groups.items():
+    for members in groups.values():
         ids: list[str] = []
         for t in members:
             fixed = (t.summary.get("facts") or {}).get("sample_ids") or []
@@ -392,7 +420,6 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[dic
                 if i is not None and i not in ids:
                     ids.append(i)
         by_id = {t.dir: {r.get("id"): r for r in samples[t.dir][1]} for t in members}
-        data_name = config_value(members[0], "data") or "?"
         head = "".join(f'<th>{e(t.label)}<div class="muted">step {samples[t.dir][0]}{f" · {e(t.status)}" if t.status != "completed" else ""}</div></th>' for t in members)
         rows = []
         for sid in ids:
@@ -418,10 +445,10 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[dic
                 ok = row.get("correct")
                 cls, mark = ("right", "✓") if ok is True else ("wrong", "✗") if ok is False else ("", "?")
                 expected = "" if same_truth else f'<div class="muted">expected: {e(row.get("truth"))}</div>'
-                cells.append(f'<td class="pred {cls}" data-trial="{e(t.label)}"><span class="mark">{mark}</span> <pre>{e(row.get("prediction"))}</pre>{expected}</td>')
-            rows.append(f'<tr data-id="{e(sid)}">{"".join(cells)}</tr>')
+                cells.append(f'<td class="pred {cls}" data-trial="{a(t.label)}"><span class="mark">{mark}</span> <pre>{e(row.get("prediction"))}</pre>{expected}</td>')
+            rows.append(f'<tr data-id="{a(sid)}">{"".join(cells)}</tr>')
         out.append(
-            f'<h3>dataset {e(data_name)} <span class="muted">({e(dataset)})</span></h3><div class="scroll"><table class="samples">'
+            f'{dataset_heading(members)}<div class="scroll"><table class="samples">'
             f"<thead><tr><th>id</th><th>image</th><th>truth</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
         )
     return "".join(out)
@@ -445,11 +472,8 @@ def confusion_counts(rows: list[dict]) -> dict[str, dict[str, int]]:
 
 def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, list[dict]]]) -> str:
     """A matrix per trial; columns shared within a dataset, so the trials' matrices line up."""
-    by_dataset: dict[str, list[Trial]] = {}
-    for t in trials:
-        by_dataset.setdefault(t.dataset, []).append(t)
     out = []
-    for members in by_dataset.values():
+    for members in by_dataset(trials).values():
         counts, notes = {}, []
         for t in members:
             if t.dir not in predictions:
@@ -483,18 +507,17 @@ def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, li
                     n = row.get(col, 0)
                     share = n / total if total else 0.0
                     colour = "40,160,70" if col == true else "210,60,50"
-                    style = f' style="background: rgba({colour},{0.12 + 0.75 * share:.2f})"' if n else ""
-                    cells.append(f'<td data-true="{e(true)}" data-pred="{e(col)}"{style}>{n}</td>')
+                    style = f' style="background: rgba({colour},{0.12 + 0.75 * share:.2f})"' if n else ' class="zero"'
+                    cells.append(f'<td data-true="{a(true)}" data-pred="{a(col)}"{style}>{n}</td>')
                 body.append(f'<tr><th>{e(true)}</th>{"".join(cells)}<td class="total">{total}</td></tr>')
             caption = f'{e(t.label)}<div class="muted">step {step}{f" · {e(t.status)}" if t.status != "completed" else ""}</div>'
             head = "".join(f"<th>{e(col)}</th>" for col in columns)
             tables.append(
-                f'<table class="confusion" data-trial="{e(t.label)}"><caption>{caption}</caption>'
+                f'<table class="confusion" data-trial="{a(t.label)}"><caption>{caption}</caption>'
                 f'<thead><tr><th class="corner">true ↓ / said →</th>{head}<th>rows</th></tr></thead><tbody>{"".join(body)}</tbody></table>'
             )
-        data_name = config_value(members[0], "data") or "?"
         out.append(
-            f'<h3>dataset {e(data_name)} <span class="muted">({e(members[0].dataset)})</span></h3>'
+            f"{dataset_heading(members)}"
             f'<div class="matrices">{"".join(tables)}</div>{f"<ul>{chr(10).join(notes)}</ul>" if notes else ""}'
         )
     return "".join(out)
@@ -538,7 +561,7 @@ img.thumb { width: 160px; display: block; }
 .matrices { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 table.confusion td { text-align: right; min-width: 2.2em; }
 table.confusion caption { font-weight: bold; text-align: left; max-width: 40em; }
-table.confusion td.total { color: #777; }
+table.confusion td.total, table.confusion td.zero { color: #bbb; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #555; max-width: 420px; }
 """
@@ -595,72 +618,92 @@ def _file_name(key: str) -> str:
     return "param-" + re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".png"
 
 
-def build(run_dirs: list[Path], out_dir: Path, metric: str, sources: list[str]) -> Path:
-    trials = [load_trial(d) for d in run_dirs]
-    notes: list[str] = []
+@dataclass
+class Records:
+    """What the report reads besides summary.json, by run folder; steps are the last evaluation's."""
 
-    keys: list[str] = []
-    for t in trials:
-        keys += [k for k in t.overrides if k not in keys]
-    swept = [k for k in keys if len({_canon(override_value(t, k)[0]) for t in trials}) > 1]
-    fixed = [k for k in keys if k not in swept]
-    label_trials(trials, swept)
+    history: dict[Path, list[dict]]  # metrics.jsonl
+    samples: dict[Path, tuple[int, list[dict]]]  # (step, samples/step-N.jsonl)
+    predictions: dict[Path, tuple[int, list[dict]]]  # (step, predictions/step-N.jsonl)
+    notes: list[str]  # lines that could not be read
 
-    metrics: list[str] = []
-    for t in trials:
-        for kind in ("final", "best"):
-            metrics += [m for m in (t.summary.get(kind) or {}) if m.startswith("eval/") and m not in metrics]
-    if metric not in metrics and "/" not in metric and f"eval/{metric}" in metrics:
-        metric = f"eval/{metric}"
-    if metric not in metrics and metrics:
-        notes.append(f"No trial has {metric}; the report uses {metrics[0]}.")
-        metric = metrics[0]
-    metrics.sort(key=lambda m: (m != metric, m))
 
-    history, samples, predictions, labels_by_id = {}, {}, {}, {}
+def read_records(trials: list[Trial]) -> Records:
+    records = Records({}, {}, {}, [])
     for t in trials:
         rows, bad = read_jsonl(t.dir / "metrics.jsonl")
-        history[t.dir] = rows
+        records.history[t.dir] = rows
         if bad:
-            notes.append(f"{t.dir / 'metrics.jsonl'}: {bad} line(s) could not be read.")
-        for store, folder in ((samples, "samples"), (predictions, "predictions")):
+            records.notes.append(f"{t.dir / 'metrics.jsonl'}: {bad} line(s) could not be read.")
+        for store, folder in ((records.samples, "samples"), (records.predictions, "predictions")):
             found = latest(t.dir / folder)
             if found:
                 rows, bad = read_jsonl(found[1])
                 store[t.dir] = (found[0], rows)
                 if bad:
-                    notes.append(f"{found[1]}: {bad} line(s) could not be read.")
-        if t.dir in predictions:
-            labels_by_id[t.dir] = {r.get("id"): r for r in predictions[t.dir][1]}
+                    records.notes.append(f"{found[1]}: {bad} line(s) could not be read.")
+    return records
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = []
-    curves = curves_png(trials, history)
-    if curves:
-        write_atomic(out_dir / "curves.png", curves)
-        figures.append(f'<figure>{_image(_data_uri(curves), "train and eval loss curves")}<figcaption>curves.png — x marks a non-finite loss.</figcaption></figure>')
-    curves_html = "".join(figures) or "<p>No trial logged a loss.</p>"
 
+def choose_metric(trials: list[Trial], wanted: str, notes: list[str]) -> tuple[str, list[str]]:
+    """The metric to highlight (``exact_match`` means ``eval/exact_match``), and every eval metric, it first."""
+    metrics: list[str] = []
+    for t in trials:
+        for kind in ("final", "best"):
+            metrics += [m for m in (t.summary.get(kind) or {}) if m.startswith("eval/") and m not in metrics]
+    if wanted not in metrics and f"eval/{wanted}" in metrics:
+        wanted = f"eval/{wanted}"
+    if wanted not in metrics and metrics:
+        notes.append(f"No trial has {wanted}; the report uses {metrics[0]}.")
+        wanted = metrics[0]
+    return wanted, sorted(metrics, key=lambda m: (m != wanted, m))
+
+
+def sweep_figures(trials: list[Trial], swept: list[str], metric: str, out_dir: Path) -> str:
+    """One plot per swept key; trials without a final value of the metric (failed ones) are named, not plotted."""
     index = {t.dir: i for i, t in enumerate(trials)}
-    params = []
+    figures = []
     for key in swept:
-        points, excluded = [], []
+        points, left_out = [], []
         for t in trials:
-            value, y = override_value(t, key)[0], t.metric("final", metric)
+            y = t.metric("final", metric)
             if t.status != "completed" or y is None or not math.isfinite(y):
-                excluded.append(f"{e(t.label)} ({e(t.status if t.status != 'completed' else 'no ' + metric)})")
+                left_out.append(f"{e(t.label)} ({e(t.status if t.status != 'completed' else 'no ' + metric)})")
             else:
-                points.append((index[t.dir], str(value), y))
-        caption = f"{e(key)} against final {e(metric)}." + (f" Left out: {', '.join(excluded)}." if excluded else "")
+                points.append((index[t.dir], str(override_value(t, key)[0]), y))
+        caption = f"{e(key)} against final {e(metric)}." + (f" Left out: {', '.join(left_out)}." if left_out else "")
         if not points:
-            params.append(f"<figure><figcaption>{caption} No trial left to plot.</figcaption></figure>")
+            figures.append(f"<figure><figcaption>{caption} No trial left to plot.</figcaption></figure>")
             continue
         png = param_png(key, points, metric)
         write_atomic(out_dir / _file_name(key), png)
-        params.append(f'<figure>{_image(_data_uri(png), f"{key} against {metric}")}<figcaption>{e(_file_name(key))}: {caption}</figcaption></figure>')
-    params_html = f'<div class="figures">{"".join(params)}</div>' if params else "<p>No override differs between the trials.</p>"
+        figures.append(f'<figure>{_image(_data_uri(png), f"{key} against {metric}")}<figcaption>{e(_file_name(key))}: {caption}</figcaption></figure>')
+    return f'<div class="figures">{"".join(figures)}</div>' if figures else "<p>No override differs between the trials.</p>"
 
-    counts = {}
+
+def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list[str]) -> Path:
+    trials = [load_trial(d) for d in run_dirs]
+    records = read_records(trials)
+    notes = records.notes
+    metric, metrics = choose_metric(trials, wanted_metric, notes)
+
+    keys: list[str] = []
+    for t in trials:
+        keys += [k for k in t.overrides if k not in keys]
+    # config groups (data, prompt, lora) before single fields: they say most about a trial
+    swept = sorted((k for k in keys if len(settings(trials, k)) > 1), key=lambda k: "." in k)
+    fixed = [k for k in keys if k not in swept]
+    label_trials(trials, swept)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = curves_png(trials, records.history)
+    if curves:
+        write_atomic(out_dir / "curves.png", curves)
+        curves_html = f'<figure>{_image(_data_uri(curves), "train and eval loss curves")}<figcaption>curves.png — x marks a non-finite loss.</figcaption></figure>'
+    else:
+        curves_html = "<p>No trial logged a loss.</p>"
+
+    counts: dict[str, int] = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     intro = (
@@ -669,13 +712,14 @@ def build(run_dirs: list[Path], out_dir: Path, metric: str, sources: list[str]) 
         f'Written {e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>'
         + (f'<ul class="notes">{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>' if notes else "")
     )
+    labels_by_id = {d: {r.get("id"): r for r in rows} for d, (_, rows) in records.predictions.items()}
     sections = [
         ("trials", "Trials", trials_table(trials, swept, fixed, metrics, metric) + '<p class="muted">Click a column head to sort. Greyed values were not overridden (the config\'s).</p>'),
         ("failed", "Failed, interrupted and unreadable trials", failed_section(trials)),
         ("curves", "Loss curves", curves_html),
-        ("sweep", f"Swept settings against {metric}", params_html),
-        ("samples", "Inference samples", samples_section(trials, samples, labels_by_id)),
-        ("confusion", "Defect-type confusion (last evaluation)", confusion_section(trials, predictions)),
+        ("sweep", f"Swept settings against {metric}", sweep_figures(trials, swept, metric, out_dir)),
+        ("samples", "Inference samples", samples_section(trials, records.samples, labels_by_id)),
+        ("confusion", "Defect-type confusion (last evaluation)", confusion_section(trials, records.predictions)),
     ]
     report = out_dir / "report.html"
     write_atomic(report, page("vlmqc trial comparison", sections, intro).encode("utf-8", "replace"))

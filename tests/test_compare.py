@@ -1,0 +1,348 @@
+"""The comparison report, built from real trials' run folders and read back (also in a browser)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmqc import compare
+
+TINY = ["data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
+XSS = '<script>alert(1)</script> & "quoted"'
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def train(root: Path, *overrides: str, multirun: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "VLMQC_CACHE_DIR": str(root / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "vlmqc.train", *(["-m"] if multirun else []), *TINY, *overrides], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, status: int) -> None:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == status, out[-3000:]
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    return dst
+
+
+def last(folder: Path) -> Path:
+    return max(folder.glob("step-*.jsonl"))
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A multirun of two prompts, a failed trial (lr 1e30) and a star trial beside them, plus two
+    doctored copies: one whose sample prediction is an HTML attack, one with a cut-off summary.json."""
+    root = tmp_path_factory.mktemp("compare")
+    sweep = root / "sweep"
+    finish(train(root, "data=pair_mixed", "prompt=short,json", "lora=r4", f"hydra.sweep.dir={sweep}", multirun=True), 0)
+    # the first trial cached the data and the tiny model, so these two can share the CPU
+    failed = train(root, "data=pair_mixed", "prompt=short", "lora=r4", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", f"hydra.run.dir={sweep / 'failed'}")
+    star = train(root, "data=star", "lora=r4", "trainer.max_steps=2", f"hydra.run.dir={sweep / 'star'}")
+    finish(failed, 1)
+    finish(star, 0)
+
+    xss = copy_run(next(sweep.glob("*prompt=json*")), sweep / "xss")
+    samples = last(xss / "samples")
+    rows = jsonl(samples)
+    rows[0]["prediction"] = XSS
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    corrupt = copy_run(next(sweep.glob("*prompt=short*")), sweep / "corrupt")
+    (corrupt / "summary.json").write_text((corrupt / "summary.json").read_text()[:150])
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def report(sweep) -> Path:
+    return compare.main([str(sweep)])
+
+
+class Tables(HTMLParser):
+    """Every table of a page: its attributes, caption, head cells, and body rows of cells.
+
+    A cell is (tag, attributes, text); a row is (attributes, cells)."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[dict] = []
+        self._cell = self._caption = None
+        self._in_head = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append({"attrs": attrs, "caption": "", "head": [], "rows": []})
+        elif tag == "thead":
+            self._in_head = True
+        elif tag == "tbody":
+            self._in_head = False
+        elif tag == "tr" and self.tables:
+            self._row = (attrs, [])
+        elif tag in ("td", "th"):
+            self._cell = (tag, attrs, [])
+        elif tag == "caption":
+            self._caption = []
+        elif tag == "br" and self._cell:
+            self._cell[2].append(" ")
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[2].append(data)
+        elif self._caption is not None:
+            self._caption.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            tag_, attrs, parts = self._cell
+            self._row[1].append((tag_, attrs, "".join(parts).strip()))
+            self._cell = None
+        elif tag == "tr":
+            table = self.tables[-1]
+            (table["head"] if self._in_head else table["rows"]).append(self._row)
+        elif tag == "caption":
+            self.tables[-1]["caption"] = "".join(self._caption)
+            self._caption = None
+
+    def find(self, **attrs) -> list[dict]:
+        return [t for t in self.tables if all(t["attrs"].get(k) == v for k, v in attrs.items())]
+
+
+def trials_table(text: str) -> tuple[list[str], dict[str, list]]:
+    """The trials table: its column heads, and each row's cells keyed by run folder name."""
+    (table,) = Tables(text).find(id="trials")
+    head = [c[2] for c in table["head"][0][1]]
+    return head, {Path(attrs["data-dir"]).name: cells for attrs, cells in table["rows"]}
+
+
+def column(head: list[str], name: str) -> int:
+    return head.index(name)
+
+
+def runs(sweep: Path) -> dict[str, Path]:
+    """The trials by a short name: short, json (the multirun), failed, star, xss, corrupt."""
+    found = {d.name: d for d in sweep.iterdir() if (d / "summary.json").exists()}
+    return {("short" if "prompt=short" in k else "json" if "prompt=json" in k else k): v for k, v in found.items()}
+
+
+@pytest.mark.slow
+def test_one_row_per_trial_with_its_status_and_reason(sweep, report):
+    head, rows = trials_table(report.read_text())
+    by_name = {k: rows[v.name] for k, v in runs(sweep).items()}
+    assert len(rows) == 6
+    status = column(head, "status")
+    assert {k: cells[status][1]["data-value"] for k, cells in by_name.items()} == {
+        "short": "completed", "json": "completed", "xss": "completed", "star": "completed", "failed": "failed", "corrupt": "unreadable",
+    }
+    reason = json.loads((sweep / "failed" / "summary.json").read_text())["reason"]
+    assert reason.startswith("non-finite training loss at step") and reason in by_name["failed"][status][2]
+    assert "summary.json" in by_name["corrupt"][status][2]
+    # a swept override is its own column; a trial that did not type it shows its config's value
+    assert [by_name[k][column(head, "prompt")][2] for k in ("short", "json", "star")] == ["short", "json", "long"]
+    assert by_name["failed"][column(head, "trainer.lr")][2] == "1e30" and by_name["json"][column(head, "trainer.lr")][2] == "0.001"
+
+
+@pytest.mark.slow
+def test_table_cells_carry_the_numbers_to_sort_on(sweep, report):
+    text = report.read_text()
+    head, rows = trials_table(text)
+    for name in ("json", "short", "star"):
+        run = runs(sweep)[name]
+        summary = json.loads((run / "summary.json").read_text())
+        cells = rows[run.name]
+        for kind in ("final", "best"):
+            for metric, value in summary[kind].items():
+                if metric.startswith("eval/"):
+                    assert float(cells[column(head, f"{kind} {metric.removeprefix('eval/')}")][1]["data-value"]) == value
+        assert float(cells[column(head, "runtime")][1]["data-value"]) == summary["runtime_seconds"]
+    # a metric the trial has not got sorts as missing; the chosen metric's column is marked
+    failed = rows[runs(sweep)["failed"].name]
+    assert failed[column(head, "final exact_match")][1]["data-value"] == ""
+    assert "chosen" in failed[column(head, "final exact_match")][1]["class"]
+    assert "defect_recall" in head[column(head, "final defect_recall")] and rows[runs(sweep)["star"].name][column(head, "final defect_recall")][1]["data-value"] == ""
+
+
+@pytest.mark.slow
+def test_figures_are_valid_pngs_embedded_in_the_page(report):
+    text = report.read_text()
+    pngs = sorted(report.parent.glob("*.png"))
+    assert {p.name for p in pngs} >= {"curves.png", "param-prompt.png", "param-trainer.lr.png", "param-data.png"}
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+            assert im.format == "PNG"
+        assert base64.b64encode(png.read_bytes()).decode() in text
+    # the failed trial is left out of the sweep plots, and the page says so
+    assert re.search(r"param-trainer\.lr\.png: .*Left out: [^<]*trainer\.lr=1e30[^<]*\(failed\)", text)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def shown(text: str) -> str:
+    """A prediction as the page shows it: control characters written out as \\xNN."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+@pytest.mark.slow
+def test_samples_line_up_every_trial_escaped(sweep, report):
+    text = report.read_text()
+    trials = runs(sweep)
+    _, rows = trials_table(text)
+    label = {name: rows[run.name][0][1]["data-value"] for name, run in trials.items()}
+    pair = next(t for t in Tables(text).find(**{"class": "samples"}) if len(t["head"][0][1]) > 4)
+    heads = [c[2] for c in pair["head"][0][1]]
+    ids = json.loads((trials["json"] / "summary.json").read_text())["facts"]["sample_ids"]
+    assert [attrs["data-id"] for attrs, _ in pair["rows"]] == ids
+    for name in ("json", "short", "failed", "xss"):
+        (col,) = [i for i, h in enumerate(heads) if h.startswith(label[name])]
+        predictions = {r["id"]: r for r in jsonl(last(trials[name] / "samples"))}
+        for attrs, cells in pair["rows"]:
+            cell = cells[col]
+            row = predictions[attrs["data-id"]]
+            assert cell[1]["data-trial"] == label[name]
+            assert shown(row["prediction"]) in cell[2]
+            assert ("right" if row["correct"] else "wrong") in cell[1]["class"]
+    assert XSS not in text and "<script>alert" not in text
+    assert html.escape(XSS) in text
+    # the star trial's samples are another dataset's: a table of their own
+    (star,) = [t for t in Tables(text).find(**{"class": "samples"}) if any(c[2].startswith(label["star"]) for c in t["head"][0][1])]
+    assert len(star["head"][0][1]) == 4 and len(star["rows"]) == 4
+
+
+def hand_count(rows: list[dict]) -> dict[tuple[str, str], int]:
+    """Confusion counts of single-defect pair rows, worked out plainly from predictions.jsonl."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        p = r["parsed"]
+        assert len(r["defects"]) <= 1, "the fixture's data has one defect per candidate"
+        true, position = (r["defects"][0]["type"], r["defects"][0]["position"]) if r["defects"] else ("pass", None)
+        if not p["ok"]:
+            said = "unparseable"
+        elif p["verdict"] == "pass":
+            said = "pass"
+        elif position is None:
+            said = next((t for _, t in p["defects"] if t), "untyped")
+        else:
+            here = [t for pos, t in p["defects"] if pos == position]
+            said = "elsewhere" if not here else next((t for t in here if t), "untyped")
+        counts[true, said] = counts.get((true, said), 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_confusion_matrices_match_a_hand_count(sweep, report):
+    text = report.read_text()
+    trials = runs(sweep)
+    _, rows = trials_table(text)
+    tables = Tables(text)
+    for name in ("json", "short", "failed"):
+        label = rows[trials[name].name][0][1]["data-value"]
+        (table,) = tables.find(**{"class": "confusion", "data-trial": label})
+        step = re.search(r"step (\d+)", table["caption"]).group(1)
+        predictions = last(trials[name] / "predictions")
+        assert int(step) == int(predictions.stem.split("-")[1])
+        counted = {(c[1]["data-true"], c[1]["data-pred"]): int(c[2]) for _, cells in table["rows"] for c in cells if "data-true" in c[1]}
+        expected = hand_count(jsonl(predictions))
+        assert {k: v for k, v in counted.items() if v} == expected
+        assert sum(counted.values()) == 12  # test_size, one defect or none per row
+    star_label = rows[trials["star"].name][0][1]["data-value"]
+    assert not tables.find(**{"class": "confusion", "data-trial": star_label})
+    assert f"{html.escape(star_label)}</b>: star task" in text
+
+
+@pytest.mark.slow
+def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_falls_back(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = runs(sweep)["star"]
+    report = compare.main([str(run), "--metric", "eval/no_such_metric"])
+    assert report == Path("report") / "report.html" and (tmp_path / "report" / "report.html").exists()
+    text = report.read_text()
+    assert "No trial has eval/no_such_metric; the report uses eval/exact_match." in text
+    head, rows = trials_table(text)
+    assert len(rows) == 1 and "chosen" in rows[run.name][column(head, "final exact_match")][1]["class"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlmqc.compare", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_bad_arguments_exit_2_naming_the_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for arg in ("missing", "file.txt", "empty"):
+        out = cli(arg, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert f"{arg}: " in out.stderr and ("not a folder" in out.stderr or "holds no run" in out.stderr)
+    assert not (tmp_path / "report").exists()
+
+
+def test_corrupt_summary_alone_still_makes_a_report(tmp_path):
+    run = tmp_path / "broken"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "comp')
+    out = cli(str(run), "--out", "out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    head, rows = trials_table((tmp_path / "out" / "report.html").read_text())
+    cells = rows["broken"]
+    assert cells[column(head, "status")][1]["data-value"] == "unreadable" and "summary.json:" in cells[column(head, "status")][2]
+
+
+@pytest.mark.slow
+# .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
+@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"), reason="needs Chromium at /usr/bin/chromium (Debian package chromium)")
+def test_report_in_a_browser_loads_clean_and_sorts(sweep, report, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    problems, dialogs = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None)
+            page.goto(report.resolve().as_uri())
+            page.wait_for_load_state("load")
+            assert page.locator("#trials tbody tr").count() == 6
+
+            head = page.locator("#trials thead th", has_text="exact_match").first
+            index = page.locator("#trials thead th").all_inner_texts().index(head.inner_text())
+
+            def values() -> list[str]:
+                return page.eval_on_selector_all("#trials tbody tr", f"rows => rows.map(r => r.cells[{index}].getAttribute('data-value'))")
+
+            head.click()
+            first = values()
+            numbers = [float(v) for v in first if v]
+            assert numbers == sorted(numbers, reverse=True) and first[len(numbers):] == [""] * (len(first) - len(numbers)) and len(numbers) == 4
+            head.click()
+            second = values()
+            assert [float(v) for v in second if v] == sorted(numbers) and second[-2:] == ["", ""]  # missing values stay last
+            assert head.get_attribute("aria-sort") == "ascending"
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    shutil.copy(tmp_path / "report.png", "/tmp/vlmqc-report-screenshot.png")
+    assert problems == [] and dialogs == []
