@@ -66,6 +66,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="global batch (per device: batch / gpus)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--logging-steps", type=int, default=5)
+    ap.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="the 1-GPU trial reaches the global batch by gradient accumulation (per-device batch equal in both): "
+        "measures what data parallelism costs, apart from how the per-device batch size changes a step",
+    )
     ap.add_argument("overrides", nargs="*", help="more overrides for both trials (after --)")
     args = ap.parse_args()
     if args.batch % args.gpus:
@@ -78,11 +84,14 @@ def main() -> None:
         *args.overrides,
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    one = trial(args.out / "gpus-1", [*common, f"trainer.batch_size={args.batch}", "trainer.devices=1", "trainer.elastic=true"])
+    per_device = args.batch // args.gpus
+    single = [f"trainer.batch_size={per_device}", f"trainer.grad_accum={args.gpus}"] if args.accumulate else [f"trainer.batch_size={args.batch}"]
+    one = trial(args.out / "gpus-1", [*common, *single, "trainer.devices=1", "trainer.elastic=true"])
     many = trial(args.out / f"gpus-{args.gpus}", [*common, f"trainer.batch_size={args.batch // args.gpus}", f"trainer.devices={args.gpus}"])
 
-    report = {"command": " ".join(sys.argv), "gpus": args.gpus, "global_batch": args.batch, "steps": args.steps, "overrides": common}
-    print(f"\nloss, global batch {args.batch}: 1 GPU (batch {args.batch}) vs {args.gpus} GPUs (batch {args.batch // args.gpus} each)")
+    report = {"command": " ".join(sys.argv), "gpus": args.gpus, "global_batch": args.batch, "accumulate": args.accumulate, "steps": args.steps, "overrides": common}
+    baseline = f"batch {per_device} x {args.gpus} accumulated" if args.accumulate else f"batch {args.batch}"
+    print(f"\nloss, global batch {args.batch}: 1 GPU ({baseline}) vs {args.gpus} GPUs (batch {per_device} each)")
     loss1, lossn = series(one[1], "train/loss"), series(many[1], "train/loss")
     print(f"{'step':>6} {'1 GPU':>10} {f'{args.gpus} GPUs':>10} {'rel diff':>9}")
     diffs = []

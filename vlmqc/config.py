@@ -385,6 +385,8 @@ class TrainerConfig:
     elastic: bool = False  # start ranks with torch's elastic launcher even for one device (the multi-GPU path on one GPU)
     lr_scale_with_batch: bool = False  # true: lr x effective batch / lr_reference_batch (linear scaling rule)
     lr_reference_batch: int = 8  # the effective batch that trainer.lr was chosen for
+    ddp_find_unused_parameters: bool = False  # true only for a model whose trainable parameters are not all used in every step
+    dataloader_workers: int = 0  # processes that collate batches (images -> tensors) while the GPU computes
     seed: int = 0
     logging_steps: int = 5
     save_steps: int = 50
@@ -409,6 +411,7 @@ class TrainerConfig:
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "must be > 0 (or set max_steps)")
         for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "max_new_tokens", "devices", "nodes", "rdzv_port", "lr_reference_batch"):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        _check(self.dataloader_workers >= 0, "dataloader_workers", self.dataloader_workers, "must be >= 0")
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")

@@ -194,6 +194,10 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
+        # DDP's search for unused parameters costs a graph traversal every step; adapters and
+        # unfrozen layers are all used, so it is off unless a model needs it
+        ddp_find_unused_parameters=t.ddp_find_unused_parameters,
+        dataloader_num_workers=t.dataloader_workers,
         gradient_checkpointing=t.gradient_checkpointing,  # transformers 5.24 calls it activation_checkpointing, and takes this name too
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
@@ -265,9 +269,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             "git_commit": git_commit(),
             "device": device,
             "world_size": world,
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPUs a launcher gave this trial
-            "gpu_uuid": str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid) if device == "cuda" else None,
             "effective_batch": t.effective_batch(world),
             "learning_rate": t.effective_lr(world),
             "sample_ids": sample_ids,
@@ -292,6 +294,9 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             callbacks=[trial],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
+        if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
+            facts["gpu"] = torch.cuda.get_device_name(trainer.args.device)
+            facts["gpu_uuid"] = str(torch.cuda.get_device_properties(trainer.args.device).uuid)
         records.update(facts=facts)
         tracker.config({"facts": facts})
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -382,6 +387,9 @@ def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
         raise ConfigError(f"trainer.devices={devices}: only {torch.cuda.device_count()} GPU(s) are visible")
     context = sweep_context()
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
+    # each rank gets its share of the CPU cores for its threads (torchrun sets 1): several ranks
+    # each running a thread per core oversubscribe the CPU, and the collators' work slows down
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     config = LaunchConfig(
         min_nodes=nodes,
         max_nodes=nodes,
