@@ -80,6 +80,9 @@ def test_main_job_completes_and_records_everything_locally(completed):
     assert train_steps == [2, 4, 6, 8]
     assert all("train/learning_rate" in r and "train/grad_norm" in r for r in rows if "train/loss" in r)
     assert any("train/samples_per_second" in r and "train/tokens_per_second" in r for r in rows)
+    # the Trainer's whole-run average (warm-up included) is its own series, not one more interval
+    (overall,) = [r for r in rows if "train/overall_samples_per_second" in r]
+    assert "train/samples_per_second" not in overall and "train/overall_runtime" in overall
     evals = {r["trainer/global_step"]: r for r in rows if "eval/exact_match" in r}
     assert set(evals) == {0, 4, 8}, "the base model before training, every eval_every steps, and the trained one after"
     for r in evals.values():

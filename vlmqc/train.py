@@ -109,8 +109,8 @@ class Trial(TrainerCallback):
                 metrics[f"train/{k}"] = v
             elif k == "train_loss":  # the end-of-training summary: the mean over all steps
                 metrics["train/mean_loss"] = v
-            elif k.startswith("train_"):  # and runtime, samples per second, ...
-                metrics[f"train/{k[6:]}"] = v
+            elif k.startswith("train_"):  # and runtime, samples per second, ... over the whole run, warm-up included:
+                metrics[f"train/overall_{k[6:]}"] = v  # not to be confused with the per-interval train/samples_per_second
         if "loss" in logs:
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             if self._last is not None and now > self._last[0]:
