@@ -159,6 +159,10 @@ class Trial(TrainerCallback):
         log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
 
 
+# transformers renamed gradient_checkpointing to activation_checkpointing (5.2x); 5.17 knows only the old name
+CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+
+
 def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_on_start: bool = False) -> TrainingArguments:
     precision = Precision(t.precision)
     if precision == Precision.auto:
@@ -198,7 +202,7 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         # unfrozen layers are all used, so it is off unless a model needs it
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
         dataloader_num_workers=t.dataloader_workers,
-        gradient_checkpointing=t.gradient_checkpointing,  # transformers 5.24 calls it activation_checkpointing, and takes this name too
+        **{CHECKPOINTING: t.gradient_checkpointing},
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
         label_names=["labels"],
