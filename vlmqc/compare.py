@@ -22,7 +22,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import sys
 import textwrap
@@ -35,7 +34,7 @@ from omegaconf import OmegaConf
 from vlmqc.evaluate import confusion
 from vlmqc.labels import DefectType, describe
 from vlmqc.prompts import Parsed
-from vlmqc.track import STEP
+from vlmqc.track import STEP, write_atomic
 
 DEFAULT_METRIC = "eval/exact_match"
 THUMB_WIDTH = 160
@@ -606,12 +605,6 @@ def page(title: str, sections: list[tuple[str, str, str]], intro: str) -> str:
 
 
 # --- The report ----------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _file_name(key: str) -> str:

@@ -24,7 +24,7 @@ from vlmqc.config import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "VLMQC_GPU_LOCKS"
-_held: list = []  # open lock files: closing them (or the process ending) frees the GPUs
+_held: list = []  # open lock files, held until the process ends, which frees the GPUs
 
 
 def lock_dir() -> Path:
@@ -39,7 +39,7 @@ def visible() -> list[str] | None:
     return [g.strip() for g in value.split(",") if g.strip()]
 
 
-def claim(n: int, poll_seconds: float = 2.0, timeout_seconds: float | None = None) -> list[str]:
+def claim(n: int, poll_seconds: float = 2.0) -> list[str]:
     """Lock ``n`` of the visible GPUs, waiting while fewer are free; set ``CUDA_VISIBLE_DEVICES``
     to them and return them. Must run before anything in this process starts CUDA."""
     gpus = visible()
@@ -75,17 +75,10 @@ def claim(n: int, poll_seconds: float = 2.0, timeout_seconds: float | None = Non
             return claimed
         for _, f in got:
             f.close()  # all or nothing: holding some while waiting for more could deadlock two trials
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise TimeoutError(f"no {n} free GPU(s) among {','.join(gpus)} within {timeout_seconds} s (locks in {folder})")
         if not waited:
             log.info("waiting for %d free GPU(s) among %s (locks in %s)", n, ",".join(gpus), folder)
             waited = True
         time.sleep(poll_seconds)
-
-
-def release() -> None:
-    while _held:
-        _held.pop().close()
 
 
 def distributed_backend() -> str | None:

@@ -24,11 +24,15 @@ from pathlib import Path
 STEP = "trainer/global_step"  # every metric's x axis in W&B
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic: a reader never sees half a file."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """A reader never sees half a file: written beside it, then renamed over it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_json(path: Path) -> dict | None:
