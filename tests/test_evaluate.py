@@ -50,7 +50,8 @@ def test_pair_metrics():
             "escape_rate": 1 / 4,
             "false_reject_rate": 1 / 2,
             "position_accuracy": 2 / 4,  # rows 1 and 4
-            "defect_type_accuracy": 2 / 4,  # rows 1 and 6
+            # per true defect (5): row 1's C5, row 4's C5; row 6 names the right type at the wrong position
+            "defect_type_accuracy": 2 / 5,
             "exact_match": 1 / 6,  # row 1
             "unparseable_rate": 1 / 6,
         }
@@ -79,11 +80,31 @@ def test_answer_only_rows_count_in_exact_match_alone():
                                                       "defect_type_accuracy": 0.5, "exact_match": 2 / 4, "unparseable_rate": 0.0})
 
 
-def test_an_unreadable_answer_on_a_defective_row_is_neither_caught_nor_escaped():
+def test_an_unreadable_answer_on_a_defective_row_is_an_escape():
+    """Nothing flagged the defective product, so it ships: the old definition (escape = predicted
+    pass) scored this row neither caught nor escaped."""
     assert scored([(row("pair", "defective", [("C5", "missing")]), UNREADABLE)]) == {
-        "verdict_accuracy": 0.0, "defect_recall": 0.0, "escape_rate": 0.0, "position_accuracy": 0.0,
+        "verdict_accuracy": 0.0, "defect_recall": 0.0, "escape_rate": 1.0, "position_accuracy": 0.0,
         "defect_type_accuracy": 0.0, "exact_match": 0.0, "unparseable_rate": 1.0,
     }
+
+
+def test_recall_and_escape_sum_to_one_whatever_the_answers():
+    pairs = PAIR + [(row("pair", "defective", [("U1", "bent")]), UNREADABLE), (row("diff", "defective", [("D2", "missing")]), Parsed(verdict="pass", ok=True))]
+    metrics = scored(pairs + STAR)
+    assert metrics["defect_recall"] == pytest.approx(3 / 6) and metrics["escape_rate"] == pytest.approx(3 / 6)
+    assert metrics["defect_recall"] + metrics["escape_rate"] == 1
+
+
+def test_defect_type_is_judged_at_each_true_position():
+    """A right type at the wrong position is wrong; the old set-of-types comparison counted it right.
+    Over true defects: one of this row's two defects is named at its position with its type."""
+    swapped = [(row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]), defective(("C5", "deformed"), ("U3", "missing")))]
+    assert scored(swapped)["defect_type_accuracy"] == 0.0
+    half = [(row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]), defective(("C5", "missing"), ("U4", "deformed")))]
+    assert scored(half)["defect_type_accuracy"] == 0.5
+    # a pass verdict names nothing, whatever defects an answer might carry
+    assert scored([(row("pair", "defective", [("C5", "missing")]), Parsed(verdict="pass", defects=(("C5", "missing"),), ok=True))])["defect_type_accuracy"] == 0.0
 
 
 def test_no_examples_no_metrics():
@@ -119,3 +140,39 @@ def test_confusion_names_untyped_positions_and_skips_star_rows():
     examples = [row("pair", "defective", [("C5", "missing"), ("U3", "bent")]), row("pair", "pass"), STAR[0][0]]
     parsed = [defective(("C5", None)), defective(("U1", None)), STAR[0][1]]
     assert confusion(examples, parsed) == {"pass": {"untyped": 1}, "missing": {"untyped": 1}, "bent": {"elsewhere": 1}}
+
+
+def test_every_metric_score_gives_is_in_the_registry_and_the_other_way_round():
+    from vlmqc.records import METRICS
+
+    given = {f"eval/{k}" for k in scored(PAIR + STAR)}
+    assert given == set(METRICS) - {"eval/loss"}
+
+
+def test_chance_levels_are_the_score_of_the_prior_only_answer():
+    from vlmqc.evaluate import chance, prior_answers
+
+    train = [
+        row("pair", "pass"), row("pair", "pass"), row("pair", "pass"),
+        row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("C5", "bent"), ("U1", "missing")]),
+        row("star", target="U2"), row("star", target="U2"), row("star", target="D9"),
+    ]
+    answers = prior_answers(train)
+    assert answers["pair"]["verdict"] == "pass" and answers["pair"]["position"] == "C5" and answers["pair"]["type"] == "missing"
+    assert answers["star"]["target"] == "U2"
+    test = [row("pair", "pass"), row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("D1", "bent")]),
+            row("star", target="U2"), row("star", target="C3")]
+    levels = chance(test, answers)
+    # by hand: every pair row answered "pass", every star row "U2"
+    assert levels["prior"] == pytest.approx({
+        "eval/verdict_accuracy": 1 / 3, "eval/defect_recall": 0.0, "eval/escape_rate": 1.0, "eval/false_reject_rate": 0.0,
+        "eval/position_accuracy": 1 / 4,  # one star row right of 2 star + 2 defective rows
+        "eval/defect_type_accuracy": 0.0, "eval/exact_match": 2 / 5, "eval/unparseable_rate": 0.0,
+    })
+    assert levels["uniform"] == {"eval/position_accuracy": 1 / 27}
+    # a defective majority answers one defect at the most frequent position, with the most frequent type
+    flipped = prior_answers([row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("C5", "bent")]), row("pair", "defective", [("U1", "missing")]), row("pair", "pass")])
+    assert chance(test[:3], flipped)["prior"] == pytest.approx({
+        "eval/verdict_accuracy": 2 / 3, "eval/defect_recall": 1.0, "eval/escape_rate": 0.0, "eval/false_reject_rate": 1.0,
+        "eval/position_accuracy": 1 / 2, "eval/defect_type_accuracy": 1 / 2, "eval/exact_match": 1 / 3, "eval/unparseable_rate": 0.0,
+    })

@@ -9,8 +9,9 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 
-from vlmqc.labels import DefectType, Task, Verdict
+from vlmqc.labels import POSITIONS, Task, Verdict
 from vlmqc.prompts import Parsed
+from vlmqc.records import CONFUSION_ORDER
 
 PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 
@@ -42,13 +43,20 @@ def _same_text(a: str, b: str) -> bool:
 def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
     """Inspection metrics of parsed answers, one per example, in the examples' order.
 
+    Definitions, as an inspection line counts (``vlmqc.records.METRICS`` holds the one-line form):
+
     Pass / defective rows (pair, diff, and custom rows with a verdict):
       verdict_accuracy      predicted verdict == true verdict, over these rows
       defect_recall         defective rows predicted defective / defective rows
-      escape_rate           defective rows predicted pass / defective rows: the costly error; an
-                            unparseable answer is neither recall nor escape, so the two need not sum to 1
-      false_reject_rate     pass rows predicted defective / pass rows
-      defect_type_accuracy  defective rows predicted defective with the true set of defect types
+      escape_rate           defective rows NOT predicted defective / defective rows. An answer that
+                            cannot be read flags nothing, so a defective product behind it escapes:
+                            defect_recall + escape_rate == 1 exactly
+      false_reject_rate     pass rows predicted defective / pass rows (an unreadable answer on a
+                            pass row is not a reject; it shows in unparseable_rate)
+      defect_type_accuracy  judged per position, over the true defects of defective rows: a true
+                            defect counts as right when the answer (verdict defective) names its
+                            position with its type. A right type at another position is wrong.
+                            Defective rows without listed defects add nothing to it
     Star rows and defective rows together:
       position_accuracy     star: predicted target == target; defective: predicted defective with
                             the true set of positions
@@ -91,9 +99,10 @@ def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
         rows["defective"] += 1
         rows["position"] += 1
         hits["recall"] += said_defective
-        hits["escape"] += p.verdict == PASS
+        hits["escape"] += not said_defective
         hits["position"] += said_defective and {pos for pos, _ in p.defects} == {pos for pos, _ in truth}
-        hits["type"] += said_defective and {t for _, t in p.defects} == {t for _, t in truth}
+        rows["true_defects"] += len(truth)
+        hits["type"] += sum(said_defective and d in p.defects for d in truth)
         hits["exact"] += said_defective and set(p.defects) == truth
     metrics = {
         "verdict_accuracy": ("verdict", "verdict"),
@@ -101,14 +110,11 @@ def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
         "escape_rate": ("escape", "defective"),
         "false_reject_rate": ("false_reject", "pass"),
         "position_accuracy": ("position", "position"),
-        "defect_type_accuracy": ("type", "defective"),
+        "defect_type_accuracy": ("type", "true_defects"),
         "exact_match": ("exact", "exact"),
         "unparseable_rate": ("unparseable", "structured"),
     }
     return {name: hits[hit] / rows[over] for name, (hit, over) in metrics.items() if rows[over]}
-
-
-_CONFUSION_ORDER = [PASS, *(t.value for t in DefectType), DEFECTIVE, "untyped", "elsewhere", "unparseable"]
 
 
 def _predicted_label(p: Parsed, position: str | None) -> str:
@@ -149,6 +155,56 @@ def confusion(examples: list[dict], parsed: list[Parsed]) -> dict[str, dict[str,
             counts.setdefault(label, Counter())[_predicted_label(p, position)] += 1
 
     def order(key: str) -> tuple[int, str]:
-        return (_CONFUSION_ORDER.index(key), "") if key in _CONFUSION_ORDER else (len(_CONFUSION_ORDER), key)
+        return (CONFUSION_ORDER.index(key), "") if key in CONFUSION_ORDER else (len(CONFUSION_ORDER), key)
 
     return {row: {col: counts[row][col] for col in sorted(counts[row], key=order)} for row in sorted(counts, key=order)}
+
+
+# --- Chance levels: what a model that never looked at the image would score ---------------------
+
+
+def _most_frequent(values) -> str | None:
+    counts = Counter(v for v in values if v)
+    # ties go to the first label in sorted order, so the answer does not depend on row order
+    return min(counts, key=lambda v: (-counts[v], v)) if counts else None
+
+
+def prior_answers(train: list[dict]) -> dict[str, dict]:
+    """Per task, the answer of a model that learned only the train split's label frequencies:
+    the majority verdict; if that is defective, one defect at the most frequent position with
+    the most frequent type; the most frequent star position; the most frequent answer text."""
+    out = {}
+    for task in sorted({r["task"] for r in train}):
+        rows = [r for r in train if r["task"] == task]
+        defects = [d for r in rows for d in r.get("defects") or []]
+        out[task] = {
+            "verdict": _most_frequent(r.get("verdict") for r in rows),
+            "position": _most_frequent(d["position"] for d in defects),
+            "type": _most_frequent(d["type"] for d in defects),
+            "target": _most_frequent(r.get("target") for r in rows),
+            "answer": _most_frequent(r.get("answer") for r in rows if not r.get("verdict")),
+        }
+    return out
+
+
+def _prior_parsed(answer: dict | None, task: str) -> Parsed:
+    answer = answer or {}
+    if task == Task.star.value:
+        return Parsed(target=answer.get("target"), ok=answer.get("target") is not None)
+    verdict = answer.get("verdict")
+    defects = ((answer["position"], answer["type"]),) if verdict == DEFECTIVE and answer.get("position") else ()
+    return Parsed(verdict=verdict, defects=defects, ok=verdict is not None, text=answer.get("answer") or "")
+
+
+def chance(test: list[dict], answers: dict[str, dict]) -> dict:
+    """Chance levels of every metric on these test rows, for the summary's ``chance``:
+
+    - ``prior``: ``score`` of the prior-only answers (``prior_answers`` of the train split), the
+      same answer for every row of a task;
+    - ``uniform``: position_accuracy of a uniformly guessed position, 1/27 (star data, where the
+      answer is one position of the board);
+    - ``answer``: the prior-only answers themselves, so ``vlmqc.rescore`` can score them again.
+    """
+    prior = score(test, [_prior_parsed(answers.get(r["task"]), r["task"]) for r in test])
+    uniform = {"eval/position_accuracy": 1 / len(POSITIONS)} if any(r["task"] == Task.star.value for r in test) else {}
+    return {"answer": answers, "prior": {f"eval/{k}": v for k, v in prior.items()}, "uniform": uniform}

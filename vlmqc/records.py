@@ -1,0 +1,413 @@
+"""The run record: what a trial writes in its folder, typed, and the one registry of metrics.
+
+Training writes the folder only through ``Records``; the report, sweeps, benchmarks and
+``python -m vlmqc.rescore`` read it through the readers below, which return ``(records, problems)``
+so that one bad line is reported, by file, line and field, and never stops the reading.
+
+A run folder (schema version 2; folders written before versions existed are version 1):
+
+- ``metrics.jsonl``: every logged step, one JSON object a line: ``trainer/global_step``, ``time``,
+  ``train/…`` and ``eval/…`` (non-finite numbers as strings, "nan");
+- ``predictions/step-<N>.jsonl``: every test prediction of an evaluation (``PredictionRow``);
+- ``samples/step-<N>.jsonl`` and ``samples/images/<hash of the id>.png``: the inference samples
+  for a fixed list of test ids (``Sample``), so trials line up row by row;
+- ``summary.json`` (``Summary``): status, facts, the evaluation at the last step (``final``), the
+  base model's at step 0 (``baseline``), the best evaluation step by ``best_metric`` (``best``), and
+  the chance levels (``chance``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmqc.labels import DefectType, Verdict
+from vlmqc.prompts import Parsed
+from vlmqc.track import STEP, read_json, write_atomic, write_json
+
+log = logging.getLogger("vlmqc.records")
+
+SCHEMA_VERSION = 2  # 2: schema_version, best/baseline/chance, answer in prediction rows, hashed sample image names
+PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
+
+
+# --- The metrics ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    higher_is_better: bool
+    definition: str
+    chance: str  # how its chance level is computed
+
+
+_PRIOR = "score of the prior-only answer: every test row answered with the train split's most frequent label"
+METRICS: dict[str, Metric] = {
+    "eval/verdict_accuracy": Metric(True, "pass / defective rows whose predicted verdict is the true one", _PRIOR),
+    "eval/defect_recall": Metric(True, "defective rows predicted defective / defective rows", _PRIOR),
+    "eval/escape_rate": Metric(False, "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall", _PRIOR),
+    "eval/false_reject_rate": Metric(False, "pass rows predicted defective / pass rows", _PRIOR),
+    "eval/position_accuracy": Metric(True, "star rows with the right target and defective rows predicted defective with the true set of positions / those rows",
+                                     _PRIOR + "; also 1/27, a uniformly guessed position"),
+    "eval/defect_type_accuracy": Metric(True, "true defects whose position the answer names with the true type / true defects", _PRIOR),
+    "eval/exact_match": Metric(True, "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); answer-only text", _PRIOR),
+    "eval/unparseable_rate": Metric(False, "answers the parser could not read / rows with structured labels", _PRIOR),
+    "eval/loss": Metric(False, "the language-model loss on the test answers", "none"),
+}
+DEFAULT_METRIC = "eval/exact_match"
+# rows and columns of the defect-type confusion matrix, in this order; other labels follow, sorted
+CONFUSION_ORDER = (PASS, *(t.value for t in DefectType), DEFECTIVE, "untyped", "elsewhere", "unparseable")
+
+
+def better(name: str, a: float, b: float) -> bool:
+    """Whether value ``a`` of metric ``name`` is strictly better than ``b`` (ties keep the earlier)."""
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return a > b if METRICS[name].higher_is_better else a < b
+
+
+# --- Typed records -------------------------------------------------------------------------------
+
+
+class RecordError(ValueError):
+    """A record that does not fit its schema, named by file, line and field."""
+
+    def __init__(self, where: str, field_name: str, problem: str):
+        self.where, self.field, self.problem = where, field_name, problem
+        super().__init__(f"{where}: {field_name}: {problem}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type hint (int fits float; bool fits neither int nor float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in ("nan", "inf", "-inf")
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+class _Record:
+    """``to_dict`` / ``from_dict`` with every field's type checked against its annotation."""
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def check(cls, name: str, value: Any, where: str = "") -> None:
+        hints = cls._hints()
+        if name not in hints:
+            raise RecordError(where or cls.__name__, name, f"not a field of {cls.__name__}")
+        if not _fits(value, hints[name]):
+            raise RecordError(where or cls.__name__, name, f"expected {_name(hints[name])}, got {type(value).__name__} {str(value)[:60]!r}")
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for k, v in out.items():
+            self.check(k, v)
+        return {**getattr(self, "extra", {}), **out}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "", problems: list[str] | None = None):
+        """The record in ``d``. With ``problems`` given, an ill-typed field is reported there and
+        left at its default (or the row dropped, when the field has none); else it raises."""
+        where = where or cls.__name__
+        if not isinstance(d, dict):
+            raise RecordError(where, "(line)", f"expected a JSON object, got {type(d).__name__}")
+        d = cls._upgrade(dict(d))
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs, extra = {}, {}
+        for k, v in d.items():
+            if k not in names or k == "extra":
+                extra[k] = v
+                continue
+            try:
+                cls.check(k, v, where)
+                kwargs[k] = v
+            except RecordError as e:
+                if problems is None or (names[k].default is dataclasses.MISSING and names[k].default_factory is dataclasses.MISSING):
+                    raise
+                problems.append(str(e))
+        missing = [n for n, f in names.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise RecordError(where, missing[0], "missing")
+        if "extra" in names:
+            kwargs["extra"] = extra
+        return cls(**kwargs)
+
+    @classmethod
+    def _upgrade(cls, d: dict) -> dict:
+        return d
+
+
+@dataclass
+class Summary(_Record):
+    """``summary.json``. Metric dicts (final, baseline, best) map ``eval/…`` names to values, plus ``step``."""
+
+    schema_version: int = SCHEMA_VERSION
+    status: str | None = None  # running / completed / failed / interrupted
+    reason: str | None = None
+    step: int | None = None
+    traceback: str | None = None
+    run_name: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    runtime_seconds: float | None = None
+    attempts: int = 0
+    overrides: list[str] = field(default_factory=list)
+    sweep: str | None = None
+    resumed_from: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    wandb: dict[str, Any] | None = None
+    final: dict[str, float] | None = None  # the evaluation at the last step
+    baseline: dict[str, float] | None = None  # the base model's, at step 0: never a candidate for best
+    best: dict[str, float] | None = None  # every metric at the evaluation step with the best best_metric
+    best_metric: str | None = None
+    chance: dict[str, Any] | None = None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}}
+    rescored: dict[str, Any] | None = None  # {"parser_version", "schema_version", "time"} after python -m vlmqc.rescore
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
+
+    @classmethod
+    def _upgrade(cls, d: dict) -> dict:
+        d.setdefault("schema_version", 1)  # written before versions existed
+        return d
+
+
+@dataclass
+class PredictionRow(_Record):
+    """One test prediction of an evaluation, with the labels it is judged against."""
+
+    id: str
+    task: str
+    prediction: str  # the generated text, as the model wrote it
+    parsed: dict[str, Any]  # what the parser read in it: verdict, defects [[position, type]], target, ok
+    verdict: str = ""
+    defects: list[dict[str, str]] = field(default_factory=list)  # [{"position", "type"}]
+    target: str | None = ""
+    answer: str | None = ""  # an answer-only custom row's label text (version 2; version 1 did not keep it)
+
+    @classmethod
+    def of(cls, example: dict, text: str, parsed: Parsed) -> PredictionRow:
+        return cls(
+            id=example["id"], task=example["task"], prediction=text, verdict=example.get("verdict") or "", defects=list(example.get("defects") or []),
+            target=example.get("target") or "", answer=example.get("answer") or "",
+            parsed={"verdict": parsed.verdict, "defects": [list(d) for d in parsed.defects], "target": parsed.target, "ok": parsed.ok},
+        )
+
+    def example(self) -> dict:
+        """The labels, as ``vlmqc.evaluate.score`` reads a dataset row."""
+        return {"id": self.id, "task": self.task, "verdict": self.verdict, "defects": self.defects, "target": self.target, "answer": self.answer}
+
+    def parsed_answer(self) -> Parsed:
+        p = self.parsed
+        return Parsed(verdict=p.get("verdict"), defects=tuple(tuple(d) for d in p.get("defects") or ()), target=p.get("target"), ok=bool(p.get("ok")), text=self.prediction)
+
+
+@dataclass
+class Sample(_Record):
+    """One inference sample: a fixed test id's answer at one evaluation."""
+
+    id: str
+    step: int
+    image: str  # relative to the run folder
+    prompt: str
+    truth: str
+    prediction: str
+    correct: bool
+
+
+def sample_image(sample_id: str) -> str:
+    """A sample's image file, relative to the run folder: a short hash of the id, so ids that
+    differ only by a slash ("a/b", "a_b") do not collide and a long id makes no long name."""
+    return f"samples/images/{hashlib.sha256(sample_id.encode()).hexdigest()[:16]}.png"
+
+
+# --- Readers: (records, problems), never raising on a bad row ------------------------------------
+
+
+def _jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
+    rows, problems = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        return [], [f"{path}: {e.strerror or e}"]
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{path}:{i}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{i}: not JSON ({e.msg})")
+    return rows, problems
+
+
+def _read_rows(path: Path, cls):
+    rows, problems = _jsonl(path)
+    out = []
+    for where, d in rows:
+        try:
+            out.append(cls.from_dict(d, where, problems))
+        except RecordError as e:
+            problems.append(str(e))
+    return out, problems
+
+
+def read_predictions(path: Path) -> tuple[list[PredictionRow], list[str]]:
+    return _read_rows(path, PredictionRow)
+
+
+def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
+    return _read_rows(path, Sample)
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    """``metrics.jsonl``: rows with an integer step and numeric (or "nan"-like) values."""
+    rows, problems = _jsonl(path)
+    out = []
+    for where, d in rows:
+        if not isinstance(d, dict) or not _fits(d.get(STEP), int):
+            problems.append(f"{where}: {STEP}: expected int")
+            continue
+        bad = [k for k, v in d.items() if not _fits(v, float)]
+        problems += [f"{where}: {k}: expected a number, got {str(d[k])[:60]!r}" for k in bad]
+        out.append({k: v for k, v in d.items() if k not in bad})
+    return out, problems
+
+
+def read_summary(path: Path) -> tuple[Summary | None, list[str]]:
+    """The summary (None when there is none); ill-typed fields are reported and left at their default."""
+    if not path.exists():
+        return None, []
+    d = read_json(path)
+    problems: list[str] = []
+    if not isinstance(d, dict):
+        return None, [f"{path}: not a JSON object"]
+    return Summary.from_dict(d, str(path), problems), problems
+
+
+# --- Evaluations: final, baseline and best, from the records on disk -----------------------------
+
+
+def evaluations(metric_rows: list[dict]) -> dict[int, dict]:
+    """Every evaluation's ``eval/…`` values by step, from ``metrics.jsonl`` rows. A step evaluated
+    twice (an attempt interrupted after it, resumed from an earlier checkpoint) keeps the later values."""
+    out: dict[int, dict] = {}
+    for r in metric_rows:
+        scores = {k: v for k, v in r.items() if k.startswith("eval/")}
+        if scores:
+            out.setdefault(r[STEP], {}).update(scores)
+    return dict(sorted(out.items()))
+
+
+def standing(evals: dict[int, dict], metric: str) -> dict:
+    """Summary fields ``final``, ``baseline``, ``best`` and ``best_metric`` from the evaluations by step.
+
+    Best is the evaluation step with the best ``metric`` (the earliest on a tie), every metric
+    at that step recorded with it; the base model's evaluation at step 0 is the baseline and
+    never a candidate. A step without a finite value of ``metric`` is not a candidate either.
+    """
+    best_step = None
+    for step, scores in evals.items():
+        v = scores.get(metric)
+        if step == 0 or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        if best_step is None or better(metric, v, evals[best_step][metric]):
+            best_step = step
+    last = max(evals) if evals else None
+    return {
+        "final": {**evals[last], "step": last} if last is not None else None,
+        "baseline": {**evals[0], "step": 0} if 0 in evals else None,
+        "best": {**evals[best_step], "step": best_step} if best_step is not None else None,
+        "best_metric": metric,
+    }
+
+
+# --- The writer ----------------------------------------------------------------------------------
+
+
+def _finite(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+class Records:
+    """The run folder's one writer. ``enabled=False`` (ranks other than 0) reads but never writes.
+
+    ``summary`` is the summary as a dict (what is on disk); ``update`` checks every field against
+    ``Summary`` before writing, so an ill-typed or misspelled field fails where it is written.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.dir, self.enabled = run_dir, enabled
+        self.summary_path = run_dir / "summary.json"
+        summary, problems = read_summary(self.summary_path)
+        for p in problems:
+            log.warning("%s", p)
+        # a new folder is this version; an older one stays what it was until rescored
+        self.summary = summary.to_dict() if summary else {"schema_version": SCHEMA_VERSION}
+
+    def log(self, metrics: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({STEP: step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}) + "\n")
+
+    def evaluations(self) -> dict[int, dict]:
+        rows, problems = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else ([], [])
+        for p in problems:
+            log.warning("%s", p)
+        return evaluations(rows)
+
+    def samples(self, samples: list[Sample], images: dict, step: int) -> Path | None:
+        """The samples of one evaluation; ``images`` maps each id to its PIL image, saved once."""
+        if not self.enabled:
+            return None
+        for s in samples:
+            path = self.dir / s.image
+            if not path.exists():  # the same test image at every step
+                path.parent.mkdir(parents=True, exist_ok=True)
+                images[s.id].convert("RGB").save(path)
+        out = self.dir / "samples" / f"step-{step:06d}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        write_atomic(out, "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in samples).encode())
+        return out
+
+    def predictions(self, rows: list[PredictionRow], step: int) -> Path | None:
+        """Every test prediction of one evaluation, with the labels it is judged against."""
+        if not self.enabled:
+            return None
+        out = self.dir / "predictions" / f"step-{step:06d}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        write_atomic(out, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows).encode())
+        return out
+
+    def update(self, **fields) -> None:
+        for k, v in fields.items():
+            Summary.check(k, v, str(self.summary_path))
+        self.summary.update(fields)
+        if self.enabled:
+            write_json(self.summary_path, self.summary)
