@@ -53,6 +53,9 @@ from dataclasses import dataclass, field
 from vlmqc.config import AnswerFormat, PromptConfig
 from vlmqc.labels import DEFECT_NAMES, POSITIONS, DefectType, Task, Verdict
 
+# Bump whenever parse_answer reads any answer differently: a run's facts record the version that
+# scored it, and python -m vlmqc.rescore re-parses stored answers with the current one.
+PARSER_VERSION = 1
 PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 _CANONICAL = {t.value: name for t, name in DEFECT_NAMES.items()}
 _ORDER = {p: i for i, p in enumerate(POSITIONS)}

@@ -314,11 +314,12 @@ def read_summary(path: Path) -> tuple[Summary | None, list[str]]:
 
 
 def evaluations(metric_rows: list[dict]) -> dict[int, dict]:
-    """Every evaluation's ``eval/…`` values by step, from ``metrics.jsonl`` rows. A step evaluated
-    twice (an attempt interrupted after it, resumed from an earlier checkpoint) keeps the later values."""
+    """Every evaluation's metrics (those in ``METRICS``; not the Trainer's eval/runtime and such)
+    by step, from ``metrics.jsonl`` rows. A step evaluated twice (an attempt interrupted after it,
+    resumed from an earlier checkpoint) keeps the later values."""
     out: dict[int, dict] = {}
     for r in metric_rows:
-        scores = {k: v for k, v in r.items() if k.startswith("eval/")}
+        scores = {k: v for k, v in r.items() if k in METRICS}
         if scores:
             out.setdefault(r[STEP], {}).update(scores)
     return dict(sorted(out.items()))

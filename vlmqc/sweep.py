@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from vlmqc.records import DEFAULT_METRIC
 from vlmqc.track import read_json
 
 log = logging.getLogger("vlmqc.sweep")
@@ -25,7 +26,7 @@ def trials(sweep_dir: Path) -> list[tuple[Path, dict | None]]:
 
 
 class SweepSummary(Callback):
-    def __init__(self, metric: str = "eval/exact_match"):
+    def __init__(self, metric: str = DEFAULT_METRIC):
         self.metric = metric
 
     def on_multirun_end(self, config, **kwargs) -> None:

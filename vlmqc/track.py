@@ -1,24 +1,14 @@
-"""A trial's records: in its run folder always, in Weights & Biases when ``logger=wandb``.
+"""Weights & Biases, and the atomic file writes the records use.
 
-The run folder holds, independent of any account:
-- ``metrics.jsonl``: every logged step, one JSON object a line (``train/…``, ``eval/…``);
-- ``samples/step-<N>.jsonl`` and ``samples/images/<id>.png``: inference samples, always the
-  same test ids, so trials line up row by row;
-- ``predictions/step-<N>.jsonl``: every test prediction of an evaluation, parsed, with its labels;
-- ``summary.json``: status (running / completed / failed / interrupted), the reason and step
-  of a failure, final and best metrics, and the facts of the run (resolution, image tokens,
-  parameters, dataset hash, git commit). Written atomically, and rewritten in ``finally``.
-
-W&B runs offline by default (``logger.mode=offline``): the real library writes a run folder that
+The run folder's own records are written by ``vlmqc.records.Records`` (and described there). W&B
+runs offline by default (``logger.mode=offline``): the real library writes a run folder that
 ``wandb sync`` can upload later. Only the main process (rank 0) creates any of this.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 from pathlib import Path
 
 STEP = "trainer/global_step"  # every metric's x axis in W&B
@@ -40,55 +30,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _finite(v):
-    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
-
-
-class Records:
-    """The run folder's own records. ``enabled=False`` (ranks other than 0) reads but never writes."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.dir, self.enabled = run_dir, enabled
-        self.samples_dir = run_dir / "samples"
-        self.summary_path = run_dir / "summary.json"
-        self.summary = read_json(self.summary_path) or {}
-
-    def log(self, metrics: dict, step: int) -> None:
-        if not self.enabled:
-            return
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({STEP: step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}) + "\n")
-
-    def samples(self, rows: list[dict], step: int) -> Path | None:
-        if not self.enabled:
-            return None
-        images = self.samples_dir / "images"
-        images.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for r in rows:
-            path = images / f"{r['id'].replace('/', '_')}.png"
-            if not path.exists():  # the same test image at every step
-                r["image"].convert("RGB").save(path)
-            lines.append(json.dumps({k: v for k, v in r.items() if k != "image"} | {"image": str(path.relative_to(self.dir)), "step": step}))
-        out = self.samples_dir / f"step-{step:06d}.jsonl"
-        out.write_text("\n".join(lines) + "\n")
-        return out
-
-    def predictions(self, rows: list[dict], step: int) -> Path | None:
-        """Every test prediction of one evaluation, with the labels it is judged against."""
-        if not self.enabled:
-            return None
-        out = self.dir / "predictions" / f"step-{step:06d}.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        return out
-
-    def update(self, **fields) -> None:
-        self.summary.update(fields)
-        if self.enabled:
-            write_json(self.summary_path, self.summary)
 
 
 class Tracker:
@@ -132,13 +73,14 @@ class Tracker:
         if self.run:
             self.run.log({**metrics, STEP: step})
 
-    def samples(self, rows: list[dict], step: int) -> None:
+    def samples(self, samples: list, images: dict, step: int) -> None:
+        """The inference samples (``vlmqc.records.Sample``) as a table; ``images`` maps id to PIL image."""
         if not self.run:
             return
         columns = ["step", "id", "image", "prompt", "truth", "prediction", "correct"]
         table = self.wandb.Table(columns=columns)
-        for r in rows:
-            table.add_data(step, r["id"], self.wandb.Image(r["image"]), r["prompt"], r["truth"], r["prediction"], r["correct"])
+        for s in samples:
+            table.add_data(step, s.id, self.wandb.Image(images[s.id]), s.prompt, s.truth, s.prediction, s.correct)
         self.run.log({"eval/predictions": table, STEP: step})
 
     def summary(self, fields: dict) -> None:

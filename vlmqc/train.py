@@ -39,14 +39,14 @@ from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
-from vlmqc.evaluate import score
+from vlmqc.evaluate import chance, prior_answers, score
 from vlmqc.model import adapt, load, parameter_counts, processed_resolution, random_checkpoint
 from vlmqc.predict import predict_sharded
-from vlmqc.prompts import instruction, render_answer
-from vlmqc.track import Records, Tracker
+from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
+from vlmqc.records import PredictionRow, Records, Sample, sample_image, standing
+from vlmqc.track import Tracker
 
 log = logging.getLogger("vlmqc.train")
-HIGHER_IS_BETTER = ("verdict_accuracy", "defect_recall", "position_accuracy", "defect_type_accuracy", "exact_match")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -75,17 +75,16 @@ class Trial(TrainerCallback):
 
     - every log: ``train/…`` and ``eval/…`` names, throughput and peak GPU memory added, sent to
       the run folder and to W&B; a non-finite loss stops training;
-    - every evaluation: generation on the test split, the inspection metrics, and the inference
-      samples for the fixed test ids.
+    - every evaluation: generation on the test split, the inspection metrics, every prediction,
+      the inference samples for the fixed test ids, and the summary's final / baseline / best,
+      derived from metrics.jsonl so that a resumed trial's best includes the earlier attempts'.
     """
 
-    def __init__(self, trainer_cfg, prompt, records: Records, tracker: Tracker, processor, test_rows: list[dict], sample_ids: list[str]):
+    def __init__(self, trainer_cfg, prompt, records: Records, tracker: Tracker, processor, test_rows: list[dict], sample_ids: list[str], metric: str):
         self.t, self.prompt, self.records, self.tracker, self.processor = trainer_cfg, prompt, records, tracker, processor
-        self.test_rows, self.sample_ids = test_rows, set(sample_ids)
+        self.test_rows, self.sample_ids, self.metric = test_rows, set(sample_ids), metric
         self.nonfinite_step: int | None = None
-        self.final: dict = {}
         self.evaluated_step: int | None = None
-        self.best: dict = dict(records.summary.get("best", {}))
         self._last = None  # (time, step, tokens) at the previous training log, for throughput
 
     def _emit(self, metrics: dict, step: int) -> None:
@@ -129,33 +128,20 @@ class Trial(TrainerCallback):
         self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
         if not state.is_world_process_zero:
             return
-        scores = {f"eval/{k}": v for k, v in score(self.test_rows, [p["parsed"] for p in preds]).items()}
-        if metrics and "eval_loss" in metrics:
-            scores["eval/loss"] = metrics["eval_loss"]
-        self._emit({k: v for k, v in scores.items() if k != "eval/loss"}, state.global_step)
-        self.final = {**scores, "step": state.global_step}
-        for k, v in scores.items():
-            name = k.split("/", 1)[1]
-            better = max if name in HIGHER_IS_BETTER else min
-            if name in HIGHER_IS_BETTER or name in ("loss", "escape_rate", "false_reject_rate", "unparseable_rate"):
-                self.best[k] = better(self.best.get(k, v), v)
-        self.records.predictions(
-            [
-                {"id": row["id"], "task": row["task"], "verdict": row["verdict"], "defects": row["defects"], "target": row["target"], "prediction": pred["text"],
-                 "parsed": {"verdict": pred["parsed"].verdict, "defects": [list(d) for d in pred["parsed"].defects], "target": pred["parsed"].target, "ok": pred["parsed"].ok}}
-                for row, pred in zip(self.test_rows, preds, strict=True)
-            ],
-            state.global_step,
-        )
-        rows = []
+        step, parsed = state.global_step, [p["parsed"] for p in preds]
+        scores = {f"eval/{k}": v for k, v in score(self.test_rows, parsed).items()}
+        self._emit(scores, step)  # eval/loss was logged by on_log, which the Trainer calls first
+        self.records.predictions([PredictionRow.of(row, p["text"], p["parsed"]) for row, p in zip(self.test_rows, preds, strict=True)], step)
+        samples, images = [], {}
         for row, pred in zip(self.test_rows, preds, strict=True):
             if row["id"] in self.sample_ids:
-                truth = render_answer(self.prompt, row)
-                one = score([row], [pred["parsed"]])
-                correct = bool(one.get("exact_match", 0.0) == 1.0)
-                rows.append({"id": row["id"], "image": row["image"], "prompt": instruction(self.prompt, row["task"]), "truth": truth, "prediction": pred["text"], "correct": correct})
-        self.records.samples(rows, state.global_step)
-        self.tracker.samples(rows, state.global_step)
+                correct = score([row], [pred["parsed"]]).get("exact_match") == 1.0
+                samples.append(Sample(id=row["id"], step=step, image=sample_image(row["id"]), prompt=instruction(self.prompt, row["task"]),
+                                      truth=render_answer(self.prompt, row), prediction=pred["text"], correct=correct))
+                images[row["id"]] = row["image"]
+        self.records.samples(samples, images, step)
+        self.tracker.samples(samples, images, step)
+        self.records.update(**standing(self.records.evaluations(), self.metric))
         log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
 
 
@@ -277,6 +263,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             "effective_batch": t.effective_batch(world),
             "learning_rate": t.effective_lr(world),
             "sample_ids": sample_ids,
+            "parser_version": PARSER_VERSION,
         }
         log.info("trial %s: %s", cfg.run_name, facts)
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -286,9 +273,12 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
         tags = [*logger.tags, *(o[:64] for o in context["overrides"])]  # W&B's tag limit is 64 characters
         tracker = Tracker(logger, run_dir, cfg.run_name, {**resolved, "overrides": context["overrides"]}, resume_id, group=group, tags=tags, enabled=rank == 0)
         tracker.config({"facts": facts})
-        records.update(facts=facts, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
+        # chance levels: the prior-only answer learned from the train split's labels (images not decoded)
+        levels = chance(test_rows, prior_answers(list(dsd["train"].select_columns([c for c in ("task", "verdict", "defects", "target", "answer") if c in dsd["train"].column_names]))))
+        tracker.summary({f"chance/{k}": v for k, v in levels["prior"].items()} | {f"chance/uniform/{k}": v for k, v in levels["uniform"].items()})
+        records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
-        trial = Trial(t, objs["prompt"], records, tracker, processor, test_rows, sample_ids)
+        trial = Trial(t, objs["prompt"], records, tracker, processor, test_rows, sample_ids, cfg.sweep_metric)
         trainer = Trainer(
             model=model,
             args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
@@ -311,8 +301,8 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
         model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         status, step = "completed", trainer.state.global_step
-        records.update(final=trial.final, best=trial.best)
-        tracker.summary({"status": status, **{f"best/{k}": v for k, v in trial.best.items()}})
+        records.update(**standing(records.evaluations(), cfg.sweep_metric))
+        tracker.summary({"status": status, **{f"{part}/{k}": v for part in ("best", "baseline") for k, v in (records.summary[part] or {}).items()}})
     except KeyboardInterrupt:
         status, reason = "interrupted", "interrupted (KeyboardInterrupt)"
     except NonFiniteLoss as e:
