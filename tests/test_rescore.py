@@ -1,0 +1,94 @@
+"""Rescoring a stored run with today's parser and metrics, on a folder written by older code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import prompt_option
+
+from vlmqc.evaluate import score
+from vlmqc.prompts import PARSER_VERSION, Parsed, parse_answer
+from vlmqc.records import SCHEMA_VERSION, read_summary
+from vlmqc.rescore import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def independent_scores(run_dir: Path) -> dict[int, dict]:
+    """The fixture's answers parsed and scored here, from the raw JSON, without the records module."""
+    prompt = prompt_option("long")  # the fixture's run used prompt=long, the default
+    out = {}
+    for path in sorted((run_dir / "predictions").glob("step-*.jsonl")):
+        rows = lines(path)
+        examples = [{k: r.get(k, "") for k in ("id", "task", "verdict", "defects", "target", "answer")} for r in rows]
+        out[int(path.stem[5:])] = {f"eval/{k}": v for k, v in score(examples, [parse_answer(prompt, r["prediction"], r["task"]) for r in rows]).items()}
+    return out
+
+
+@pytest.fixture
+def old_run(tmp_path):
+    run_dir = tmp_path / "multirun" / "trial-0"
+    shutil.copytree(FIXTURE, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "schema_version" not in summary, "the fixture is a version-1 folder"
+    summary["facts"]["dataset_path"] = str(tmp_path / "gone")  # its train split is not here
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_definitions(old_run, capsys):
+    expected = independent_scores(FIXTURE)
+    old_final = json.loads((FIXTURE / "summary.json").read_text())["final"]
+    assert main([str(old_run.parent)]) == 0  # a multirun folder: its trials are found
+    printed = capsys.readouterr().out
+    assert f"eval/escape_rate: {old_final['eval/escape_rate']} -> {expected[4]['eval/escape_rate']}" in printed
+
+    evals = {r["trainer/global_step"]: r for r in lines(old_run / "metrics.jsonl") if "eval/exact_match" in r}
+    assert set(evals) == set(expected) == {0, 2, 4}
+    for step, scores in expected.items():
+        assert {k: evals[step][k] for k in scores} == pytest.approx(scores)
+        assert scores["eval/defect_recall"] + scores["eval/escape_rate"] == pytest.approx(1.0)
+    # under the old definition unreadable answers on defective rows escaped nothing; now they escape
+    assert old_final["eval/escape_rate"] == 0.0 and expected[4]["eval/escape_rate"] == 1.0
+
+    summary, problems = read_summary(old_run / "summary.json")
+    assert problems == []
+    assert summary.schema_version == SCHEMA_VERSION and summary.rescored["parser_version"] == PARSER_VERSION
+    assert summary.final == pytest.approx({**expected[4], "eval/loss": old_final["eval/loss"], "step": 4})
+    assert summary.baseline["step"] == 0 and summary.baseline["eval/verdict_accuracy"] == pytest.approx(expected[0]["eval/verdict_accuracy"])
+    # exact_match ties at steps 2 and 4; step 0 is the baseline, never best: the earliest other step wins
+    assert expected[0]["eval/exact_match"] == expected[2]["eval/exact_match"] == expected[4]["eval/exact_match"]
+    assert summary.best["step"] == 2 and summary.best_metric == "eval/exact_match"
+    assert summary.chance is None and "chance levels left as they were" in printed
+
+    rows = lines(old_run / "predictions" / "step-000004.jsonl")
+    assert len(rows) == 24 and all(r["answer"] == "" for r in rows)  # written back as version-2 rows
+    untouched = [r for r in lines(old_run / "metrics.jsonl") if "train/loss" in r]
+    assert untouched == [r for r in lines(FIXTURE / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_rescoring_uses_the_current_parser(old_run, monkeypatch):
+    """A parser change shows in the rescored rows: here a parser that reads every answer as pass."""
+    monkeypatch.setattr("vlmqc.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text))
+    assert main([str(old_run)]) == 0
+    rows = lines(old_run / "predictions" / "step-000004.jsonl")
+    assert all(r["parsed"] == {"verdict": "pass", "defects": [], "target": None, "ok": True} for r in rows)
+    final = read_summary(old_run / "summary.json")[0].final
+    passed = sum(r["verdict"] == "pass" for r in rows) / len(rows)
+    assert final["eval/unparseable_rate"] == 0.0 and final["eval/verdict_accuracy"] == pytest.approx(passed) and final["eval/escape_rate"] == 1.0
+
+
+def test_a_bad_prediction_line_leaves_that_evaluation_as_it_was(old_run, capsys):
+    path = old_run / "predictions" / "step-000002.jsonl"
+    path.write_text(path.read_text() + '{"id": 3, "task": "pair"}\n')
+    before = [r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r]
+    assert main([str(old_run)]) == 0
+    assert "step-000002.jsonl:25: id: expected str" in capsys.readouterr().out
+    assert [r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r] == before
