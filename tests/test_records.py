@@ -1,0 +1,132 @@
+"""The run record's types, readers and writer, and the metric registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose_app
+from PIL import Image
+
+from vlmqc.prompts import Parsed
+from vlmqc.records import (
+    DEFAULT_METRIC,
+    METRICS,
+    PredictionRow,
+    RecordError,
+    Records,
+    Sample,
+    Summary,
+    better,
+    evaluations,
+    read_metrics,
+    read_predictions,
+    read_samples,
+    read_summary,
+    sample_image,
+    standing,
+)
+from vlmqc.sweep import SweepSummary
+
+EXAMPLE = {"id": "test-1", "task": "pair", "verdict": "defective", "defects": [{"position": "C5", "type": "missing"}], "target": "", "answer": ""}
+
+
+def test_prediction_rows_and_samples_round_trip():
+    parsed = Parsed(verdict="defective", defects=(("C5", "missing"), ("U3", None)), ok=True, text="NG C5 missing, U3")
+    row = PredictionRow.of(EXAMPLE, "NG C5 missing, U3", parsed)
+    again = PredictionRow.from_dict(json.loads(json.dumps(row.to_dict())))
+    assert again == row and again.parsed_answer() == parsed and again.example() == EXAMPLE
+    sample = Sample(id="a/b", step=4, image=sample_image("a/b"), prompt="p", truth="t", prediction="x", correct=False)
+    assert Sample.from_dict(json.loads(json.dumps(sample.to_dict()))) == sample
+
+
+def test_an_ill_typed_record_names_its_file_line_and_field():
+    with pytest.raises(RecordError, match=r"preds.jsonl:3: correct: expected bool, got str"):
+        Sample.from_dict({"id": "a", "step": 1, "image": "i", "prompt": "p", "truth": "t", "prediction": "x", "correct": "yes"}, "preds.jsonl:3")
+    with pytest.raises(RecordError, match="step: expected int, got bool"):
+        Sample(id="a", step=True, image="i", prompt="p", truth="t", prediction="x", correct=True).to_dict()
+
+
+def test_readers_report_bad_rows_one_by_one_and_keep_the_good_ones(tmp_path):
+    good = PredictionRow.of(EXAMPLE, "pass", Parsed(verdict="pass", ok=True)).to_dict()
+    path = tmp_path / "step-000002.jsonl"
+    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "defects": "C5"}), json.dumps([1]), json.dumps({**good, "id": None}), json.dumps(good)]) + "\n")
+    rows, problems = read_predictions(path)
+    assert len(rows) == 3  # the ill-typed defects field falls back to its default, the row is kept
+    assert problems == [
+        f"{path}:2: not JSON (Expecting property name enclosed in double quotes)",
+        f"{path}:3: defects: expected list[dict[str, str]], got str 'C5'",
+        f"{path}:4: (line): expected a JSON object, got list",
+        f"{path}:5: id: expected str, got NoneType 'None'",
+    ]
+    samples, problems = read_samples(tmp_path / "absent.jsonl")
+    assert samples == [] and len(problems) == 1
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}\n{"trainer/global_step": "x"}\n{"trainer/global_step": 4, "eval/exact_match": [1]}\n')
+    rows, problems = read_metrics(metrics)
+    assert rows == [{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}, {"trainer/global_step": 4}] and len(problems) == 2
+
+
+def test_an_ill_typed_summary_is_reported_field_by_field(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"status": "completed", "step": "8", "attempts": 2, "best": {"eval/exact_match": "high"}, "lock": {"pid": 1}}))
+    summary, problems = read_summary(path)
+    assert summary.status == "completed" and summary.attempts == 2 and summary.step is None and summary.best is None
+    assert summary.schema_version == 1  # no version: written before versions existed
+    assert summary.extra == {"lock": {"pid": 1}} and summary.to_dict()["lock"] == {"pid": 1}
+    assert [p.split(": ")[1] for p in problems] == ["step", "best"]
+    path.write_text("[1, 2]")
+    assert read_summary(path) == (None, [f"{path}: not a JSON object"])
+
+
+def test_the_writer_refuses_an_ill_typed_or_unknown_summary_field(tmp_path):
+    records = Records(tmp_path)
+    records.update(status="running", attempts=1)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"schema_version": 2, "status": "running", "attempts": 1}
+    with pytest.raises(RecordError, match="attempts: expected int"):
+        records.update(attempts="2")
+    with pytest.raises(RecordError, match="statuss: not a field of Summary"):
+        records.update(statuss="completed")
+    assert Summary.from_dict(json.loads((tmp_path / "summary.json").read_text())).attempts == 1
+
+
+def test_sample_image_names_are_short_and_distinct(tmp_path):
+    names = {sample_image(i) for i in ("a/b", "a_b", "a b", "A/b", "x" * 5000)}
+    assert len(names) == 5 and all(len(n) < 50 and n.startswith("samples/images/") for n in names)
+    records = Records(tmp_path)
+    red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
+    samples = [Sample(id=i, step=0, image=sample_image(i), prompt="p", truth="t", prediction="x", correct=True) for i in ("a/b", "a_b")]
+    records.samples(samples, {"a/b": red, "a_b": blue}, 0)
+    assert Image.open(tmp_path / samples[0].image).getpixel((0, 0)) == (255, 0, 0)
+    assert Image.open(tmp_path / samples[1].image).getpixel((0, 0)) == (0, 0, 255)
+    assert read_samples(tmp_path / "samples" / "step-000000.jsonl") == (samples, [])
+
+
+def test_the_registry_gives_directions_and_the_default_metric():
+    assert better("eval/exact_match", 0.6, 0.5) and not better("eval/exact_match", 0.5, 0.5)
+    assert better("eval/escape_rate", 0.1, 0.2) and better("eval/loss", 1.0, 2.0) and not better("eval/unparseable_rate", 0.3, 0.2)
+    with pytest.raises(KeyError, match="eval/acc"):
+        better("eval/acc", 1, 0)
+    assert DEFAULT_METRIC in METRICS and all(m.definition and m.chance for m in METRICS.values())
+    assert compose_app("train", []).sweep_metric == DEFAULT_METRIC
+    assert SweepSummary().metric == DEFAULT_METRIC
+
+
+def test_best_is_an_evaluation_step_never_the_baseline():
+    rows = [
+        {"trainer/global_step": 0, "eval/exact_match": 0.9, "eval/escape_rate": 0.0},  # the base model: better than any trained step
+        {"trainer/global_step": 0, "eval/loss": 3.0, "eval/runtime": 1.2},
+        {"trainer/global_step": 2, "train/loss": 2.0},
+        {"trainer/global_step": 4, "eval/exact_match": 0.5, "eval/escape_rate": 0.4},
+        {"trainer/global_step": 4, "eval/loss": 2.0},
+        {"trainer/global_step": 6, "eval/exact_match": 0.2, "eval/escape_rate": 0.1},
+        {"trainer/global_step": 8, "eval/exact_match": 0.4, "eval/escape_rate": 0.3},
+        {"trainer/global_step": 6, "eval/exact_match": 0.3, "eval/escape_rate": 0.2},  # 6 again after a resume: the later values
+    ]
+    evals = evaluations(rows)
+    assert evals[0] == {"eval/exact_match": 0.9, "eval/escape_rate": 0.0, "eval/loss": 3.0}  # eval/runtime is no metric
+    by_match = standing(evals, "eval/exact_match")
+    assert by_match["best"] == {"step": 4, "eval/exact_match": 0.5, "eval/escape_rate": 0.4, "eval/loss": 2.0}
+    assert by_match["baseline"]["step"] == 0 and by_match["final"] == {"step": 8, "eval/exact_match": 0.4, "eval/escape_rate": 0.3}
+    assert standing(evals, "eval/escape_rate")["best"]["step"] == 6  # lower is better; 0.2 after the resume
+    assert standing({0: {"eval/exact_match": 1.0}}, "eval/exact_match")["best"] is None
