@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config
 from vlmqc.data import get_dataset
 from vlmqc.model import adapt, load
+from vlmqc.prompts import PARSER_VERSION, parse_answer
 from vlmqc.train import run, training_arguments
 
 SHRINK = [
@@ -57,6 +59,12 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def best_step(rows: list[dict], metric: str) -> int:
+    """The trained evaluation step with the highest ``metric`` (the earliest of equals), from metrics.jsonl rows."""
+    values = {r["trainer/global_step"]: r[metric] for r in rows if metric in r and r["trainer/global_step"] > 0}
+    return min(values, key=lambda step: (-values[step], step))
+
+
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory):
     """One completed trial, shared by the tests that read its records."""
@@ -89,6 +97,10 @@ def test_main_job_completes_and_records_everything_locally(completed):
         assert {"eval/position_accuracy", "eval/unparseable_rate"} <= set(r)
     assert any("eval/loss" in r and r["trainer/global_step"] == 8 for r in rows)
     assert summary["final"]["step"] == 8 and "eval/exact_match" in summary["final"]
+    assert summary["schema_version"] == 2 and summary["facts"]["parser_version"] == PARSER_VERSION
+    assert summary["baseline"] == {k: v for k, v in evals[0].items() if k.startswith("eval/")} | {"step": 0, "eval/loss": summary["baseline"]["eval/loss"]}
+    assert summary["best_metric"] == "eval/exact_match" and summary["best"]["step"] == best_step(rows, "eval/exact_match")
+    assert summary["chance"]["prior"]["eval/exact_match"] == summary["chance"]["prior"]["eval/position_accuracy"]
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -119,7 +131,18 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     assert summary["config"]["facts"]["image_tokens_per_sample"] == 196
     assert summary["config"]["lora"]["r"] == 16 and summary["config"]["data"]["name"] == "star"
     assert summary["state"] == "finished" and summary["exit_code"] == 0
-    assert summary["summary"]["status"] == "completed" and summary["summary"]["eval/exact_match"] == metrics(run_dir)[-1].get("eval/exact_match", summary["summary"]["eval/exact_match"])
+    assert summary["summary"]["status"] == "completed"
+    # W&B's last exact match against one worked out here from the stored answers of the last evaluation
+    rows = [json.loads(x) for x in (run_dir / "predictions" / "step-000008.jsonl").read_text().splitlines()]
+    right = [parse_answer(prompt_option("long"), r["prediction"], "star").target == r["target"] for r in rows]
+    assert len(rows) == 12 and summary["summary"]["eval/exact_match"] == pytest.approx(sum(right) / 12)
+    # chance: every test star answered with the train split's most frequent star position
+    dsd, _ = get_dataset(data_config(compose_app("train", SHRINK)), run_dir.parent / "cache", num_workers=1, progress=False)
+    targets = Counter(dsd["train"]["target"])
+    prior = min(targets, key=lambda t: (-targets[t], t))
+    assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(sum(t == prior for t in dsd["test"]["target"]) / 12)
+    assert summary["summary"]["chance/uniform/eval/position_accuracy"] == pytest.approx(1 / 27)
+    assert summary["summary"]["best/step"] in (4, 8) and summary["summary"]["baseline/step"] == 0
 
 
 def test_the_api_key_is_never_written(completed):
@@ -202,6 +225,13 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_in_the_same_wandb_run(
     second = json.loads((run_dir / "summary.json").read_text())
     assert second["attempts"] == 2 and second["resumed_from"].endswith("checkpoint-4")
     assert second["wandb"]["id"] == first["wandb"]["id"]
+    # best and baseline take in the first attempt's evaluations (steps 0 and 4), read back from disk
+    rows = metrics(run_dir)
+    assert {r["trainer/global_step"] for r in rows if "eval/exact_match" in r} == {0, 4, 8}
+    assert second["baseline"]["step"] == 0 and second["best"]["step"] == best_step(rows, "eval/exact_match")
+    step4 = next(r for r in rows if r["trainer/global_step"] == 4 and "eval/exact_match" in r)
+    if second["best"]["step"] == 4:
+        assert {k: second["best"][k] for k in step4 if k.startswith("eval/")} == {k: v for k, v in step4.items() if k.startswith("eval/")}
     steps = [r["trainer/global_step"] for r in metrics(run_dir) if "train/loss" in r]
     # the first attempt logged steps 2 and 4 and stopped inside step 6, before its log;
     # the second resumed from checkpoint 4 and logged 6 and 8
