@@ -8,9 +8,11 @@
 The trial reads top to bottom in ``run``: data -> model -> adapters -> evaluate the base model ->
 train (transformers' Trainer: loop, precision, checkpoints, resume) -> evaluate -> save.
 Its folder, ``outputs/runs/<overrides>``, holds the checkpoints, the adapter (PEFT format), the
-records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run. Running the same
-command again resumes an interrupted trial from its last checkpoint, in the same W&B run; a
-completed trial is not run twice (``trainer.resume=false`` starts over).
+records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run, held by one process at
+a time (vlmqc/lock.py). Running the same command again resumes an interrupted trial from its last
+complete checkpoint, in the same W&B run, and refuses a changed config (vlmqc/resume.py); a
+completed trial is not run twice (``trainer.resume=false`` starts a new attempt). SIGTERM and
+Ctrl-C stop at a step end with a checkpoint (vlmqc/signals.py).
 Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config.
 """
 
