@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,49 @@ def test_several_nodes_outside_a_slurm_job_is_a_config_error(tmp_path):
     )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "trainer.nodes=2" in out.stdout + out.stderr and "slurm_multinode" in out.stdout + out.stderr
+
+
+WRITES_LOG = """
+import os, sys
+log = os.environ["VLMQC_TEST_WRITES"]
+watched = os.environ["VLMQC_TEST_WATCH"]
+def hook(event, args):
+    # every file a process opens for writing under the adapter folder, with the process's id
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(watched) and any(c in str(args[1]) for c in "wax+"):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {args[0]}\\n")
+sys.addaudithook(hook)
+"""
+
+
+def test_sigterm_to_the_launcher_stops_the_ranks_and_records_it_and_one_rank_saves(tmp_path):
+    """The signal reaches the launcher process only; the ranks stop at one step end with a
+    checkpoint, the record says interrupted; the rerun resumes and only rank 0 writes the adapter
+    (seen by an audit hook in every process: sitecustomize on PYTHONPATH)."""
+    hooks, run_dir = tmp_path / "hooks", tmp_path / "ddp"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(WRITES_LOG)
+    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true", "VLMQC_TEST_WRITES": str(tmp_path / "writes.log"),
+           "VLMQC_TEST_WATCH": str(run_dir / "adapter"), "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, "trainer.batch_size=2", "trainer.devices=2", "logger=none",
+           "trainer.max_steps=40", "data.train_size=64", "trainer.eval_every=0", "trainer.eval_before=false", "trainer.save_steps=100"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not ((run_dir / "metrics.jsonl").exists() and "train/loss" in (run_dir / "metrics.jsonl").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # to the launcher alone, as a scheduler would
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, out[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["reason"], summary["reason"]
+    step = summary["step"]
+    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file(), summary["reason"]
+
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"].endswith(f"checkpoint-{step}")
+    assert sorted(logged(run_dir, "train/loss")) == list(range(1, 41))
+    writers = {line.split()[0] for line in (tmp_path / "writes.log").read_text().splitlines()}
+    assert len(writers) == 1, f"{len(writers)} processes wrote the adapter folder"

@@ -552,3 +552,23 @@ def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:
 
 
 register()
+
+
+# Settings that do not change what a trial computes: they stay out of its run name (conf/train.yaml
+# reads this list through the resolver below) and out of the config hash that guards a resume
+# (vlmqc/resume.py). One list, so a key that names a different folder always guards a resume too.
+NON_COMPUTING_KEYS = (
+    "trainer.resume",
+    "logger",
+    "logger.mode",
+    "logger.project",
+    "logger.entity",
+    "logger.group",
+    "logger.tags",
+    "paths.cache_dir",
+    "paths.models_dir",
+    "num_workers",
+    "trainer.eval_batch_size",
+)
+if not OmegaConf.has_resolver("vlmqc.non_computing_keys"):
+    OmegaConf.register_new_resolver("vlmqc.non_computing_keys", lambda: list(NON_COMPUTING_KEYS))

@@ -181,6 +181,10 @@ class Summary(_Record):
     overrides: list[str] = field(default_factory=list)
     sweep: str | None = None
     resumed_from: str | None = None
+    config_hash: str | None = None  # of the resolved config less NON_COMPUTING_KEYS: a rerun that differs is refused
+    skipped_checkpoints: list[dict[str, Any]] = field(default_factory=list)  # damaged ones passed over on resume
+    dropped_records: dict[str, Any] | None = None  # records after the resumed checkpoint's step, removed
+    earlier_attempts: list[str] = field(default_factory=list)  # attempts/<n>/ kept by trainer.resume=false
     facts: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     wandb: dict[str, Any] | None = None

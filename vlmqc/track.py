@@ -7,18 +7,32 @@ runs offline by default (``logger.mode=offline``): the real library writes a run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 STEP = "trainer/global_step"  # every metric's x axis in W&B
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """A reader never sees half a file: written beside it, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """A reader never sees half a file: written beside it, then renamed over it.
+
+    The temporary file's name is its writer's own (pid and random, created exclusively), so two
+    writers never share one; it sits in the same folder, so the rename stays on one filesystem,
+    and it is removed when writing fails (a full disk). Created with the umask's permissions, as
+    a plain open() would (mkstemp's 0600 would make reports unreadable to others).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(path: Path, obj) -> None:

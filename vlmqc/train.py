@@ -8,14 +8,17 @@
 The trial reads top to bottom in ``run``: data -> model -> adapters -> evaluate the base model ->
 train (transformers' Trainer: loop, precision, checkpoints, resume) -> evaluate -> save.
 Its folder, ``outputs/runs/<overrides>``, holds the checkpoints, the adapter (PEFT format), the
-records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run. Running the same
-command again resumes an interrupted trial from its last checkpoint, in the same W&B run; a
-completed trial is not run twice (``trainer.resume=false`` starts over).
+records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run, held by one process at
+a time (vlmqc/lock.py). Running the same command again resumes an interrupted trial from its last
+complete checkpoint, in the same W&B run, and refuses a changed config (vlmqc/resume.py); a
+completed trial is not run twice (``trainer.resume=false`` starts a new attempt). SIGTERM and
+Ctrl-C stop at a step end with a checkpoint (vlmqc/signals.py).
 Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,19 +34,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from vlmqc import config as schema
-from vlmqc import gpus
+from vlmqc import gpus, resume
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
 from vlmqc.evaluate import chance, prior_answers, score
+from vlmqc.lock import RunLock
 from vlmqc.model import adapt, load, parameter_counts, processed_resolution, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
 from vlmqc.records import PredictionRow, Records, Sample, sample_image, standing
+from vlmqc.signals import Interrupted, Signals, StopOnSignal
 from vlmqc.track import Tracker
 
 log = logging.getLogger("vlmqc.train")
@@ -207,30 +211,40 @@ def sweep_context() -> dict:
     return {"overrides": overrides, "sweep": sweep}
 
 
-def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
+def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resume.Plan | None = None) -> str:
     """The trial; returns its final status. Its record is written whatever happens, a config
-    error included (which is raised again after being recorded)."""
+    error included (which is raised again after being recorded).
+
+    ``plan``: how it starts (vlmqc/resume.py), when the elastic launcher's parent has already
+    checked and readied the folder; else decided here (refusing a changed config, before any write).
+    """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    plan = plan or resume.prepare(cfg, run_dir, write=rank == 0)
     records = Records(run_dir, enabled=rank == 0)  # one writer: rank 0
     previous = records.summary
-    resume = bool(cfg.trainer.resume)
-    if resume and previous.get("status") == "completed":
+    resuming = bool(cfg.trainer.resume)
+    if resuming and previous.get("status") == "completed":
         log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
         return "completed"
     context = context if context is not None else sweep_context()
     started = time.time()
     records.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None, traceback=None,
-                   attempts=int(previous.get("attempts", 0)) + 1 if resume else 1, **context)
+                   attempts=int(previous.get("attempts", 0)) + 1 if resuming else 1, **context,
+                   # what a later rerun is checked against, written before anything can fail
+                   config_hash=plan.config_hash, config=OmegaConf.to_container(cfg, resolve=True),
+                   resumed_from=plan.checkpoint, skipped_checkpoints=plan.skipped_checkpoints, dropped_records=plan.dropped,
+                   earlier_attempts=sorted((p.name for p in (run_dir / "attempts").glob("*") if p.name.isdigit()), key=int))
     tracker = None
     status, reason, step = "failed", None, None
     trainer = None
+    signals = Signals().__enter__()  # SIGTERM / Ctrl-C: stop at a step end with a checkpoint (vlmqc/signals.py)
+    stopper = StopOnSignal(signals)
     try:
         objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
         data_cfg = schema.data_config(cfg)
         t = objs["trainer"]
-        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume and (run_dir / "checkpoints").is_dir() else None
-        resume_id = (previous.get("wandb") or {}).get("id") if resume else None
-        records.update(resumed_from=checkpoint)
+        checkpoint = plan.checkpoint
+        resume_id = (previous.get("wandb") or {}).get("id") if resuming else None
         set_seed(t.seed)
         device = pick_device(t.device)
         dsd, data_path = get_dataset(data_cfg, cfg.paths.cache_dir, num_workers=cfg.num_workers)
@@ -285,7 +299,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             train_dataset=dsd["train"],
             eval_dataset=test,
             data_collator=Collator(processor, objs["prompt"], train=True),
-            callbacks=[trial],
+            callbacks=[trial, stopper],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
         if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
@@ -293,18 +307,27 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
             facts["gpu_uuid"] = str(torch.cuda.get_device_properties(trainer.args.device).uuid)
         records.update(facts=facts)
         tracker.config({"facts": facts})
+        signals.graceful = True
         trainer.train(resume_from_checkpoint=checkpoint)
+        signals.graceful = False
+        if stopper.step is not None:
+            raise Interrupted(stopper.name)
         if trial.nonfinite_step is not None:
             raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
         if trial.evaluated_step != trainer.state.global_step:  # eval_every may have just done it (the same answer on every rank)
             trainer.evaluate()
-        model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
-        processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
+        if rank == 0:  # one writer: every rank holds the same weights (DDP), and two would write one folder at once
+            model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
+            processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         status, step = "completed", trainer.state.global_step
         records.update(**standing(records.evaluations(), cfg.sweep_metric))
         tracker.summary({"status": status, **{f"{part}/{k}": v for part in ("best", "baseline") for k, v in (records.summary[part] or {}).items()}})
-    except KeyboardInterrupt:
-        status, reason = "interrupted", "interrupted (KeyboardInterrupt)"
+    except (KeyboardInterrupt, Interrupted) as e:
+        at = stopper.step if stopper.step is not None else (trainer.state.global_step if trainer is not None else None)
+        saved = "; checkpoint saved, the same command resumes from it" if stopper.step is not None else ""
+        name = e.name if isinstance(e, Interrupted) else "KeyboardInterrupt"
+        status, step = "interrupted", at
+        reason = f"interrupted by {name} at step {at}{saved}" if at is not None else f"interrupted by {name} before training"
     except NonFiniteLoss as e:
         status, reason, step = "failed", str(e), trial.nonfinite_step
     except (ConfigError, CustomDataError) as e:
@@ -314,19 +337,25 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
         status, reason = "failed", f"{type(e).__name__}: {e}"
         records.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
         log.exception("trial %s failed", cfg.run_name)
+        if world > 1:
+            # raised again, so this rank's process fails: the launcher then stops the other ranks, which
+            # would otherwise wait for this one in their next collective, and reports this exception
+            raise
     finally:
+        signals.graceful = True  # a signal now only asks: the record is being written
         if step is None and trainer is not None:
             step = trainer.state.global_step
         records.update(status=status, reason=reason, step=step, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), runtime_seconds=round(time.time() - started, 2))
         if tracker is not None:
             tracker.summary({"status": status, "reason": reason})
             tracker.finish(status)
+        signals.__exit__()
     if reason:
         log.error("trial %s %s: %s", cfg.run_name, status, reason)
     return status
 
 
-def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict) -> str:
+def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict, plan: resume.Plan) -> str:
     """One rank of a multi-GPU trial, in a process started by torch's elastic launcher.
 
     The config is composed again from the same overrides with Hydra's compose API, so every
@@ -339,7 +368,7 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict) ->
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir, cfg.run_name = run_dir, run_name
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
-    return run(cfg, Path(run_dir), context)  # the parent's Hydra context: workers have none
+    return run(cfg, Path(run_dir), context, plan)  # the parent's Hydra context and plan: workers have none
 
 
 def rendezvous(t) -> tuple[int, str, str, bool]:
@@ -368,41 +397,73 @@ def rendezvous(t) -> tuple[int, str, str, bool]:
 def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
     """Run the trial on ``devices`` processes (DDP) per node with PyTorch's elastic launcher.
 
-    The dataset and a random model (tiny or not) are prepared here first, so that the workers only load them.
+    This process holds the run folder's lock (on the first node) and readies the folder
+    (vlmqc/resume.py) before any rank starts, so a changed config exits 2 here. The dataset and a
+    random model (tiny or not) are prepared here first, so that the workers only load them.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     objs = {k: schema.to_object(cfg[k], k) for k in ("model", "image_size", "trainer")}
     nodes, endpoint, run_id, first_node = rendezvous(objs["trainer"])
-    get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
-    if objs["model"].path is None:
-        random_checkpoint(objs["model"], objs["image_size"].size, cfg.paths.models_dir)
-    if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
-        raise ConfigError(f"trainer.devices={devices}: only {torch.cuda.device_count()} GPU(s) are visible")
-    context = sweep_context()
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
-    # each rank gets its share of the CPU cores for its threads (torchrun sets 1): several ranks
-    # each running a thread per core oversubscribe the CPU, and the collators' work slows down
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
-    config = LaunchConfig(
-        min_nodes=nodes,
-        max_nodes=nodes,
-        nproc_per_node=devices,
-        run_id=run_id,
-        rdzv_backend="c10d",
-        rdzv_endpoint=endpoint,
-        max_restarts=0,
-        monitor_interval=1,
-        start_method="spawn",
-    )
-    try:
-        results = elastic_launch(config, _worker)(overrides, str(run_dir), cfg.run_name, context)
-    except Exception as e:  # a rank died without reporting (killed, segfault): the record says so
-        if first_node:
-            Records(run_dir).update(status="failed", reason=f"a worker process failed: {type(e).__name__}: {str(e)[:2000]}")
-        return "failed"
+    with RunLock(run_dir) if first_node else contextlib.nullcontext():
+        plan = resume.prepare(cfg, run_dir, write=first_node)
+        records = Records(run_dir, enabled=first_node)
+        if cfg.trainer.resume and records.summary.get("status") == "completed":
+            log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
+            return "completed"
+        get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
+        if objs["model"].path is None:
+            random_checkpoint(objs["model"], objs["image_size"].size, cfg.paths.models_dir)
+        if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
+            raise ConfigError(f"trainer.devices={devices}: only {torch.cuda.device_count()} GPU(s) are visible")
+        context = sweep_context()
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
+        # each rank gets its share of the CPU cores for its threads (torchrun sets 1): several ranks
+        # each running a thread per core oversubscribe the CPU, and the collators' work slows down
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
+        config = LaunchConfig(
+            min_nodes=nodes,
+            max_nodes=nodes,
+            nproc_per_node=devices,
+            run_id=run_id,
+            rdzv_backend="c10d",
+            rdzv_endpoint=endpoint,
+            max_restarts=0,
+            monitor_interval=1,
+            start_method="spawn",
+        )
+        # this attempt's status and reason start empty: what the ranks write below is theirs, not an earlier attempt's
+        records.update(status="running", reason=None)
+        try:
+            results = elastic_launch(config, _worker)(overrides, str(run_dir), cfg.run_name, context, plan)
+        except SignalException as e:
+            # the launcher passed the signal on to the ranks, which stop at a step end and record it
+            # (vlmqc/signals.py); it kills those that take longer than its shutdown timeout
+            return _launch_ended(records, "interrupted", f"interrupted by {e.sigval.name} (the launcher's); the ranks did not record stopping")
+        except Exception as e:  # a rank failed: its own reason, when it wrote one, stays in the record
+            return _launch_ended(records, "failed", f"a worker process failed: {_first_failure(e)}")
     # the global ranks' results; on a later node, rank 0's is not among them, but its own are the same
     return results.get(0, next(iter(results.values())))
+
+
+def _first_failure(e: Exception) -> str:
+    """The first failed rank's own exception, as torch's elastic launcher recorded it."""
+    try:
+        rank, failure = e.get_first_failure()  # ChildFailedError
+        message = failure.message.get("message", failure.message) if isinstance(failure.message, dict) else failure.message
+        return f"rank {rank}: {str(message)[:2000]}"
+    except AttributeError:
+        return f"{type(e).__name__}: {str(e)[:2000]}"
+
+
+def _launch_ended(records: Records, status: str, reason: str) -> str:
+    """The launcher's account of a trial whose ranks ended abnormally, unless rank 0 wrote its own."""
+    fresh = Records(records.dir, enabled=records.enabled)  # what the ranks wrote, not this process's copy from before
+    if fresh.summary.get("status") in ("failed", "interrupted") and fresh.summary.get("reason"):
+        return fresh.summary["status"]
+    fresh.update(status=status, reason=reason)
+    return status
 
 
 def objective(run_dir: Path, metric: str) -> float:
@@ -424,12 +485,21 @@ def main(cfg: DictConfig) -> float | None:
             gpus.claim(devices)  # parallel trials on one machine: each its own GPUs (vlmqc/gpus.py)
         # under torchrun (LOCAL_RANK set) this process already is one rank; else start the ranks here
         elastic = (devices > 1 or int(cfg.trainer.nodes) > 1 or bool(cfg.trainer.elastic)) and "LOCAL_RANK" not in os.environ
-        status = launch(cfg, run_dir, devices) if elastic else run(cfg, run_dir)
+        if elastic:
+            status = launch(cfg, run_dir, devices)  # which holds the run folder's lock
+        else:
+            # one writer per run folder (vlmqc/lock.py); under torchrun, the global rank 0 for all ranks
+            with RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+                status = run(cfg, run_dir)
     except (ConfigError, CustomDataError) as e:
         log.error("%s", e)
         if not multirun:
             sys.exit(2)
         status = "failed"
+    if multirun and status == "interrupted":
+        # a signal stops the sweep, not just this trial: Hydra's launcher would go on to the next one
+        log.error("sweep stopped: trial %s was interrupted", cfg.run_name)
+        raise SystemExit(1)
     if multirun:  # a failed trial must not stop the sweep: vlmqc.sweep reports it at the end
         return objective(run_dir, cfg.sweep_metric)
     if status != "completed":
