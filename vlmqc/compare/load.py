@@ -41,8 +41,7 @@ class Notes:
     def close(self) -> None:
         """The file notes after the general ones, in file order, and how many of a file's were not listed."""
         files = list(self._per_file)
-        for path, _, text in sorted(self._found, key=lambda f: (files.index(f[0]), f[1])):
-            self.lines.append(text)
+        self.lines += [text for _, _, text in sorted(self._found, key=lambda f: (files.index(f[0]), f[1]))]
         self.lines += [f"{path}: {n - NOTES_PER_FILE} more problem(s) not listed." for path, n in self._per_file.items() if n > NOTES_PER_FILE]
         self._found, self._per_file = [], {}
 
