@@ -86,6 +86,8 @@ def thumbnail(path: Path) -> str | None:
     """A JPEG data URI of the image, THUMB_WIDTH wide; None when it cannot be read as an image."""
     from PIL import Image
 
+    if not path.is_file():  # a folder, or a pipe that would block the report
+        return None
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")

@@ -189,7 +189,7 @@ def _hydra_overrides(run_dir: Path, notes: Notes) -> list[str] | None:
     try:
         lines = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:  # noqa: BLE001 - whatever the YAML parser says, the run name holds the same overrides
-        notes.bad(path, None, f"could not be read ({type(e).__name__}); the overrides are taken from the run name.")
+        notes.bad(path, None, f"could not be read ({type(e).__name__}); the overrides are taken from summary.json or the run name.")
         return None
     if not is_strs(lines):
         Where(path, notes).bad("the overrides", lines, "a list of strings")
@@ -198,7 +198,7 @@ def _hydra_overrides(run_dir: Path, notes: Notes) -> list[str] | None:
 
 
 def load_trial(run_dir: Path, notes: Notes) -> Trial:
-    trial = Trial(run_dir)
+    trial, typed = Trial(run_dir), None
     path = run_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
@@ -223,10 +223,10 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         trial.baseline, _ = _metrics(w, summary, "baseline")
         trial.chance, _ = _metrics(w, summary, "chance")
         typed = w.get(summary, "overrides", is_strs, "a list of strings")
+    # Hydra's own file first; the summary's copy; the run name, which holds the same overrides
     lines = _hydra_overrides(run_dir, notes)
-    if lines is None and trial.status != "unreadable":
-        lines = typed
-    trial.overrides = parse_overrides(lines if lines is not None else split_overrides(trial.run_name or ""))
+    lines = lines if lines is not None else typed if typed is not None else split_overrides(trial.run_name or "")
+    trial.overrides = parse_overrides(lines)
     return trial
 
 
@@ -291,8 +291,10 @@ def read_history(run_dir: Path, notes: Notes) -> list[tuple[int, dict[str, float
 
 def inside(run_dir: Path, name: str) -> Path | None:
     """``run_dir / name`` if it stays in the run folder once symlinks and ``..`` are resolved."""
-    root = run_dir.resolve()
-    path = (run_dir / name).resolve()  # an absolute name replaces run_dir, and is caught like ../
+    try:
+        root, path = run_dir.resolve(), (run_dir / name).resolve()  # an absolute name replaces run_dir, and is caught like ../
+    except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
+        return None
     return path if path.is_relative_to(root) and path != root else None
 
 
@@ -303,6 +305,7 @@ class Sample:
     truth: str | None
     correct: bool | None
     image: Path | None  # inside the run folder, checked
+    source: tuple[Path, int]  # the samples file and line, for notes
 
 
 def read_samples(run_dir: Path, path: Path, notes: Notes) -> list[Sample]:
@@ -314,8 +317,8 @@ def read_samples(run_dir: Path, path: Path, notes: Notes) -> list[Sample]:
         name = w.get(row, "image", is_str, "a string")
         image = inside(run_dir, name) if name is not None else None
         if name is not None and image is None:
-            notes.bad(path, w.line, f"image {_shown(name)} lies outside the run folder; not embedded.")
-        out.append(Sample(sid, w.get(row, "prediction", is_str, "a string"), w.get(row, "truth", is_str, "a string"), w.get(row, "correct", is_bool, "true or false"), image))
+            notes.bad(path, w.line, f"image {_shown(name)} is not a path inside the run folder; not embedded.")
+        out.append(Sample(sid, w.get(row, "prediction", is_str, "a string"), w.get(row, "truth", is_str, "a string"), w.get(row, "correct", is_bool, "true or false"), image, (path, w.line)))
     return out
 
 
@@ -357,5 +360,5 @@ def read_predictions(path: Path, notes: Notes) -> list[Prediction]:
     for w, row in read_jsonl(path, notes):
         labels = {k: w.get(row, k, ok, expected, required=k in ("id", "task"), then=_NOT_COUNTED) for k, (ok, expected) in _LABELS.items()}
         if not w.problems:
-            out.append(Prediction(labels, _parsed(w, row)))
+            out.append(Prediction(labels | {"defects": labels["defects"] or []}, _parsed(w, row)))
     return out

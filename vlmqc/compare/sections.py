@@ -111,7 +111,7 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Sam
                 if s.image is not None and image is None:
                     image = thumbnail(s.image)
                     if image is None:
-                        notes.add(f"{s.image}: could not be read as an image; not embedded.")
+                        notes.bad(*s.source, f"image {s.image} could not be read as an image; not embedded.")
             truths = {s.truth for s in found}
             row_labels = next((labels[t.dir][sid] for t in members if sid in labels.get(t.dir, {})), None)
             rows.append({
