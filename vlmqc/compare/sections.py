@@ -98,9 +98,8 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Sam
     out = []
     for group in by_dataset([t for t in trials if t.dir in samples]):
         members = group["members"]
-        ids: list[str] = []
-        for t in members:
-            ids += [i for i in [*t.sample_ids, *(s.id for s in samples[t.dir][1])] if i not in ids]
+        # the fixed ids first, in their order, then any a trial sampled besides them
+        ids = list(dict.fromkeys(i for t in members for i in [*t.sample_ids, *(s.id for s in samples[t.dir][1])]))
         by_id = {t.dir: {s.id: s for s in samples[t.dir][1]} for t in members}
         rows = []
         for sid in ids:
