@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from vlmqc.compare.check import Notes
 from vlmqc.compare.figures import curves_png, data_uri
-from vlmqc.compare.load import Notes, find_runs, latest, load_trial, read_history, read_predictions, read_samples
+from vlmqc.compare.load import find_runs, latest, load_trial, read_history, read_predictions, read_samples
 from vlmqc.compare.page import render
 from vlmqc.compare.sections import choose_metric, confusion_section, samples_section, sweep_figures, trials_table
 from vlmqc.compare.settings import label_trials, swept_and_fixed

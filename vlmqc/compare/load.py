@@ -1,8 +1,8 @@
-"""Reading run folders for the report: every field checked at the door.
+"""Reading run folders for the report: summary.json, overrides, metrics, samples, predictions.
 
 A record written by another version, edited by hand or cut off mid-write must not take the report
-down. Each field the report uses is checked for its type as it is read; a bad one is left out and
-named in ``Notes`` (file, line, field), and the rest of the trial is read as usual.
+down. Each field the report uses is checked for its type as it is read (vlmqc.compare.check); a
+bad one is left out and named in the notes, and the rest of the trial is read as usual.
 """
 
 from __future__ import annotations
@@ -14,96 +14,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vlmqc.compare.check import Notes, Where, brief, is_bool, is_dict, is_int, is_metric, is_str, is_strs, metric_value
 from vlmqc.prompts import Parsed
 from vlmqc.track import STEP
 
 _STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
-NONFINITE = ("nan", "inf", "-inf")  # how vlmqc.track writes a non-finite metric
-NOTES_PER_FILE = 5  # a file of garbage says so in a few lines, not in thousands
-
-
-class Notes:
-    """What the page says it could not use, one line each: general ones first, then by file and line."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        self._found: list[tuple[Path, int, str]] = []
-        self._per_file: dict[Path, int] = {}
-
-    def add(self, text: str) -> None:
-        self.lines.append(text)
-
-    def bad(self, path: Path, line: int | None, what: str) -> None:
-        n = self._per_file[path] = self._per_file.get(path, 0) + 1
-        if n <= NOTES_PER_FILE:
-            self._found.append((path, line or 0, f"{path}{f':{line}' if line else ''}: {what}"))
-
-    def close(self) -> None:
-        """The file notes after the general ones, in file order, and how many of a file's were not listed."""
-        files = list(self._per_file)
-        self.lines += [text for _, _, text in sorted(self._found, key=lambda f: (files.index(f[0]), f[1]))]
-        self.lines += [f"{path}: {n - NOTES_PER_FILE} more problem(s) not listed." for path, n in self._per_file.items() if n > NOTES_PER_FILE]
-        self._found, self._per_file = [], {}
-
-
-def _shown(value) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:59] + "…"
-
-
-@dataclass
-class Where:
-    """A place in a record (file, line), for checking the fields read from it."""
-
-    path: Path
-    notes: Notes
-    line: int | None = None
-    problems: int = 0
-
-    def bad(self, name: str, value, expected: str, then: str = "left out") -> None:
-        self.problems += 1
-        self.notes.bad(self.path, self.line, f"{name} is {_shown(value)}, not {expected}; {then}.")
-
-    def get(self, obj: dict, name: str, ok, expected: str, label: str | None = None, required: bool = False, then: str = "left out"):
-        """``obj[name]`` if it passes ``ok`` (or is missing or null, unless required); else None, and a note."""
-        value = obj.get(name)
-        if value is None and not required or value is not None and ok(value):
-            return value
-        self.bad(label or name, value, expected, then)
-        return None
-
-
-def is_str(v) -> bool:
-    return isinstance(v, str)
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_bool(v) -> bool:
-    return isinstance(v, bool)
-
-
-def is_dict(v) -> bool:
-    return isinstance(v, dict)
-
-
-def is_strs(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def metric_value(v) -> float | None:
-    """A metric as a float: a number, or the string vlmqc.track writes for a non-finite one."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    return float(v) if v in NONFINITE else None
-
-
-def is_metric(v) -> bool:
-    return metric_value(v) is not None
 
 
 def _metrics(where: Where, summary: dict, name: str) -> tuple[dict[str, float], int | None]:
@@ -317,7 +232,7 @@ def read_samples(run_dir: Path, path: Path, notes: Notes) -> list[Sample]:
         name = w.get(row, "image", is_str, "a string")
         image = inside(run_dir, name) if name is not None else None
         if name is not None and image is None:
-            notes.bad(path, w.line, f"image {_shown(name)} is not a path inside the run folder; not embedded.")
+            notes.bad(path, w.line, f"image {brief(name)} is not a path inside the run folder; not embedded.")
         out.append(Sample(sid, w.get(row, "prediction", is_str, "a string"), w.get(row, "truth", is_str, "a string"), w.get(row, "correct", is_bool, "true or false"), image, (path, w.line)))
     return out
 

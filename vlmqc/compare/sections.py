@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmqc.compare.check import Notes
 from vlmqc.compare.figures import data_uri, param_png, thumbnail
-from vlmqc.compare.load import Notes, Prediction, Sample, Trial
+from vlmqc.compare.load import Prediction, Sample, Trial
 from vlmqc.compare.settings import config_value, override_value
 from vlmqc.evaluate import _CONFUSION_ORDER, confusion
 from vlmqc.labels import describe
