@@ -27,8 +27,8 @@ def _visible(ch: str) -> str:
 
 def _finalize(value):
     """Every printed value: control characters written out as \\xNN (models emit NULs and ESCs)."""
-    if isinstance(value, str) and not isinstance(value, Markup):
-        return _CONTROL.sub(lambda m: _visible(m.group()), value)
+    if isinstance(value, (str, Path)) and not isinstance(value, Markup):  # a run folder's name is text too
+        return _CONTROL.sub(lambda m: _visible(m.group()), str(value))
     return value
 
 
