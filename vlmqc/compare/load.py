@@ -120,7 +120,7 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         if not isinstance(summary, dict):
             raise ValueError(f"a JSON {type(summary).__name__}, not an object")
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        summary, trial.status, trial.reason = {}, "unreadable", f"summary.json: {e}"
+        trial.status, trial.reason = "unreadable", f"summary.json: {e}"
     else:
         w = Where(path, notes)
         trial.status = w.get(summary, "status", is_str, "a string") or "unknown"
