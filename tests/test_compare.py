@@ -388,12 +388,15 @@ def test_sample_images_are_embedded_only_from_inside_the_run_folder(sweep, tmp_p
 def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is_marked(sweep, tmp_path):
     """Summaries with the base model's evaluation, the dataset's chance levels and the best value's step, beside one without."""
     plain = copy_run(runs(sweep)["json"], tmp_path / "plain")
+    # chance levels flat, and as the run record writes them (the higher guesser's level counts)
+    chances = {"above": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.5},
+               "at": {"answer": {"pair": "pass"}, "prior": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.375}, "uniform": {"eval/verdict_accuracy": 0.5}}}
     for name, final in (("above", 0.6), ("at", 0.25)):
         run = copy_run(plain, tmp_path / name)
         summary = json.loads((run / "summary.json").read_text())
         summary["final"]["eval/exact_match"] = final
         summary["best"] |= {"step": 3, "eval/exact_match": 0.7}
-        summary |= {"baseline": {"step": 0, "eval/exact_match": 0.125}, "chance": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.5}}
+        summary |= {"baseline": {"step": 0, "eval/exact_match": 0.125}, "chance": chances[name]}
         (run / "summary.json").write_text(json.dumps(summary))
     out = cli(*(str(tmp_path / n) for n in ("plain", "above", "at")), "--out", "out", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -410,6 +413,7 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
     marked = {Path(attrs["data-dir"]).name for attrs, _ in table["rows"] if "below-chance" in attrs["class"].split()}
     assert marked == {"at"}
     assert "≤ chance" in rows["at"][0][2] and "≤ chance" not in rows["above"][0][2] + rows["plain"][0][2]
+    assert not page_notes(text)
 
 
 @pytest.mark.slow

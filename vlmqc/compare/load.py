@@ -35,6 +35,19 @@ def _metrics(where: Where, summary: dict, name: str) -> tuple[dict[str, float], 
     return values, step
 
 
+def _chance(where: Where, summary: dict) -> dict[str, float]:
+    """Chance levels by metric: ``{"eval/…": v}``, or the run record's ``{"prior": {…}, "uniform": {…},
+    "answer": {…}}``, where the higher of the two guessers is the level to beat."""
+    chance = where.get(summary, "chance", is_dict, "an object of chance levels") or {}
+    if not any(k in chance for k in ("prior", "uniform")):
+        return _metrics(where, summary, "chance")[0]
+    levels: dict[str, float] = {}
+    for kind in ("prior", "uniform"):
+        for key, v in _metrics(where, chance, kind)[0].items():
+            levels[key] = max(levels.get(key, v), v)
+    return levels
+
+
 @dataclass
 class Trial:
     """One run folder, as the report sees it; every field typed, missing ones empty."""
@@ -136,7 +149,7 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         trial.final, _ = _metrics(w, summary, "final")
         trial.best, trial.best_step = _metrics(w, summary, "best")
         trial.baseline, _ = _metrics(w, summary, "baseline")
-        trial.chance, _ = _metrics(w, summary, "chance")
+        trial.chance = _chance(w, summary)
         typed = w.get(summary, "overrides", is_strs, "a list of strings")
     # Hydra's own file first; the summary's copy; the run name, which holds the same overrides
     lines = _hydra_overrides(run_dir, notes)
