@@ -1,0 +1,5 @@
+import sys
+
+from vlmqc.compare.cli import main
+
+main(sys.argv[1:])
