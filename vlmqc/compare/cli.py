@@ -12,9 +12,8 @@ from vlmqc.compare.load import find_runs, latest, load_trial, read_history, read
 from vlmqc.compare.page import render
 from vlmqc.compare.sections import choose_metric, confusion_section, samples_section, sweep_figures, trials_table
 from vlmqc.compare.settings import label_trials, swept_and_fixed
+from vlmqc.records import DEFAULT_METRIC
 from vlmqc.track import write_atomic
-
-DEFAULT_METRIC = "eval/exact_match"
 
 
 def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list[str]) -> Path:

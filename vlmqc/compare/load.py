@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from vlmqc.compare.check import Notes, Where, brief, is_bool, is_dict, is_int, is_metric, is_str, is_strs, metric_value
 from vlmqc.prompts import Parsed
+from vlmqc.records import METRICS, better
 from vlmqc.track import STEP
 
 _STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
@@ -37,14 +38,15 @@ def _metrics(where: Where, summary: dict, name: str) -> tuple[dict[str, float], 
 
 def _chance(where: Where, summary: dict) -> dict[str, float]:
     """Chance levels by metric: ``{"eval/…": v}``, or the run record's ``{"prior": {…}, "uniform": {…},
-    "answer": {…}}``, where the higher of the two guessers is the level to beat."""
+    "answer": {…}}``, where the better of the two guessers (by the metric's direction) is the level to beat."""
     chance = where.get(summary, "chance", is_dict, "an object of chance levels") or {}
     if not any(k in chance for k in ("prior", "uniform")):
         return _metrics(where, summary, "chance")[0]
     levels: dict[str, float] = {}
     for kind in ("prior", "uniform"):
         for key, v in _metrics(where, chance, kind)[0].items():
-            levels[key] = max(levels.get(key, v), v)
+            if key not in levels or (key in METRICS and better(key, v, levels[key])):
+                levels[key] = v
     return levels
 
 
@@ -82,9 +84,9 @@ class Trial:
         return getattr(self, kind).get(name)
 
     def below_chance(self, metric: str) -> bool:
-        """The final value is not above guessing (metrics with a chance level are higher-is-better)."""
+        """The final value is no better than guessing, in the metric's direction (vlmqc.records.METRICS)."""
         final, chance = self.final.get(metric), self.chance.get(metric)
-        return final is not None and chance is not None and not final > chance
+        return final is not None and chance is not None and metric in METRICS and not better(metric, final, chance)
 
 
 def split_overrides(text: str) -> list[str]:

@@ -11,8 +11,9 @@ from vlmqc.compare.check import Notes
 from vlmqc.compare.figures import data_uri, param_png, thumbnail
 from vlmqc.compare.load import Prediction, Sample, Trial
 from vlmqc.compare.settings import config_value, override_value
-from vlmqc.evaluate import _CONFUSION_ORDER, confusion
+from vlmqc.evaluate import confusion
 from vlmqc.labels import describe
+from vlmqc.records import CONFUSION_ORDER
 from vlmqc.track import write_atomic
 
 KINDS = ("baseline", "final", "best")
@@ -127,7 +128,7 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Sam
 
 
 def _confusion_key(label: str):
-    return (_CONFUSION_ORDER.index(label), "") if label in _CONFUSION_ORDER else (len(_CONFUSION_ORDER), label)
+    return (CONFUSION_ORDER.index(label), "") if label in CONFUSION_ORDER else (len(CONFUSION_ORDER), label)
 
 
 def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Path, list[Prediction]]]) -> list[dict]:
