@@ -11,7 +11,10 @@ Its folder, ``outputs/runs/<overrides>``, holds the checkpoints, the adapter (PE
 records (``metrics.jsonl``, ``samples/``, ``summary.json``) and the W&B run. Running the same
 command again resumes an interrupted trial from its last checkpoint, in the same W&B run; a
 completed trial is not run twice (``trainer.resume=false`` starts over).
-Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config.
+Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config:
+any config error, whether Hydra finds it composing (a misspelt key, a wrong type, an unknown
+option) or a schema does (a value out of range, a missing folder), in a single run or in any
+trial of a ``-m`` sweep, before any trial starts; the message names the key, on stderr.
 """
 
 from __future__ import annotations
@@ -222,8 +225,10 @@ def sweep_context() -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
-    """The trial; returns its final status. Its record is written whatever happens, a config
-    error included (which is raised again after being recorded)."""
+    """The trial; returns its final status. A config error is raised before the run folder is
+    touched; after that the record is written whatever happens (a config error only the hardware
+    reveals included, raised again after being recorded)."""
+    objs = schema.validate(cfg)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     records = Records(run_dir, enabled=rank == 0)  # one writer: rank 0
     previous = records.summary
@@ -239,8 +244,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None) -> str:
     status, reason, step = "failed", None, None
     trainer = None
     try:
-        objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
-        data_cfg = schema.data_config(cfg)
+        data_cfg = objs["data"]
         t = objs["trainer"]
         checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume and (run_dir / "checkpoints").is_dir() else None
         resume_id = (previous.get("wandb") or {}).get("id") if resume else None
@@ -348,6 +352,7 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict) ->
     with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parent.parent / "conf")):
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir, cfg.run_name = run_dir, run_name
+    schema.validate(cfg)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
     return run(cfg, Path(run_dir), context)  # the parent's Hydra context: workers have none
 
@@ -382,9 +387,9 @@ def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    objs = {k: schema.to_object(cfg[k], k) for k in ("model", "image_size", "trainer")}
+    objs = schema.validate(cfg)  # here, not in the ranks: a bad value must not start (and fail) them all
     nodes, endpoint, run_id, first_node = rendezvous(objs["trainer"])
-    get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
+    get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=cfg.num_workers)
     if objs["model"].path is None:
         random_checkpoint(objs["model"], objs["image_size"].size, cfg.paths.models_dir)
     if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
@@ -429,6 +434,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        schema.validate(cfg)  # before a GPU is claimed or the run folder's record is touched
         devices = int(cfg.trainer.devices)
         if os.environ.get("SUBMITIT_EXECUTOR") == "local" and cfg.trainer.device != "cpu" and gpus.visible():
             gpus.claim(devices)  # parallel trials on one machine: each its own GPUs (vlmqc/gpus.py)
@@ -448,7 +454,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
+    """``python -m vlmqc.train``: every trial's config is composed and validated before Hydra
+    starts any, so a config error exits 2 naming the key (Hydra's own report would exit 1)."""
     sys.argv[1:] = schema.quote_numeric_options(sys.argv[1:])
+    try:
+        schema.check_command_line("train", sys.argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
 
 
