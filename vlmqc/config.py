@@ -42,7 +42,7 @@ def _between(value: float, key: str, low: float, high: float = math.inf, low_ope
     ``nan`` as floats, and nan passes no comparison, so it must be named or it slips through."""
     above = value > low if low_open else value >= low
     ok = math.isfinite(value) and above and value <= high
-    rule = f"must be {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "") + " (finite)"
+    rule = f"must be {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "") + (" (finite)" if isinstance(value, float) else "")
     _check(ok, key, value, rule)
 
 
@@ -500,8 +500,8 @@ class ContactSheetConfig:
     examples: int = 12
 
     def __post_init__(self):
-        _check(self.split in ("train", "test"), "contact_sheet.split", self.split, "must be train or test")
-        _check(self.examples >= 1, "contact_sheet.examples", self.examples, "must be >= 1")
+        _check(self.split in ("train", "test"), "split", self.split, "must be train or test")
+        _check(1 <= self.examples <= 1000, "examples", self.examples, "must be between 1 and 1000")
 
 
 @dataclass
@@ -586,7 +586,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     data = objs["data"]
     if isinstance(data, CustomConfig):
         # as vlmqc/data/custom.py reads it
-        _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "no such folder")
+        _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
     if app is not TrainAppConfig:
         return objs
     model, size = objs["model"], objs["image_size"]
@@ -597,7 +597,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             not looks_local and HUB_ID.fullmatch(model.path),
             "model.path",
             model.path,
-            "no such folder" if looks_local else "is neither an existing folder nor a hub id (org/name)",
+            "folder not found" if looks_local else "is neither an existing folder nor a hub id (org/name)",
         )
     if model.path is None and model.random == RandomModel.qwen2_vl and size.size is not None:
         lowest = model.qwen2_vl.min_pixels  # the built processor's floor (vlmqc/model.py)
