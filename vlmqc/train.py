@@ -344,15 +344,14 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict) ->
     """One rank of a multi-GPU trial, in a process started by torch's elastic launcher.
 
     The config is composed again from the same overrides with Hydra's compose API, so every
-    schema applies as in the parent; the run folder and name are the parent's (one folder for
-    all ranks).
+    schema applies as in the parent, and ``run`` validates it before anything else; the run folder
+    and name are the parent's (one folder for all ranks).
     """
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parent.parent / "conf")):
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir, cfg.run_name = run_dir, run_name
-    schema.validate(cfg)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
     return run(cfg, Path(run_dir), context)  # the parent's Hydra context: workers have none
 
