@@ -1,7 +1,11 @@
-"""Shared test helpers: compose the real Hydra config, shrunk, with every cache in tmp_path."""
+"""Shared test helpers: compose the real Hydra config, shrunk, with every cache in tmp_path; run
+an app as a user does, in a subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,26 @@ def cache_dir(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the user's real dataset cache."""
     monkeypatch.setenv("VLMQC_CACHE_DIR", str(tmp_path / "env-cache"))
+
+
+def run_app(
+    tmp_path: Path, module: str, *args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 600, wait: bool = True
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m <module> <args>`` in a subprocess started in tmp_path, so Hydra's ``outputs/``
+    and every cache (``VLMQC_CACHE_DIR``) land there.
+
+    W&B is quiet and runs in the mode the config gives: a ``WANDB_MODE`` of the test's own
+    environment would override it. ``env`` adds to (or replaces in) that environment; ``launcher``
+    replaces ``python`` (torchrun, say); ``wait=False`` returns the running process, its stdout and
+    stderr together, for trials run side by side.
+    """
+    full_env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
+    full_env.pop("WANDB_MODE", None)
+    full_env.update(env or {})
+    cmd = [*(launcher or [sys.executable]), "-m", module, *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=full_env, timeout=timeout)
 
 
 def prompt_option(name: str):

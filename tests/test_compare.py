@@ -9,11 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import run_app
 from PIL import Image
 
 from vlmqc import compare
@@ -24,8 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def train(root: Path, *overrides: str, multirun: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(root / "cache")}
-    return subprocess.Popen([sys.executable, "-m", "vlmqc.train", *(["-m"] if multirun else []), *TINY, *overrides], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return run_app(root, "vlmqc.train", *(["-m"] if multirun else []), *TINY, *overrides, wait=False)
 
 
 def finish(proc: subprocess.Popen, status: int) -> None:
@@ -281,7 +280,7 @@ def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_fall
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlmqc.compare", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return run_app(cwd, "vlmqc.compare", *args, timeout=120)
 
 
 def test_bad_arguments_exit_2_naming_the_path(tmp_path):

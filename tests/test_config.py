@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
-from conftest import CONF, DATA_OPTIONS, compose_app
+from conftest import CONF, DATA_OPTIONS, compose_app, run_app
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, data_config, to_object
+from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, _run_name, check_command_line, data_config, to_object, validate
 
 
 def data(*overrides: str):
@@ -122,3 +125,167 @@ def test_bad_values_fail_with_the_key(option, override, key):
 def test_custom_needs_a_path():
     with pytest.raises(Exception, match="path"):
         data("data=custom")
+
+
+# ---------------------------------------------------------------- the door: validate(cfg), and the apps' exit status
+
+
+def validated(tmp_path, *overrides: str, app: str = "train"):
+    """What ``validate`` makes of an app config; the run folder is what Hydra would name at run time."""
+    cfg = compose_app(app, list(overrides))
+    cfg.paths.output_dir = str(tmp_path)
+    return validate(cfg)
+
+
+def test_validate_instantiates_every_group_of_the_train_app(tmp_path):
+    objs = validated(tmp_path, "data=pair_round", "lora=r4")
+    assert set(objs) == {"model", "data", "prompt", "lora", "image_size", "trainer", "logger", "paths"}
+    assert isinstance(objs["data"], PairConfig) and objs["lora"].r == 4 and objs["paths"].output_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.lr_schedule=bogus", "trainer.lr_schedule='bogus'"),
+        ("trainer.max_grad_norm=-1", "trainer.max_grad_norm=-1.0"),
+        ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1"),
+        ("trainer.save_total_limit=0", "trainer.save_total_limit=0"),
+        ("trainer.lr=inf", "trainer.lr=inf"),
+        ("trainer.lr=nan", "trainer.lr=nan"),
+        ("trainer.epochs=inf", "trainer.epochs=inf"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5"),
+        ("trainer.seed=-1", "trainer.seed=-1"),
+        ("trainer.rdzv_port=70000", "trainer.rdzv_port=70000"),
+        ("trainer.dataloader_workers=-1", "trainer.dataloader_workers=-1"),
+        ("num_workers=-1", "num_workers=-1"),
+        ("lora.dropout=nan", "lora.dropout=nan"),
+        ("model.tiny.patch_size=0", "model.tiny.patch_size=0"),
+        ("model.tiny.native_size=100", "model.tiny.native_size=100"),
+        ("model.tiny.init_std=nan", "model.tiny.init_std=nan"),
+        ("data.seed=-3", "data.seed=-3"),
+        ("data.nuisance.noise=inf", "data.nuisance.noise=inf"),
+        ("data.nuisance.brightness=1.2", "data.nuisance.brightness=1.2"),
+        ("data.render.width=100000", "data.render.width=100000"),
+        ("image_size.size=100000", "image_size.size=100000"),
+    ],
+)
+def test_every_numeric_knob_has_a_range(tmp_path, override, key):
+    with pytest.raises(ConfigError) as e:
+        validated(tmp_path, override)
+    assert key in str(e.value)
+
+
+def test_the_data_app_refuses_negative_workers(tmp_path):
+    with pytest.raises(ConfigError, match=r"^num_workers=-1"):
+        validated(tmp_path, "num_workers=-1", app="data_app")
+
+
+def test_every_transformers_schedule_is_accepted(tmp_path):
+    from transformers import SchedulerType
+
+    for schedule in ("linear", "cosine", "constant_with_warmup", "polynomial"):
+        assert schedule in {s.value for s in SchedulerType}
+        assert validated(tmp_path, f"trainer.lr_schedule={schedule}")["trainer"].lr_schedule == schedule
+
+
+def test_a_qwen2_vl_image_size_below_its_processors_floor_is_refused_across_groups(tmp_path):
+    with pytest.raises(ConfigError, match=r"image_size.size=32: .*min_pixels \(3136\); use a size >= 56"):
+        validated(tmp_path, "model=qwen2_vl_2b_random", "image_size.size=32")
+    assert validated(tmp_path, "model=qwen2_vl_2b_random", "image_size='224'")["image_size"].size == 224
+
+
+@pytest.mark.parametrize(
+    "path, rule",
+    [("./no/such/folder", "folder not found"), ("~/no-such-folder-here", "folder not found"), ("/no/such/folder", "folder not found"),
+     ("not a hub id", "is neither an existing folder nor a hub id"), ("org/name/extra", "is neither an existing folder nor a hub id")],
+)
+def test_a_model_path_must_be_a_folder_or_a_hub_id(tmp_path, path, rule):
+    with pytest.raises(ConfigError) as e:
+        validated(tmp_path, f"model.path='{path}'")
+    assert str(e.value).startswith(f"model.path={path!r}: {rule}")
+
+
+def test_a_hub_id_or_an_existing_folder_is_a_model_path(tmp_path):
+    assert validated(tmp_path, "model.path=llava-hf/llava-1.5-7b-hf")["model"].path == "llava-hf/llava-1.5-7b-hf"
+    assert validated(tmp_path, f"model.path={tmp_path}")["model"].path == str(tmp_path)
+
+
+def test_custom_data_needs_an_existing_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.path: required"):
+        validated(tmp_path, "data=custom", app="data_app")
+    with pytest.raises(ConfigError, match=r"^data.path='/no/such/folder': folder not found"):
+        validated(tmp_path, "data=custom", "data.path=/no/such/folder")
+
+
+def test_a_sweep_is_checked_trial_by_trial_before_it_starts():
+    assert check_command_line("train", ["-m", "prompt=short,json", "lora=r4,r8"]) == 4
+    assert check_command_line("train", ["-m", "experiment=lora_rank"]) == 5  # its hydra.sweeper.params
+    assert check_command_line("train", ["-m", "hydra/sweeper=lr_rank"]) == 1  # Optuna: the config without the swept values
+    with pytest.raises(ConfigError, match=r"^lora.r=0: must be >= 1"):
+        check_command_line("train", ["-m", "lora.r=8,0"])
+    with pytest.raises(ConfigError, match=r"^lora=nope: no such option \(available: full, r16, r4, r64, r8\)"):
+        check_command_line("train", ["-m", "experiment=lora_rank", "hydra.sweeper.params.lora='r4,nope'"])
+
+
+def test_long_run_names_fit_a_file_name_and_stay_distinct(tmp_path):
+    assert _run_name("data=pair_round,lora=r16,trainer.lr=0.0002") == "data=pair_round,lora=r16,trainer.lr=0.0002"  # unchanged
+    overrides = ",".join(f"data.nuisance.{k}=0.0{i}" for i, k in enumerate(["brightness", "contrast", "gradient", "shift", "blur"] * 8))
+    other = overrides.replace("blur=0.04", "blur=0.05", 1)
+    name = _run_name(overrides)
+    assert len(name.encode()) <= 255 and name.startswith(overrides[:100]) and re.fullmatch(r".*-[0-9a-f]{10}", name)
+    assert _run_name(overrides) == name and _run_name(other) != name
+    (tmp_path / name).mkdir()  # too long, this was OSError: File name too long
+    japanese = _run_name("prompt.answer_pass=" + "合格" * 80)
+    assert len(japanese.encode()) <= 255 and japanese.startswith("prompt.answer_pass=合格")
+    (tmp_path / japanese).mkdir()
+
+
+@pytest.mark.parametrize(
+    "app, args, key",
+    [
+        ("vlmqc.train", ["trainer.lrr=1"], "'trainer.lrr'"),
+        ("vlmqc.train", ["trainer.batch_size=abc"], "trainer.batch_size=abc"),
+        ("vlmqc.train", ["data=nope"], "data=nope: no such option"),
+        ("vlmqc.train", ["trainer.lr_schedule=bogus"], "trainer.lr_schedule='bogus'"),
+        ("vlmqc.train", ["data=custom"], "data.path: required"),
+        ("vlmqc.train", ["model.path=./no/such/folder"], "model.path='./no/such/folder': folder not found"),
+        ("vlmqc.train", ["-m", "lora.r=8,0"], "lora.r=0: must be >= 1"),
+        ("vlmqc.train", ["-m", "data=star,nope"], "data=nope: no such option"),
+        ("vlmqc.data", ["data.defect_rat=1"], "'data.defect_rat'"),
+        ("vlmqc.data", ["data=nope"], "data=nope: no such option"),
+        ("vlmqc.data", ["data=custom"], "data.path: required"),
+        ("vlmqc.data", ["num_workers=-1"], "num_workers=-1"),
+        ("vlmqc.data", ["-m", "data=star,pair_round", "data.seed=-1"], "data.seed=-1"),
+    ],
+)
+def test_every_config_error_exits_2_naming_the_key_before_anything_runs(tmp_path, app, args, key):
+    out = run_app(tmp_path, app, *args, "logger=none" if app == "vlmqc.train" else "baseline=false", timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert key in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()  # no folder touched
+
+
+def test_a_bad_value_does_not_turn_a_completed_trial_into_a_failed_one(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final": {"eval/exact_match": 0.5}}))
+    before = (run_dir / "summary.json").read_text()
+    out = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", "trainer.resume=false", "prompt.answer_star=nowhere", "logger=none", timeout=300)
+    assert out.returncode == 2 and "prompt.answer_star='nowhere'" in out.stderr
+    assert (run_dir / "summary.json").read_text() == before
+
+
+def test_run_and_launch_validate_every_group_before_touching_anything(tmp_path):
+    """The entry points below the command line (a rank, a test, launch's parent) check too."""
+    from vlmqc.train import launch, run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
+    cfg = compose_app("train", ["trainer.resume=false", "prompt.answer_star=nowhere", "data.train_size=4", "data.test_size=4"])
+    cfg.paths.output_dir, cfg.run_name = str(run_dir), "run"
+    for entry in (lambda: run(cfg, run_dir, {"overrides": [], "sweep": None}), lambda: launch(cfg, run_dir, 2)):
+        with pytest.raises(ConfigError, match="prompt.answer_star='nowhere'"):
+            entry()
+    assert json.loads((run_dir / "summary.json").read_text()) == {"status": "completed"}
+    assert not (tmp_path / "env-cache").exists()  # launch generated no dataset

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_app
 
 from vlmqc.config import TrainerConfig
 
@@ -30,11 +31,8 @@ TOLERANCE = 1e-4  # relative, on every logged training loss: float sums in anoth
 
 
 def train(tmp_path: Path, name: str, *overrides: str, launcher: list[str] | None = None) -> tuple[subprocess.CompletedProcess, Path]:
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
     run_dir = tmp_path / name
-    cmd = [*(launcher or [sys.executable]), "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600), run_dir
+    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, *overrides, launcher=launcher), run_dir
 
 
 def logged(run_dir: Path, key: str) -> dict[int, float]:
@@ -112,15 +110,7 @@ def test_torchrun_runs_the_same_trial(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_of_multi_process_trials(tmp_path):
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache")}
-    out = subprocess.run(
-        [sys.executable, "-m", "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *COMMON, "trainer.batch_size=2", "trainer.devices=2", "prompt=short,json", "logger=none"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    out = run_app(tmp_path, "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *COMMON, "trainer.batch_size=2", "trainer.devices=2", "prompt=short,json", "logger=none")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
     assert len(summaries) == 2 and all(s["status"] == "completed" and s["facts"]["world_size"] == 2 for s in summaries)
@@ -141,11 +131,10 @@ def test_two_nodes_of_a_slurm_job_train_like_one_process(pair, tmp_path):
     each starting one rank; here both "nodes" are this machine."""
     single_dir, _ = pair
     run_dir, port = tmp_path / "nodes", free_port()
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true", "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost"}
-    cmd = [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, "trainer.batch_size=2", "trainer.nodes=2", "trainer.devices=1", f"trainer.rdzv_port={port}"]
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost"}
+    args = [f"hydra.run.dir={run_dir}", *COMMON, "trainer.batch_size=2", "trainer.nodes=2", "trainer.devices=1", f"trainer.rdzv_port={port}"]
     nodes = [
-        subprocess.Popen(cmd, env={**env, "SLURM_NODEID": str(n), "SLURM_PROCID": str(n), "SLURM_LOCALID": "0"}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        run_app(tmp_path, "vlmqc.train", *args, env={**env, "SLURM_NODEID": str(n), "SLURM_PROCID": str(n), "SLURM_LOCALID": "0"}, wait=False)
         for n in (0, 1)
     ]
     outs = [p.communicate(timeout=600)[0] for p in nodes]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, compose_app
+from conftest import CONF, compose_app, run_app
 
 from vlmqc.config import to_object
 
@@ -21,16 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF.parent / "experiments").glob("*.yaml"
 
 
 def multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SHRINK, *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=900,
-    )
+    return run_app(tmp_path, "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SHRINK, *overrides, timeout=900)
 
 
 def summaries(sweep: Path) -> dict[str, dict]:

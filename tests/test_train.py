@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, prompt_option, run_app
 from transformers import Trainer, TrainerCallback, set_seed
 
 from vlmqc.collate import Collator
@@ -35,17 +33,8 @@ SECRET = "wandb-secret-0123456789abcdef"
 
 
 def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m vlmqc.train`` in a subprocess, every cache and output under tmp_path."""
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_API_KEY": SECRET, "WANDB_SILENT": "true", **(env or {})}
-    env.pop("WANDB_MODE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *SHRINK, *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    """``python -m vlmqc.train``, shrunk, its run folder tmp_path/run, with a W&B key to look for."""
+    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *SHRINK, *overrides, env={"WANDB_API_KEY": SECRET, **(env or {})})
 
 
 def leet(run_dir: Path, *flags: str):

@@ -2,20 +2,28 @@
 
 Hydra checks key names and types when it composes the config, so ``data.defect_rat=0.3`` or
 ``data.defect_types=[scratch]`` fails with a message naming the key. Ranges and cross-field
-rules live in ``__post_init__``; ``validate`` runs them right after composition and prefixes the
-failing key with its group, so ``data.defect_rate=1.5`` fails before any work starts.
+rules live in ``__post_init__``; ``validate`` instantiates every group (prefixing the failing key
+with its group, so ``data.defect_rate=1.5`` fails naming ``data.defect_rate``) and adds the checks
+that look at several groups or at the file system. Every entry point calls it before it touches a
+folder, and ``check_command_line`` runs both composition and ``validate`` for each trial of a
+command line before Hydra starts any, so every config error exits 2 with the key's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vlmqc.labels import ROWS, DefectType, Shape, Task
 
@@ -27,6 +35,18 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _between(value: float, key: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """``low <= value <= high`` (``low < value`` if low_open), and finite: Hydra reads ``inf`` and
+    ``nan`` as floats, and nan passes no comparison, so it must be named or it slips through."""
+    above = value > low if low_open else value >= low
+    ok = math.isfinite(value) and above and value <= high
+    rule = f"must be {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "") + (" (finite)" if isinstance(value, float) else "")
+    _check(ok, key, value, rule)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds (torch's too, through transformers' set_seed) are unsigned 32-bit
 
 
 @dataclass
@@ -45,7 +65,7 @@ class RenderConfig:
     supersample: int = 2  # drawn at this multiple, then reduced: smooth edges, sub-pixel shifts
 
     def __post_init__(self):
-        _check(self.width >= 160, "render.width", self.width, "must be >= 160 pixels (coordinates must stay legible)")
+        _check(160 <= self.width <= 4096, "render.width", self.width, "must be between 160 (coordinates must stay legible) and 4096 pixels")
         _check(self.supersample in (1, 2, 3, 4), "render.supersample", self.supersample, "must be 1, 2, 3 or 4")
 
 
@@ -64,8 +84,11 @@ class NuisanceConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            _check(v >= 0, f"nuisance.{f.name}", v, "must be >= 0")
+            _between(getattr(self, f.name), f"nuisance.{f.name}", 0)
+        for key in ("brightness", "contrast", "gradient"):  # a relative change of 100% turns the board black
+            _check(getattr(self, key) * self.strength < 1, f"nuisance.{key}", getattr(self, key), "times strength must be < 1")
+        _check(self.noise * self.strength <= 64, "nuisance.noise", self.noise, "times strength must be <= 64 levels (beyond it the board drowns in noise)")
+        _check(self.blur * self.strength <= 8, "nuisance.blur", self.blur, "times strength must be <= 8 pixels (beyond it terminals merge)")
         _check(self.shift * self.strength <= 0.15, "nuisance.shift", self.shift, "times strength must be <= 0.15 cell (a board shifted further puts terminals under the wrong coordinate)")
         _check(self.rotation * self.strength <= 3, "nuisance.rotation", self.rotation, "times strength must be <= 3 degrees")
 
@@ -84,8 +107,8 @@ class DiffImageConfig:
     keep_source: bool = True  # store the raw pair beside the derived image
 
     def __post_init__(self):
-        _check(self.smoothing >= 0, "diff.smoothing", self.smoothing, "must be >= 0")
-        _check(self.scale > 0, "diff.scale", self.scale, "must be > 0")
+        _between(self.smoothing, "diff.smoothing", 0)
+        _between(self.scale, "diff.scale", 0, low_open=True)
 
 
 @dataclass
@@ -97,6 +120,7 @@ class DataConfig:
 
     def __post_init__(self):
         _check(self.task == self.TASK, "task", self.task.value, f"must be {self.TASK.value!r} for this kind of dataset")
+        _between(self.seed, "seed", 0, SEED_MAX)
 
 
 @dataclass
@@ -137,7 +161,7 @@ class PairConfig(SynthConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(0.0 <= self.defect_rate <= 1.0, "defect_rate", self.defect_rate, "must be between 0 and 1")
+        _check(0.0 <= self.defect_rate <= 1.0, "defect_rate", self.defect_rate, "must be between 0 and 1")  # nan fails too
         _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
         _check(len(set(self.defect_types)) == len(self.defect_types), "defect_types", self.defect_types, "has duplicates")
         self.defects_per_candidate.check("defects_per_candidate", 1)
@@ -168,7 +192,7 @@ class CustomConfig(DataConfig):
         _check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
         _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
         _check(len(self.rows) > 0 and all(r.isalpha() and r.isupper() for r in self.rows), "rows", self.rows, "must be upper-case letters")
-        _check(self.columns >= 1, "columns", self.columns, "must be >= 1")
+        _between(self.columns, "columns", 1, 99)  # positions are written <row><column>
 
 
 class AnswerFormat(str, enum.Enum):
@@ -220,6 +244,14 @@ class TinyModelConfig:
     vocab_size: int = 1024  # byte-level BPE trained offline
     init_std: float = 0.1  # weight init, 5x the usual 0.02: lets adapters move a random model's logits
     seed: int = 0
+
+    def __post_init__(self):
+        for key in ("vision_hidden", "vision_layers", "patch_size", "native_size", "text_hidden", "text_layers"):
+            _check(getattr(self, key) >= 1, f"tiny.{key}", getattr(self, key), "must be >= 1")
+        _check(self.native_size % self.patch_size == 0, "tiny.native_size", self.native_size, f"must be a multiple of tiny.patch_size ({self.patch_size})")
+        _check(self.vocab_size >= 512, "tiny.vocab_size", self.vocab_size, "must be >= 512 (bytes, special tokens, merges)")
+        _between(self.init_std, "tiny.init_std", 0, 1, low_open=True)
+        _between(self.seed, "tiny.seed", 0, SEED_MAX)
 
 
 @dataclass
@@ -298,6 +330,10 @@ class Qwen2VLModelConfig:
         side = v.patch_size * v.spatial_merge_size
         _check(self.min_pixels >= side * side, "qwen2_vl.min_pixels", self.min_pixels, f"must be >= {side * side} (one image token: {side} x {side} pixels)")
         _check(self.max_pixels >= self.min_pixels, "qwen2_vl.max_pixels", self.max_pixels, f"must be >= min_pixels ({self.min_pixels})")
+        _between(t.rms_norm_eps, "qwen2_vl.text.rms_norm_eps", 0, 1, low_open=True)
+        _between(t.rope_theta, "qwen2_vl.text.rope_theta", 0, low_open=True)
+        _between(self.initializer_range, "qwen2_vl.initializer_range", 0, 1, low_open=True)
+        _between(self.seed, "qwen2_vl.seed", 0, SEED_MAX)
 
 
 class RandomModel(str, enum.Enum):
@@ -347,7 +383,7 @@ class LoraConfig:
     def __post_init__(self):
         _check(self.r >= 1, "r", self.r, "must be >= 1")
         _check(self.alpha > 0, "alpha", self.alpha, "must be > 0")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")  # nan fails too
 
 
 @dataclass
@@ -356,7 +392,7 @@ class ImageSizeConfig:
     size: int | None = None  # side of the square input in pixels (Qwen2-VL: size x size pixels, aspect kept); null = the model's native one
 
     def __post_init__(self):
-        _check(self.size is None or self.size >= 32, "size", self.size, "must be >= 32 pixels, or null for the model's native resolution")
+        _check(self.size is None or 32 <= self.size <= 8192, "size", self.size, "must be between 32 and 8192 pixels, or null for the model's native resolution")
 
 
 class Precision(str, enum.Enum):
@@ -408,13 +444,31 @@ class TrainerConfig:
         return self.lr * self.effective_batch(world_size) / self.lr_reference_batch if self.lr_scale_with_batch else self.lr
 
     def __post_init__(self):
+        # transformers is imported here, not at the top: the data app validates its own groups without it
+        from transformers import SchedulerType
+
+        _between(self.epochs, "epochs", 0)
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "must be > 0 (or set max_steps)")
-        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "max_new_tokens", "devices", "nodes", "rdzv_port", "lr_reference_batch"):
+        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "must be -1 (train for epochs) or >= 1")
+        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "eval_batch_size", "max_new_tokens", "devices", "nodes", "lr_reference_batch"):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        _check(1 <= self.rdzv_port <= 65535, "rdzv_port", self.rdzv_port, "must be a TCP port, 1 to 65535")
         _check(self.dataloader_workers >= 0, "dataloader_workers", self.dataloader_workers, "must be >= 0")
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _between(self.lr, "lr", 0, low_open=True)
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")  # nan fails too
+        _between(self.weight_decay, "weight_decay", 0)
+        _between(self.max_grad_norm, "max_grad_norm", 0)  # 0: no clipping
+        _between(self.seed, "seed", 0, SEED_MAX)
+        schedules = [s.value for s in SchedulerType]
+        _check(self.lr_schedule in schedules, "lr_schedule", self.lr_schedule, f"must be one of transformers' schedulers: {', '.join(schedules)}")
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+        # on an explicit CPU the answer is known now; with device=auto it depends on the machine (train.training_arguments)
+        _check(
+            self.device != "cpu" or self.precision in (Precision.auto, Precision.fp32),
+            "precision",
+            self.precision.value,
+            "mixed precision needs a GPU; with trainer.device=cpu use fp32 or auto",
+        )
         for key in ("eval_every", "eval_limit", "samples"):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
 
@@ -446,8 +500,8 @@ class ContactSheetConfig:
     examples: int = 12
 
     def __post_init__(self):
-        _check(self.split in ("train", "test"), "contact_sheet.split", self.split, "must be train or test")
-        _check(self.examples >= 1, "contact_sheet.examples", self.examples, "must be >= 1")
+        _check(self.split in ("train", "test"), "split", self.split, "must be train or test")
+        _check(1 <= self.examples <= 1000, "examples", self.examples, "must be between 1 and 1000")
 
 
 @dataclass
@@ -505,12 +559,74 @@ def to_object(node: DictConfig, key: str) -> Any:
         return OmegaConf.to_object(node)
     except ConfigError as e:
         raise ConfigError(f"{key}.{e}") from None
+    except MissingMandatoryValue as e:  # a ``???`` nobody set, e.g. data.path of data=custom
+        raise ConfigError(f"{e.full_key}: required, and not set (give it on the command line: {e.full_key}=...)") from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve, a key added with +
+        raise ConfigError(f"{e.full_key or key}: {str(e).splitlines()[0]}") from None
+
+
+TRAIN_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "logger", "paths")
+DATA_APP_GROUPS = ("data", "paths", "contact_sheet")
+# a hub id as the hub spells it, org/name; a local path is anything that exists as a folder
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Every group of a composed app config (train or data) as its schema's object, with every
+    check run: each group's ranges, then what spans groups or looks at the file system.
+
+    Every entry point calls it before it touches a folder or claims a GPU; a ``ConfigError`` names
+    the key, and the apps exit 2 on it. Nothing here reaches the network: a hub id is only
+    checked for its shape.
+    """
+    app = OmegaConf.get_type(cfg)
+    groups = TRAIN_GROUPS if app is TrainAppConfig else DATA_APP_GROUPS
+    objs = {group: to_object(cfg[group], group) for group in groups}
+    _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "must be >= 0")
+    data = objs["data"]
+    if isinstance(data, CustomConfig):
+        # as vlmqc/data/custom.py reads it
+        _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
+    if app is not TrainAppConfig:
+        return objs
+    model, size = objs["model"], objs["image_size"]
+    if model.path is not None and not os.path.isdir(model.path):
+        # transformers reads "~" and "./x" as hub ids, so a path the shell did not expand fails late
+        looks_local = model.path.startswith(("/", ".", "~")) or "\\" in model.path
+        _check(
+            not looks_local and HUB_ID.fullmatch(model.path),
+            "model.path",
+            model.path,
+            "folder not found" if looks_local else "is neither an existing folder nor a hub id (org/name)",
+        )
+    if model.path is None and model.random == RandomModel.qwen2_vl and size.size is not None:
+        lowest = model.qwen2_vl.min_pixels  # the built processor's floor (vlmqc/model.py)
+        _check(
+            size.size * size.size >= lowest,
+            "image_size.size",
+            size.size,
+            f"the Qwen2-VL processor scales every image up to model.qwen2_vl.min_pixels ({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}",
+        )
+    return objs
+
+
+RUN_NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS): the run folder is named after the run
+RUN_NAME_PREFIX = 120  # bytes of a too-long name kept readable before its hash
 
 
 def _run_name(overrides: str) -> str:
     """A run's name from its command-line overrides: ``data=pair_round,lora=r16``; a path's
-    slashes would nest folders, so they become underscores, and quotes (``image_size='448'``) go."""
+    slashes would nest folders, so they become underscores, and quotes (``image_size='448'``) go.
+
+    A name too long for a file name keeps its first bytes and adds a hash of the whole override
+    string, so the same overrides always name the same folder (resume finds it) and two long
+    names that share a beginning do not collide. A name that fits is never changed: existing run
+    folders keep their names.
+    """
     name = overrides.replace("/", "_").replace("\\", "_").replace("'", "").replace('"', "")
+    if len(name.encode()) > RUN_NAME_MAX:
+        prefix = name.encode()[:RUN_NAME_PREFIX].decode(errors="ignore")  # never half a character
+        name = f"{prefix}-{hashlib.sha256(overrides.encode()).hexdigest()[:10]}"
     return name or "default"
 
 
@@ -549,6 +665,68 @@ def quote_numeric_options(argv: list[str]) -> list[str]:
 def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:
     """The validated data config object of a composed app config."""
     return to_object(cfg.data, "data")
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_command_line(config_name: str, argv: list[str]) -> int:
+    """Compose and ``validate`` the config of every trial a command line will run, before Hydra
+    runs any; returns how many were checked, raises ``ConfigError`` naming the key.
+
+    Hydra reports its own composition errors (a misspelt key, a wrong type, an unknown option)
+    through a handler that prints and exits 1, with no hook to change that, so the apps compose
+    here first with Hydra's compose API, from the same overrides. A ``-m`` sweep of Hydra's basic
+    sweeper is expanded as that sweeper does (its ``hydra.sweeper.params``, then the command line)
+    and every trial is checked; another sweeper (Optuna) picks trials as it goes, so only the
+    config without the swept values is. Costs a composition per trial (about 0.1 s).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so flags mean the same
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.shell_completion or args.info or args.experimental_rerun or args.config_path or args.config_dir:
+        return 0  # no trial runs, or the config comes from elsewhere: Hydra handles it
+    name = args.config_name or config_name
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            trials = [args.overrides]
+            if args.multirun:
+                parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+                fixed = [o.input_line for o in parser.parse_overrides(args.overrides) if not o.is_sweep_override()]
+                sweeper = compose(name, fixed, return_hydra_config=True).hydra.sweeper
+                trials = [fixed]
+                if sweeper.get("_target_") == BASIC_SWEEPER:
+                    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+                    trials = [t for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + args.overrides), None) for t in batch]
+            for overrides in trials:
+                cfg = compose(name, list(overrides))
+                # Hydra names the run folder when the job starts; until then ${hydra:runtime.output_dir} has no value
+                cfg.paths.output_dir = str(Path.cwd())
+                validate(cfg)
+    except HydraException as e:
+        raise ConfigError(_hydra_message(e)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
+    return len(trials)
+
+
+def _hydra_message(e: Exception) -> str:
+    """One line naming the key: Hydra's message, and its cause's (where omegaconf says what is wrong)."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options is not None:
+        group, _, option = e.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option (available: {', '.join(o for o in e.options if not o.endswith('_schema'))})"
+    text = str(e).splitlines()[0].rstrip(".")
+    if e.__cause__ is not None:
+        text += ": " + str(e.__cause__).splitlines()[0]
+    return text
 
 
 register()

@@ -13,7 +13,10 @@ a time (vlmqc/lock.py). Running the same command again resumes an interrupted tr
 complete checkpoint, in the same W&B run, and refuses a changed config (vlmqc/resume.py); a
 completed trial is not run twice (``trainer.resume=false`` starts a new attempt). SIGTERM and
 Ctrl-C stop at a step end with a checkpoint (vlmqc/signals.py).
-Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config.
+Exit status: 0 completed, 1 failed or interrupted (the reason is in summary.json), 2 bad config:
+any config error, whether Hydra finds it composing (a misspelt key, a wrong type, an unknown
+option) or a schema does (a value out of range, a missing folder), in a single run or in any
+trial of a ``-m`` sweep, before any trial starts; the message names the key, on stderr.
 """
 
 from __future__ import annotations
@@ -217,7 +220,9 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
 
     ``plan``: how it starts (vlmqc/resume.py), when the elastic launcher's parent has already
     checked and readied the folder; else decided here (refusing a changed config, before any write).
+    A config error is raised before the run folder is touched.
     """
+    objs = schema.validate(cfg)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     plan = plan or resume.prepare(cfg, run_dir, write=rank == 0)
     records = Records(run_dir, enabled=rank == 0)  # one writer: rank 0
@@ -240,8 +245,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
     signals = Signals().__enter__()  # SIGTERM / Ctrl-C: stop at a step end with a checkpoint (vlmqc/signals.py)
     stopper = StopOnSignal(signals)
     try:
-        objs = {k: schema.to_object(cfg[k], k) for k in ("model", "prompt", "lora", "image_size", "trainer", "logger")}
-        data_cfg = schema.data_config(cfg)
+        data_cfg = objs["data"]
         t = objs["trainer"]
         checkpoint = plan.checkpoint
         resume_id = (previous.get("wandb") or {}).get("id") if resuming else None
@@ -359,8 +363,8 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict, pl
     """One rank of a multi-GPU trial, in a process started by torch's elastic launcher.
 
     The config is composed again from the same overrides with Hydra's compose API, so every
-    schema applies as in the parent; the run folder and name are the parent's (one folder for
-    all ranks).
+    schema applies as in the parent, and ``run`` validates it before anything else; the run folder
+    and name are the parent's (one folder for all ranks).
     """
     from hydra import compose, initialize_config_dir
 
@@ -404,7 +408,7 @@ def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    objs = {k: schema.to_object(cfg[k], k) for k in ("model", "image_size", "trainer")}
+    objs = schema.validate(cfg)  # here, not in the ranks: a bad value must not start (and fail) them all
     nodes, endpoint, run_id, first_node = rendezvous(objs["trainer"])
     with RunLock(run_dir) if first_node else contextlib.nullcontext():
         plan = resume.prepare(cfg, run_dir, write=first_node)
@@ -412,7 +416,7 @@ def launch(cfg: DictConfig, run_dir: Path, devices: int) -> str:
         if cfg.trainer.resume and records.summary.get("status") == "completed":
             log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, records.summary_path)
             return "completed"
-        get_dataset(schema.data_config(cfg), cfg.paths.cache_dir, num_workers=cfg.num_workers)
+        get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=cfg.num_workers)
         if objs["model"].path is None:
             random_checkpoint(objs["model"], objs["image_size"].size, cfg.paths.models_dir)
         if pick_device(objs["trainer"].device) == "cuda" and torch.cuda.device_count() < devices:
@@ -480,6 +484,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        schema.validate(cfg)  # before a GPU is claimed or the run folder's record is touched
         devices = int(cfg.trainer.devices)
         if os.environ.get("SUBMITIT_EXECUTOR") == "local" and cfg.trainer.device != "cpu" and gpus.visible():
             gpus.claim(devices)  # parallel trials on one machine: each its own GPUs (vlmqc/gpus.py)
@@ -508,7 +513,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
+    """``python -m vlmqc.train``: every trial's config is composed and validated before Hydra
+    starts any, so a config error exits 2 naming the key (Hydra's own report would exit 1)."""
     sys.argv[1:] = schema.quote_numeric_options(sys.argv[1:])
+    try:
+        schema.check_command_line("train", sys.argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
 
 

@@ -7,6 +7,7 @@
     python -m vlmqc.data -m data=star,pair_square,pair_round,pair_mixed,diff   # all of them
 
 The contact sheet lands in the Hydra run folder (``outputs/data/<name>/<time>/``).
+Exit status: 0 done, 2 bad config or bad custom data (the message names the key, on stderr).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vlmqc.config import ConfigError, PairConfig, data_config, to_object
+from vlmqc.config import ConfigError, PairConfig, check_command_line, validate
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
 
@@ -28,8 +29,8 @@ log = logging.getLogger("vlmqc.data")
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="data_app")
 def main(cfg: DictConfig) -> None:
     try:
-        data = data_config(cfg)
-        sheet_cfg = to_object(cfg.contact_sheet, "contact_sheet")
+        objs = validate(cfg)
+        data, sheet_cfg = objs["data"], objs["contact_sheet"]
         dsd, path = get_dataset(data, cfg.paths.cache_dir, num_workers=cfg.num_workers)
     except (ConfigError, CustomDataError) as e:
         log.error("%s", e)
@@ -43,5 +44,16 @@ def main(cfg: DictConfig) -> None:
         print(f"pixel-difference baseline on test: {report.pixel_baseline(dsd['test'], data)}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Every config of the command line (each one of a ``-m`` sweep) is composed and validated
+    before Hydra starts, so a config error exits 2 naming the key (Hydra's own report exits 1)."""
+    try:
+        check_command_line("data_app", sys.argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()
