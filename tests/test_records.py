@@ -129,4 +129,5 @@ def test_best_is_an_evaluation_step_never_the_baseline():
     assert by_match["best"] == {"step": 4, "eval/exact_match": 0.5, "eval/escape_rate": 0.4, "eval/loss": 2.0}
     assert by_match["baseline"]["step"] == 0 and by_match["final"] == {"step": 8, "eval/exact_match": 0.4, "eval/escape_rate": 0.3}
     assert standing(evals, "eval/escape_rate")["best"]["step"] == 6  # lower is better; 0.2 after the resume
-    assert standing({0: {"eval/exact_match": 1.0}}, "eval/exact_match")["best"] is None
+    only_base = standing({0: {"eval/exact_match": 1.0}}, "eval/exact_match")  # failed before a second evaluation
+    assert only_base["best"] is None and only_base["final"] is None and only_base["baseline"] == {"step": 0, "eval/exact_match": 1.0}

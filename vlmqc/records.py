@@ -332,6 +332,7 @@ def evaluations(metric_rows: list[dict]) -> dict[int, dict]:
 def standing(evals: dict[int, dict], metric: str) -> dict:
     """Summary fields ``final``, ``baseline``, ``best`` and ``best_metric`` from the evaluations by step.
 
+    Final is the last evaluation after step 0 (None while there is none).
     Best is the evaluation step with the best ``metric`` (the earliest on a tie), every metric
     at that step recorded with it; the base model's evaluation at step 0 is the baseline and
     never a candidate. A step without a finite value of ``metric`` is not a candidate either.
@@ -343,7 +344,9 @@ def standing(evals: dict[int, dict], metric: str) -> dict:
             continue
         if best_step is None or better(metric, v, evals[best_step][metric]):
             best_step = step
-    last = max(evals) if evals else None
+    # the base model's evaluation is not a result of training: a trial that failed before its
+    # first evaluation after step 0 has no final, rather than the baseline shown as one
+    last = max((step for step in evals if step > 0), default=None)
     return {
         "final": {**evals[last], "step": last} if last is not None else None,
         "baseline": {**evals[0], "step": 0} if 0 in evals else None,
