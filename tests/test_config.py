@@ -175,6 +175,12 @@ def test_every_numeric_knob_has_a_range(tmp_path, override, key):
     assert key in str(e.value)
 
 
+def test_the_sweep_metric_must_be_a_registered_metric(tmp_path):
+    with pytest.raises(ConfigError, match=r"^sweep_metric='eval/exact_mach': must be one of the metrics: .*eval/exact_match"):
+        validated(tmp_path, "sweep_metric=eval/exact_mach")
+    validated(tmp_path, "sweep_metric=eval/escape_rate")
+
+
 def test_the_data_app_refuses_negative_workers(tmp_path):
     with pytest.raises(ConfigError, match=r"^num_workers=-1"):
         validated(tmp_path, "num_workers=-1", app="data_app")

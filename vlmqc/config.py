@@ -589,6 +589,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
     if app is not TrainAppConfig:
         return objs
+    from vlmqc.records import METRICS  # here: records imports prompts, which imports this module
+
+    _check(cfg.sweep_metric in METRICS, "sweep_metric", cfg.sweep_metric, f"must be one of the metrics: {', '.join(METRICS)}")
     model, size = objs["model"], objs["image_size"]
     if model.path is not None and not os.path.isdir(model.path):
         # transformers reads "~" and "./x" as hub ids, so a path the shell did not expand fails late
