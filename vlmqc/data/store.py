@@ -8,7 +8,7 @@ folder that is renamed into place only when complete: an interrupted build leave
 that a later run could mistake for a dataset.
 
 Workers come from a forkserver, not a fork of the caller: the caller is often a training process
-with threads (W&B, submitit, the tokenizer's pool), and a fork taken while one of them holds a
+that already runs threads (a tracker, a launcher), and a fork taken while one of them holds a
 lock leaves the child waiting on it forever. A worker that dies (the out-of-memory killer) fails
 the build at once, through ``concurrent.futures``' ``BrokenProcessPool``.
 """
