@@ -126,12 +126,22 @@ def _write_chunk(job) -> int:
 _PRELOAD = ["vlmqc.data.store", "vlmqc.data.synth", "vlmqc.data.custom"]
 
 
+def _preload() -> list[str]:
+    """The drawing code, and the caller's main module when it runs as ``python -m pkg.mod``:
+    every worker re-runs that module before its first job (multiprocessing's rule for
+    forkserver and spawn), and ``vlmqc.train`` imports torch; imported once in the server,
+    the re-run in each worker finds its imports done."""
+    name = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    # a package's __main__ is never re-run (and importing it would run the program)
+    return _PRELOAD + [name] if name and not name.endswith("__main__") else _PRELOAD
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """forkserver where the platform has it (Linux, macOS), else spawn; never a plain fork."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)  # no effect once the server runs; it keeps its first list
+    ctx.set_forkserver_preload(_preload())  # no effect once the server runs; it keeps its first list
     return ctx
 
 
