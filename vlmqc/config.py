@@ -186,9 +186,12 @@ class CustomConfig(DataConfig):
     defect_types: list[str] = field(default_factory=lambda: [t.value for t in DefectType])
     rows: list[str] = field(default_factory=lambda: list(ROWS))
     columns: int = 9
+    # refused at validation, from the header: Pillow's own warning threshold, so the trial's decoder stays quiet
+    max_pixels: int = 89_478_485
 
     def __post_init__(self):
         super().__post_init__()
+        _check(self.max_pixels >= 1, "max_pixels", self.max_pixels, "must be >= 1")
         _check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
         _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
         _check(len(self.rows) > 0 and all(r.isalpha() and r.isupper() for r in self.rows), "rows", self.rows, "must be upper-case letters")

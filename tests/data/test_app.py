@@ -14,18 +14,18 @@ from PIL import Image
 SHRINK = ["data.train_size=12", "data.test_size=9"]
 
 
-def run_app(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+def command(tmp_path: Path, *overrides: str) -> list[str]:
     flags = [o for o in overrides if o.startswith("-")]  # Hydra takes its flags before the overrides
     overrides = [o for o in overrides if not o.startswith("-")]
-    return subprocess.run(
-        [sys.executable, "-m", "vlmqc.data", *flags, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    return [sys.executable, "-m", "vlmqc.data", *flags, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", *overrides]
+
+
+def app_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+
+
+def run_app(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(tmp_path, *overrides), capture_output=True, text=True, env=app_env(tmp_path), cwd=tmp_path, timeout=300)
 
 
 def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
@@ -69,3 +69,22 @@ def test_a_typo_in_a_key_fails_before_anything_runs(tmp_path):
     out = run_app(tmp_path, "data=pair_square", "data.defect_rat=0.2")
     assert out.returncode != 0
     assert "defect_rat" in out.stderr
+
+
+def test_runs_started_at_once_into_one_output_folder_all_succeed(tmp_path):
+    first = run_app(tmp_path, *SHRINK, "baseline=false")  # the dataset is cached: the runs below race to the sheet
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "run" / "contact_sheet.png").unlink()
+    runs = [
+        subprocess.Popen(
+            command(tmp_path, *SHRINK, "baseline=false"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=app_env(tmp_path), cwd=tmp_path
+        )
+        for _ in range(4)
+    ]
+    results = [(p.communicate(timeout=300)[1], p.returncode) for p in runs]
+    for stderr, rc in results:
+        assert rc == 0, stderr[-3000:]
+    with Image.open(tmp_path / "run" / "contact_sheet.png") as im:
+        im.load()
+        assert im.format == "PNG"
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")] == []

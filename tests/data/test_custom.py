@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -269,6 +272,50 @@ def test_symlink_to_outside_the_folder_is_refused(folder):
     assert "'link.png'" in msg and "points outside the folder" in msg
 
 
+def test_metadata_file_outside_the_folder_is_refused(folder):
+    outside = folder.parent / "elsewhere.jsonl"
+    outside.write_text(jsonl(passed("a.png", split="train"), passed("b.png", split="test")))
+    (folder / "linked.jsonl").symlink_to(outside)
+    for metadata in ("../elsewhere.jsonl", str(outside), "linked.jsonl"):
+        msg = error(folder, metadata=metadata)
+        assert f"data.metadata={metadata!r}" in msg and "outside the folder" in msg, metadata
+    (folder / "inside.jsonl").write_text(outside.read_text())
+    (folder / "sub").mkdir()
+    assert custom.read(config(folder, metadata="sub/../inside.jsonl")).size == 2  # '..' that stays inside is fine
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height 1-bit pixels, with no pixel data: what a
+    decompression bomb or a corrupt file shows before anything is decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "width, height, message",
+    [
+        (10_000, 10_000, "10000x10000 = 100000000 pixels, more than data.max_pixels=89478485"),  # over ours, under Pillow's ceiling
+        (20_000, 20_000, "too large to decode"),  # over Pillow's ceiling: its DecompressionBombError, not an OSError
+    ],
+    ids=["over-max_pixels", "over-pillows-ceiling"],
+)
+def test_image_claiming_more_pixels_than_the_limit_is_a_validation_error(folder, width, height, message):
+    (folder / "huge.png").write_bytes(png_header(width, height))
+    msg = problems(folder, passed("a.png"), passed("huge.png"))
+    assert f"{folder / META}:2:" in msg and str(folder / "huge.png") in msg and message in msg
+
+
+def test_the_pixel_limit_is_configurable(folder):
+    write_meta(folder, passed("a.png", split="train"), passed("b.png", split="test"))
+    pixels = SIZE[0] * SIZE[1]
+    msg = error(folder, max_pixels=pixels - 1)
+    assert f"{META}:1:" in msg and f"{META}:2:" in msg and f"more than data.max_pixels={pixels - 1}" in msg
+    assert custom.read(config(folder, max_pixels=pixels)).size == 2
+
+
 def test_same_image_listed_twice_is_refused(folder):
     msg = problems(folder, passed("a.png"), passed("b.png"), passed("./a.png"))
     assert f"{folder / META}:3:" in msg and "'./a.png' is already listed on line 1" in msg
@@ -509,3 +556,73 @@ def test_a_photo_with_an_exif_rotation_is_stored_upright(tmp_path):
     assert dsd["train"][0]["image"].size == (20, 60)
     raw = dsd["test"].cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
     assert raw == (folder / "plain.png").read_bytes()
+
+
+# ---------------------------------------------------------------- any mode Pillow opens, stored as RGB
+
+
+def sixteen_bit_png(path: Path) -> None:
+    a = np.full((SIZE[1], SIZE[0]), 65535, dtype=np.uint16)
+    a[:, : SIZE[0] // 2] = 0x8080  # 32896 = 128 * 257
+    Image.fromarray(a).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"  # a real 16-bit grey PNG, as Pillow opens it
+
+
+def palette_png_with_transparency(path: Path) -> None:
+    im = Image.new("P", SIZE, 1)
+    im.putpalette([0, 0, 0, 200, 30, 30])
+    im.paste(0, (0, 0, SIZE[0] // 2, SIZE[1]))
+    im.save(path, transparency=0)  # index 0, black in the palette, is transparent
+    with Image.open(path) as back:
+        assert back.mode == "P" and back.info["transparency"] == 0
+
+
+def cmyk_jpeg(path: Path) -> None:
+    Image.new("CMYK", SIZE, (0, 255, 255, 0)).save(path, format="JPEG", quality=95)  # red ink
+    with Image.open(path) as im:
+        assert im.mode == "CMYK"
+
+
+def save_mode(mode: str, left, right, fmt: str = "PNG"):
+    def write(path: Path) -> None:
+        im = Image.new(mode, SIZE, right)
+        im.paste(left, (0, 0, SIZE[0] // 2, SIZE[1]))
+        im.save(path, format=fmt)
+        with Image.open(path) as back:
+            assert back.mode == mode
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "write, name, left, right",
+    [
+        (sixteen_bit_png, "grey16.png", (128, 128, 128), (255, 255, 255)),  # convert("RGB") would clip both to white
+        (palette_png_with_transparency, "palette.png", (255, 255, 255), (200, 30, 30)),  # transparent on white, not black
+        (cmyk_jpeg, "cmyk.jpg", (255, 0, 0), (255, 0, 0)),
+        (save_mode("RGBA", (0, 0, 0, 0), (30, 200, 30, 255)), "rgba.png", (255, 255, 255), (30, 200, 30)),
+        (save_mode("LA", (0, 0), (100, 255)), "la.png", (255, 255, 255), (100, 100, 100)),
+        (save_mode("I", 1000, 65535, "TIFF"), "int32.tif", (4, 4, 4), (255, 255, 255)),  # 16-bit values in a 32-bit image
+        (save_mode("F", 0.5, 1.0, "TIFF"), "float.tif", (128, 128, 128), (255, 255, 255)),  # convert("RGB") gives black
+        (save_mode("1", 0, 1), "bilevel.png", (0, 0, 0), (255, 255, 255)),
+        (save_mode("L", 40, 220), "grey.png", (40, 40, 40), (220, 220, 220)),
+    ],
+    ids=["I;16-png", "P-transparency", "CMYK-jpeg", "RGBA", "LA", "I-tiff", "F-tiff", "1", "L"],
+)
+@pytest.mark.parametrize("stack_reference", [False, True], ids=["alone", "stacked"])
+def test_every_mode_pillow_opens_is_stored_as_the_rgb_a_person_sees(tmp_path, write, name, left, right, stack_reference):
+    folder = (tmp_path / "modes").resolve()
+    folder.mkdir()
+    write(folder / name)
+    write_image(folder / "ref.png", (0, 0, 255))
+    write_image(folder / "plain.png", (10, 200, 10))
+    write_meta(folder, passed(name, reference="ref.png", split="train"), passed("plain.png", split="test"))
+    dsd, _ = load(folder, tmp_path / "cache", stack_reference=stack_reference)
+    image = dsd["train"][0]["image"]
+    assert image.mode == "RGB" and image.width == SIZE[0]
+    y = image.height - SIZE[1] // 2  # the candidate is at the bottom when stacked
+    tolerance = 3 if name.endswith(".jpg") else 0  # JPEG is lossy
+    for x, want in ((SIZE[0] // 4, left), (3 * SIZE[0] // 4, right)):
+        got = image.getpixel((x, y))
+        assert all(abs(g - w) <= tolerance for g, w in zip(got, want, strict=True)), (x, got, want)

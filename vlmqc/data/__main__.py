@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmqc.config import ConfigError, PairConfig, check_command_line, validate
-from vlmqc.data import get_dataset, report
+from vlmqc.data import get_dataset, report, store
 from vlmqc.data.custom import CustomDataError
 
 log = logging.getLogger("vlmqc.data")
@@ -35,6 +35,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CustomDataError) as e:
         log.error("%s", e)
         sys.exit(2)
+    except store.WorkerDied as e:  # not the input's fault: no traceback, a different status
+        log.error("%s", e)
+        sys.exit(1)
     log.info("dataset %s at %s", data.name, path)
     print(report.format_counts(dsd))
     split = dsd[sheet_cfg.split]

@@ -15,17 +15,21 @@ One JSON object per line::
   examples are split with stratification over verdict, defect type and position.
 
 Everything is checked before anything is written; each problem is reported with the file and
-line it comes from.
+line it comes from. Images may be in any mode Pillow opens (16-bit, float, palette, CMYK,
+with transparency): the dataset stores them as 8-bit RGB, the user's bytes kept where they
+already are. An image over ``data.max_pixels`` is refused at validation, from its header alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vlmqc.config import CustomConfig
@@ -73,7 +77,29 @@ def rows(job) -> Iterator[dict]:
         yield _row(cfg, root, e)
 
 
-def _inside(root: Path, rel, where: str, key: str, errors: list[str]) -> Path | None:
+def rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode Pillow opens, with the pixels a person would see.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit and 32-bit values at 255 (a 16-bit photo turns
+    white, a 0-1 float image black) and drops alpha, showing whatever colour sits under a
+    transparent pixel; here high-bit-depth values are scaled to 8 bits and transparent areas
+    are laid on white, as a viewer shows them.
+    """
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        top = a.max(initial=0.0)
+        if im.mode == "F" and top <= 1.0:
+            a = a * 255  # floats in [0, 1]
+        elif im.mode.startswith("I;16") or top > 255:
+            a = a / 257  # 16-bit range onto 8 bits (65535 / 257 = 255)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")
+    if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info:
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")
+
+
+def _inside(root: Path, rel, where: str, key: str, max_pixels: int, errors: list[str]) -> Path | None:
     if not isinstance(rel, str) or not rel.strip():
         errors.append(f"{where}: '{key}' must be a non-empty relative path, got {rel!r}")
         return None
@@ -85,11 +111,19 @@ def _inside(root: Path, rel, where: str, key: str, errors: list[str]) -> Path | 
         errors.append(f"{where}: '{key}' image not found: {path}")
         return None
     try:
-        with Image.open(path) as im:
-            im.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # data.max_pixels decides, below
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:  # from the header: nothing is decoded
+                    errors.append(f"{where}: '{key}' {path} is {im.width}x{im.height} = {im.width * im.height} pixels, more than data.max_pixels={max_pixels}")
+                    return None
+                im.verify()
         with Image.open(path) as im:  # verify() does not decode pixels: a truncated JPEG passes it
-            im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            rgb(im)  # decodes every pixel, through the conversion the build uses
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's own ceiling, above any usable data.max_pixels
+        errors.append(f"{where}: '{key}' {path} is too large to decode: {e}")
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         errors.append(f"{where}: '{key}' unreadable image {path}: {e}")
         return None
     return path
@@ -146,6 +180,8 @@ def read(cfg: CustomConfig) -> Source:
         raise CustomDataError(f"data.path={cfg.path!r}: folder not found")
     root = root.resolve()
     meta = root / cfg.metadata
+    if not meta.resolve().is_relative_to(root):  # through '..', an absolute path or a symlink
+        raise CustomDataError(f"data.metadata={cfg.metadata!r}: {meta.resolve()} is outside the folder data.path={str(root)!r}")
     if not meta.is_file():
         raise CustomDataError(f"{meta}: metadata file not found (data.metadata={cfg.metadata!r})")
     raw = meta.read_bytes()
@@ -177,8 +213,8 @@ def read(cfg: CustomConfig) -> Source:
         if "file" not in rec:
             errors.append(f"{where}: missing required key 'file'")
             continue
-        file = _inside(root, rec["file"], where, "file", errors)
-        reference = _inside(root, rec["reference"], where, "reference", errors) if rec.get("reference") is not None else None
+        file = _inside(root, rec["file"], where, "file", cfg.max_pixels, errors)
+        reference = _inside(root, rec["reference"], where, "reference", cfg.max_pixels, errors) if rec.get("reference") is not None else None
         labels = _labels(cfg, rec, where, errors)
         split = rec.get("split")
         if split is not None and split not in SPLITS:
@@ -218,16 +254,17 @@ def read(cfg: CustomConfig) -> Source:
 
 
 def _as_stored(path: Path) -> dict:
-    """The user's bytes, not re-encoded, unless the file asks to be rotated (EXIF orientation):
-    decoders ignore that tag, so the model would see the photo on its side."""
+    """The user's bytes, not re-encoded, where they already decode to upright RGB; otherwise
+    PNG of the normalised image: decoders ignore the EXIF orientation (the model would see the
+    photo on its side), and every reader after this one may assume RGB."""
     with Image.open(path) as im:
-        upright = im.getexif().get(ExifTags.Base.Orientation, 1) == 1
-    return {"bytes": path.read_bytes(), "path": None} if upright else store.encode(_open(path), "PNG")
+        as_is = im.mode == "RGB" and "transparency" not in im.info and im.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    return {"bytes": path.read_bytes(), "path": None} if as_is else store.encode(_open(path), "PNG")
 
 
 def _open(path: Path) -> Image.Image:
     with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+        return rgb(ImageOps.exif_transpose(im))
 
 
 def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:

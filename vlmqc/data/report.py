@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from vlmqc.config import DiffImageConfig, PairConfig
 from vlmqc.data import board, diff, synth
 from vlmqc.labels import POSITIONS, describe
+from vlmqc.track import write_atomic
 
 
 def counts(ds: datasets.Dataset) -> dict[str, Counter]:
@@ -83,9 +84,9 @@ def contact_sheet(ds: datasets.Dataset, rows: list[int], path: Path, tile_width:
     sheet = Image.new("RGB", (cols * (tile_width + 8) + 8, ((len(tiles) + cols - 1) // cols) * (cell_h + 8) + 8), (235, 235, 235))
     for k, t in enumerate(tiles):
         sheet.paste(t, (8 + (k % cols) * (tile_width + 8), 8 + (k // cols) * (cell_h + 8)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())  # the project's one atomic writer: two runs into one folder both succeed
     return path
 
 

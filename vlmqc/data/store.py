@@ -6,6 +6,11 @@ modules that draw the pixels and the versions of the libraries that encode them,
 dataset is always the one the current code would generate. A build goes to a temporary
 folder that is renamed into place only when complete: an interrupted build leaves nothing
 that a later run could mistake for a dataset.
+
+Workers come from a forkserver, not a fork of the caller: the caller is often a training process
+that already runs threads (a tracker, a launcher), and a fork taken while one of them holds a
+lock leaves the child waiting on it forever. A worker that dies (the out-of-memory killer) fails
+the build at once, through ``concurrent.futures``' ``BrokenProcessPool``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import datasets
@@ -115,11 +122,39 @@ def _write_chunk(job) -> int:
     return n
 
 
+# imported once by the forkserver, so that each worker it forks starts with the drawing code loaded
+_PRELOAD = ["vlmqc.data.store", "vlmqc.data.synth", "vlmqc.data.custom"]
+
+
+def _preload() -> list[str]:
+    """The drawing code, and the caller's main module when it runs as ``python -m pkg.mod``:
+    every worker re-runs that module before its first job (multiprocessing's rule for
+    forkserver and spawn), and ``vlmqc.train`` imports torch; imported once in the server,
+    the re-run in each worker finds its imports done."""
+    name = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    # a package's __main__ is never re-run (and importing it would run the program)
+    return _PRELOAD + [name] if name and not name.endswith("__main__") else _PRELOAD
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver where the platform has it (Linux, macOS), else spawn; never a plain fork."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_preload())  # no effect once the server runs; it keeps its first list
+    return ctx
+
+
+class WorkerDied(RuntimeError):
+    """A worker process was killed while it generated a chunk; nothing was cached."""
+
+
 def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iterable[dict]], info: dict, num_workers: int = 2, progress: bool = True) -> datasets.DatasetDict:
     """Write every split, chunk by chunk in worker processes, then publish ``final`` in one rename.
 
     ``splits`` maps a split to its chunk tasks; ``rows_of(task)`` yields a chunk's rows. Workers
-    write their own Arrow files, so images never travel between processes.
+    write their own Arrow files, so images never travel between processes. ``rows_of`` must be
+    importable by name (a module-level function): workers do not share the caller's memory.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(final.parent, final.name)
@@ -131,14 +166,18 @@ def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iter
         jobs = [(rows_of, task, tmp / f"{split}-{k:05d}.arrow") for split, tasks in splits.items() for k, task in enumerate(tasks)]
         bar = tqdm(total=info.get("examples"), desc=f"generating {info['name']}", unit="img", disable=not progress, file=sys.stderr)
         if num_workers > 1 and len(jobs) > 1:
-            # fork: workers start in milliseconds; they run only numpy and PIL code
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(min(num_workers, len(jobs)))
-            done = pool.imap_unordered(_write_chunk, jobs)
+            pool = ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=_context())
+            done = (f.result() for f in as_completed([pool.submit(_write_chunk, job) for job in jobs]))
         else:
             done = map(_write_chunk, jobs)
-        for n in done:
-            bar.update(n)
+        try:
+            for n in done:
+                bar.update(n)
+        except BrokenProcessPool as e:
+            raise WorkerDied(
+                f"generating dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
+                f"nothing was cached. Retry with fewer workers (num_workers={num_workers}) or more memory."
+            ) from e
         bar.close()
         info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
@@ -150,7 +189,8 @@ def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iter
             # another process published the same dataset first; theirs is identical
     finally:
         if pool is not None:
-            pool.terminate()
+            # waits for the chunks being written (a second at most), so none lands after the rmtree
+            pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return load(final)
 

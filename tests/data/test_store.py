@@ -1,0 +1,124 @@
+"""The build's worker processes: safe to start from a process with busy threads, and a worker
+killed mid-build fails the build at once, leaving nothing in the cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmqc.data import store
+
+# tasks are (index, pid file or None): a worker that draws the victim task records its pid and waits
+SPLITS = {"train": list(range(6)), "test": list(range(6, 8))}
+
+
+def tiny_row(i: int) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (i, 0, 0)).save(buf, format="PNG")
+    return {
+        "id": str(i),
+        "task": "custom",
+        "image": {"bytes": buf.getvalue(), "path": None},
+        "source_image": None,
+        "verdict": "pass",
+        "defects": [],
+        "target": "",
+        "shape": "",
+        "answer": "",
+        "meta": "{}",
+    }
+
+
+def rows_waiting_to_be_killed(task):
+    """Workers import this module by name; the task holding a pid file is the one to kill."""
+    i, pid_file = task
+    if pid_file is not None:
+        Path(pid_file).write_text(str(os.getpid()))
+        time.sleep(120)  # killed long before this ends
+    yield tiny_row(i)
+
+
+def test_a_worker_killed_mid_build_fails_the_build_at_once_and_caches_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    final = cache / "victim-0123456789abcdef"
+    pid_file = tmp_path / "worker.pid"
+    splits = {split: [(i, str(pid_file) if i == 3 else None) for i in tasks] for split, tasks in SPLITS.items()}
+
+    def oom_killer():
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "no worker reached the victim task"
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=oom_killer, daemon=True)
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(store.WorkerDied, match="'victim'.*worker process died"):
+        store.build(final, splits, rows_waiting_to_be_killed, {"name": "victim", "examples": 8}, num_workers=2, progress=False)
+    killer.join(timeout=5)
+    assert time.monotonic() - start < 60  # not the victim's 120 s sleep, nor forever
+    assert not final.exists()
+    assert list(cache.iterdir()) == []  # the temporary folder went too
+
+
+LOCKED_BUILD = """
+import sys, threading, time
+from pathlib import Path
+
+sys.path.insert(0, {tests!r})
+from test_store import tiny_row
+from vlmqc.data import store
+
+LOCK = threading.Lock()  # stands for any lock a worker's code takes: allocator, stdio, a library's cache
+
+
+def rows(task):
+    with LOCK:  # in a forked child this is the parent's lock, held forever by a thread that is not there
+        pass
+    yield tiny_row(task)
+
+
+if __name__ == "__main__":
+    done = threading.Event()
+
+    def busy():
+        while not done.is_set():
+            with LOCK:
+                done.wait(0.5)  # the lock is held nearly all the time, as by a logging or upload thread
+            time.sleep(0.0001)
+
+    threads = [threading.Thread(target=busy, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    dsd = store.build(Path(sys.argv[1]), {splits!r}, rows, {{"name": "locked", "examples": 8}}, num_workers=2, progress=False)
+    done.set()
+    print(sorted(int(i) for split in dsd.values() for i in split["id"]))
+"""
+
+
+def test_a_build_started_beside_threads_holding_locks_completes(tmp_path):
+    script = tmp_path / "locked_build.py"
+    script.write_text(LOCKED_BUILD.format(tests=str(Path(__file__).parent), splits=SPLITS))
+    # its own session: if the build hangs, the script and its workers are killed as one group
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "cache" / "locked-0")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the build hung: a worker inherited a lock held by one of the parent's threads")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.split("\n")[-2] == str(list(range(8)))
