@@ -341,7 +341,7 @@ def test_bad_fields_are_named_in_the_notes_and_the_rest_renders(sweep, tmp_path)
         (bad / "summary.json", "final"), (bad / "summary.json", "facts"), (bad / "summary.json", "overrides"),
         (f"{bad / 'metrics.jsonl'}:{line}", "trainer/global_step"), (f"{samples}:2", "prediction"), (f"{predictions}:3", "parsed"),
     ]:
-        assert [n for n in notes if n.startswith(f"{where}: {field} is ")], (where, field, notes)
+        assert [n for n in notes if n.startswith(f"{where}: {field}: ")], (where, field, notes)
     assert not [n for n in notes if str(good) in n]
 
     # the rest of the doctored trial, and the other trial, render
@@ -380,7 +380,7 @@ def test_sample_images_are_embedded_only_from_inside_the_run_folder(sweep, tmp_p
     for i, row in enumerate(rows):
         (tr,) = re.findall(rf'<tr data-id="{re.escape(row["id"])}">.*?</tr>', text, re.S)
         assert ("<img" in tr) == (i == 3), tr[:300]
-        assert bool([n for n in notes if n.startswith(f"{samples}:{i + 1}: image ")]) == (i != 3), notes
+        assert bool([n for n in notes if n.startswith(f"{samples}:{i + 1}: image: ")]) == (i != 3), notes
 
 
 @pytest.mark.slow
