@@ -132,7 +132,7 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         trial.dataset_hash = checked(summary.facts.get("dataset_hash"), str | None, where, "facts.dataset_hash", problems)
         trial.sample_ids = checked(summary.facts.get("sample_ids"), list[str] | None, where, "facts.sample_ids", problems) or []
         trial.final, trial.best, trial.baseline = _values(summary.final), _values(summary.best), _values(summary.baseline)
-        trial.best_step = int(summary.best["step"]) if summary.best and "step" in summary.best else None
+        trial.best_step = checked((summary.best or {}).get("step"), int | None, where, "best.step", problems)
         trial.chance = _chance(summary, where, problems)
         notes.extend(path, problems)
     # Hydra's own file first; the summary's copy; the run name, which holds the same overrides
