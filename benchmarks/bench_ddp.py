@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from vlmqc.records import Summary, read_metrics, read_summary
+
 DEFAULTS = [
     "model=qwen2_vl_2b_random",
     "data=pair_round",
@@ -41,7 +43,7 @@ DEFAULTS = [
 ]
 
 
-def trial(run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict], float]:
+def trial(run_dir: Path, overrides: list[str]) -> tuple[Summary, list[dict], float]:
     cmd = [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *overrides]
     print("$", " ".join(cmd), flush=True)
     started = time.perf_counter()
@@ -50,8 +52,12 @@ def trial(run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict], float]
     (run_dir / "stdout.log").write_text(out.stdout + out.stderr) if run_dir.exists() else None
     if out.returncode != 0:
         sys.exit(f"trial failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary, problems = read_summary(run_dir / "summary.json")
+    rows, bad = read_metrics(run_dir / "metrics.jsonl")
+    if summary is None:
+        sys.exit("\n".join(problems) or f"{run_dir / 'summary.json'}: missing")
+    for p in [*problems, *bad]:  # a value left out is named; the rest is measured
+        print(f"warning: {p}", file=sys.stderr)
     return summary, rows, wall
 
 
@@ -104,13 +110,13 @@ def main() -> None:
 
     for name, (summary, rows, wall) in (("1", one), (str(args.gpus), many)):
         sps = [v for s, v in sorted(series(rows, "train/samples_per_second").items())][1:]
-        facts = summary["facts"]
+        facts = summary.facts
         report[f"gpus_{name}"] = {
             "samples_per_second_median": statistics.median(sps) if sps else None,
             "samples_per_second_all": sps,
             "peak_gpu_memory_gb": max(series(rows, "train/peak_gpu_memory_gb").values(), default=None),
             "wall_seconds": round(wall, 1),
-            "runtime_seconds": summary.get("runtime_seconds"),
+            "runtime_seconds": summary.runtime_seconds,
             "distributed_backend": facts.get("distributed_backend"),
             "world_size": facts.get("world_size"),
             "effective_batch": facts.get("effective_batch"),

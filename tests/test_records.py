@@ -21,6 +21,7 @@ from vlmqc.records import (
     evaluations,
     read_metrics,
     read_predictions,
+    read_rows,
     read_samples,
     read_summary,
     sample_image,
@@ -65,6 +66,31 @@ def test_readers_report_bad_rows_one_by_one_and_keep_the_good_ones(tmp_path):
     metrics.write_text('{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}\n{"trainer/global_step": "x"}\n{"trainer/global_step": 4, "eval/exact_match": [1]}\n')
     rows, problems = read_metrics(metrics)
     assert rows == [{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}, {"trainer/global_step": 4}] and len(problems) == 2
+
+
+
+def test_read_back_a_row_keeps_its_key_and_names_each_bad_field_in_line_order(tmp_path):
+    good = PredictionRow.of(EXAMPLE, "pass", Parsed(verdict="pass", ok=True)).to_dict()
+    path = tmp_path / "step-000004.jsonl"
+    bad_parsed = {**good, "parsed": {**good["parsed"], "defects": [["C5", 3]]}}
+    no_prediction = {k: v for k, v in good.items() if k != "prediction"}
+    path.write_text("\n".join([json.dumps(bad_parsed), "{cut", json.dumps({**good, "parsed": None}), json.dumps(no_prediction)]) + "\n")
+    rows, problems = read_rows(path, PredictionRow)
+    assert [line for line, _ in rows] == [1, 3, 4]
+    assert [r.parsed for _, r in rows[:2]] == [None, None] and rows[2][1].prediction is None and rows[2][1].parsed_answer().verdict == "pass"
+    assert problems == [
+        f"{path}:1: parsed: expected ParsedAnswer, got dict " + repr(str(bad_parsed["parsed"])[:60]),
+        f"{path}:2: not JSON (Expecting property name enclosed in double quotes)",
+        f"{path}:3: parsed: expected ParsedAnswer, got NoneType 'None'",
+        f"{path}:4: prediction: missing",
+    ]
+    with pytest.raises(RecordError, match="prediction: missing"):
+        PredictionRow.from_dict(no_prediction)  # without a problem list, nothing is let through
+    with pytest.raises(RecordError, match="parsed: expected ParsedAnswer"):
+        PredictionRow(**{**good, "parsed": None}).to_dict()  # the writer never writes the None a reader leaves
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"status": "comp')
+    assert read_summary(summary) == (None, [f"{summary}: not JSON (Unterminated string starting at, line 1 column 12)"])
 
 
 def test_an_ill_typed_summary_is_reported_field_by_field(tmp_path):

@@ -146,3 +146,25 @@ def test_launchers_take_their_gpus_and_nodes_from_the_trainer():
 
     assert compose_app_hydra(["hydra/launcher=gpus_local"]).hydra.launcher.gpus_per_node == torch.cuda.device_count()  # all, to claim from
 
+
+
+def test_the_end_of_a_sweep_lists_an_unreadable_summary_as_such(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from vlmqc.sweep import SweepSummary
+
+    records = {"good": '{"status": "completed", "final": {"step": 4, "eval/exact_match": 0.5}}', "cut": '{"status": "comp',
+               "typed": '{"status": "completed", "final": "abc"}', "none": None}
+    for name, text in records.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
+        if text is not None:
+            (tmp_path / name / "summary.json").write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out
+    assert re.search(r"completed\s+good\s+eval/exact_match=0\.5000", out)
+    assert f"cut: unreadable: {tmp_path / 'cut' / 'summary.json'}: not JSON" in out
+    assert f"{tmp_path / 'typed' / 'summary.json'}: final: expected" in out and re.search(r"completed\s+typed\s*\n", out)
+    assert "none: no record: the trial wrote no summary.json" in out and "2 of 4 trial(s) did not complete" in out

@@ -32,7 +32,7 @@ from typing import Any
 
 from vlmqc.labels import DefectType, Verdict
 from vlmqc.prompts import Parsed
-from vlmqc.track import STEP, read_json, write_atomic, write_json
+from vlmqc.track import STEP, write_atomic, write_json
 
 log = logging.getLogger("vlmqc.records")
 
@@ -78,12 +78,26 @@ def better(name: str, a: float, b: float) -> bool:
 # --- Typed records -------------------------------------------------------------------------------
 
 
+def problem(where: str, field_name: str, what: str) -> str:
+    """The one way a problem with a record is written: ``<file>[:<line>]: <field>: <what>``."""
+    return f"{where}: {field_name}: {what}"
+
+
 class RecordError(ValueError):
     """A record that does not fit its schema, named by file, line and field."""
 
-    def __init__(self, where: str, field_name: str, problem: str):
-        self.where, self.field, self.problem = where, field_name, problem
-        super().__init__(f"{where}: {field_name}: {problem}")
+    def __init__(self, where: str, field_name: str, what: str):
+        self.where, self.field, self.problem = where, field_name, what
+        super().__init__(problem(where, field_name, what))
+
+
+class ParsedAnswer(typing.TypedDict):
+    """What the parser read in a generated answer, as a prediction row keeps it."""
+
+    verdict: str | None
+    defects: list[list[str | None]]  # [position, type or None]
+    target: str | None
+    ok: bool
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -91,6 +105,8 @@ def _fits(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict) and all(k in value and _fits(value[k], h) for k, h in typing.get_type_hints(hint).items())
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args)
     if hint is type(None):
@@ -107,11 +123,26 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "").replace("vlmqc.records.", "")
+
+
+def _expected(hint: Any, value: Any) -> str:
+    return f"expected {_name(hint)}, got {type(value).__name__} {str(value)[:60]!r}"
+
+
+def checked(value: Any, hint: Any, where: str, field_name: str, problems: list[str]) -> Any:
+    """``value`` if it fits ``hint``; else None, and a problem naming ``where`` and ``field_name``.
+    For a value inside a field typed loosely (``facts``, ``chance``) that a reader relies on."""
+    if _fits(value, hint):
+        return value
+    problems.append(problem(where, field_name, _expected(hint, value)))
+    return None
 
 
 class _Record:
     """``to_dict`` / ``from_dict`` with every field's type checked against its annotation."""
+
+    _KEY: typing.ClassVar[tuple[str, ...]] = ()  # fields a row is nothing without: read back, a bad one drops the row
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
@@ -123,7 +154,7 @@ class _Record:
         if name not in hints:
             raise RecordError(where or cls.__name__, name, f"not a field of {cls.__name__}")
         if not _fits(value, hints[name]):
-            raise RecordError(where or cls.__name__, name, f"expected {_name(hints[name])}, got {type(value).__name__} {str(value)[:60]!r}")
+            raise RecordError(where or cls.__name__, name, _expected(hints[name], value))
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -133,14 +164,16 @@ class _Record:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "", problems: list[str] | None = None):
-        """The record in ``d``. With ``problems`` given, an ill-typed field is reported there and
-        left at its default (or the row dropped, when the field has none); else it raises."""
+        """The record in ``d``. With ``problems`` given, an ill-typed or missing field is reported
+        there and left at its default, or None when it has none (the writer never writes None
+        there, so None means "unreadable"); a bad ``_KEY`` field drops the row. Else it raises."""
         where = where or cls.__name__
         if not isinstance(d, dict):
             raise RecordError(where, "(line)", f"expected a JSON object, got {type(d).__name__}")
         d = cls._upgrade(dict(d))
         names = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs, extra = {}, {}
+        required = [n for n, f in names.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        kwargs, extra, found = {}, {}, []
         for k, v in d.items():
             if k not in names or k == "extra":
                 extra[k] = v
@@ -149,12 +182,17 @@ class _Record:
                 cls.check(k, v, where)
                 kwargs[k] = v
             except RecordError as e:
-                if problems is None or (names[k].default is dataclasses.MISSING and names[k].default_factory is dataclasses.MISSING):
+                if problems is None or k in cls._KEY:
                     raise
-                problems.append(str(e))
-        missing = [n for n, f in names.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise RecordError(where, missing[0], "missing")
+                found.append(str(e))
+        for n in required:
+            if n not in d:
+                if problems is None or n in cls._KEY:
+                    raise RecordError(where, n, "missing")
+                found.append(problem(where, n, "missing"))
+            kwargs.setdefault(n, None)
+        if problems is not None:
+            problems += found
         if "extra" in names:
             kwargs["extra"] = extra
         return cls(**kwargs)
@@ -206,10 +244,11 @@ class Summary(_Record):
 class PredictionRow(_Record):
     """One test prediction of an evaluation, with the labels it is judged against."""
 
+    _KEY = ("id", "task")
     id: str
     task: str
     prediction: str  # the generated text, as the model wrote it
-    parsed: dict[str, Any]  # what the parser read in it: verdict, defects [[position, type]], target, ok
+    parsed: ParsedAnswer  # what the parser read in it
     verdict: str = ""
     defects: list[dict[str, str]] = field(default_factory=list)  # [{"position", "type"}]
     target: str | None = ""
@@ -227,15 +266,19 @@ class PredictionRow(_Record):
         """The labels, as ``vlmqc.evaluate.score`` reads a dataset row."""
         return {"id": self.id, "task": self.task, "verdict": self.verdict, "defects": self.defects, "target": self.target, "answer": self.answer}
 
-    def parsed_answer(self) -> Parsed:
+    def parsed_answer(self) -> Parsed | None:
+        """The parsed answer; None when the row read back had none that could be read."""
         p = self.parsed
-        return Parsed(verdict=p.get("verdict"), defects=tuple(tuple(d) for d in p.get("defects") or ()), target=p.get("target"), ok=bool(p.get("ok")), text=self.prediction)
+        if p is None:
+            return None
+        return Parsed(verdict=p["verdict"], defects=tuple(tuple(d) for d in p["defects"]), target=p["target"], ok=p["ok"], text=self.prediction or "")
 
 
 @dataclass
 class Sample(_Record):
     """One inference sample: a fixed test id's answer at one evaluation."""
 
+    _KEY = ("id",)
     id: str
     step: int
     image: str  # relative to the run folder
@@ -254,63 +297,77 @@ def sample_image(sample_id: str) -> str:
 # --- Readers: (records, problems), never raising on a bad row ------------------------------------
 
 
-def _jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
-    rows, problems = [], []
+def _jsonl(path: Path, problems: list[str]):
+    """(line number, JSON value) of every line, a line that is not JSON reported as it comes, so
+    the problems of a file stay in line order."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError as e:
-        return [], [f"{path}: {e.strerror or e}"]
+        problems.append(f"{path}: {e.strerror or e}")
+        return
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append((f"{path}:{i}", json.loads(line)))
+            yield i, json.loads(line)
         except json.JSONDecodeError as e:
             problems.append(f"{path}:{i}: not JSON ({e.msg})")
-    return rows, problems
 
 
-def _read_rows(path: Path, cls):
-    rows, problems = _jsonl(path)
-    out = []
-    for where, d in rows:
+def read_rows(path: Path, cls: type[_Record]) -> tuple[list[tuple[int, Any]], list[str]]:
+    """The records of a JSON-lines file with their line numbers, for a reader that names a row."""
+    out: list[tuple[int, Any]] = []
+    problems: list[str] = []
+    for i, d in _jsonl(path, problems):
         try:
-            out.append(cls.from_dict(d, where, problems))
+            out.append((i, cls.from_dict(d, f"{path}:{i}", problems)))
         except RecordError as e:
             problems.append(str(e))
     return out, problems
 
 
 def read_predictions(path: Path) -> tuple[list[PredictionRow], list[str]]:
-    return _read_rows(path, PredictionRow)
+    rows, problems = read_rows(path, PredictionRow)
+    return [r for _, r in rows], problems
 
 
 def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
-    return _read_rows(path, Sample)
+    rows, problems = read_rows(path, Sample)
+    return [r for _, r in rows], problems
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     """``metrics.jsonl``: rows with an integer step and numeric (or "nan"-like) values."""
-    rows, problems = _jsonl(path)
-    out = []
-    for where, d in rows:
-        if not isinstance(d, dict) or not _fits(d.get(STEP), int):
-            problems.append(f"{where}: {STEP}: expected int")
+    out: list[dict] = []
+    problems: list[str] = []
+    for i, d in _jsonl(path, problems):
+        where = f"{path}:{i}"
+        if not isinstance(d, dict):
+            problems.append(problem(where, "(line)", f"expected a JSON object, got {type(d).__name__}"))
             continue
-        bad = [k for k, v in d.items() if not _fits(v, float)]
-        problems += [f"{where}: {k}: expected a number, got {str(d[k])[:60]!r}" for k in bad]
+        if checked(d.get(STEP), int, where, STEP, problems) is None:
+            continue
+        bad = [k for k, v in d.items() if checked(v, float, where, k, problems) is None]
         out.append({k: v for k, v in d.items() if k not in bad})
     return out, problems
 
 
 def read_summary(path: Path) -> tuple[Summary | None, list[str]]:
-    """The summary (None when there is none); ill-typed fields are reported and left at their default."""
+    """The summary (None when there is none, or it is not a JSON object: the one problem says why);
+    ill-typed fields are reported and left at their default."""
     if not path.exists():
         return None, []
-    d = read_json(path)
-    problems: list[str] = []
+    try:
+        d = json.loads(path.read_text())
+    except OSError as e:
+        return None, [f"{path}: {e.strerror or e}"]
+    except UnicodeDecodeError as e:
+        return None, [f"{path}: not UTF-8 text ({e.reason})"]
+    except json.JSONDecodeError as e:
+        return None, [f"{path}: not JSON ({e.msg}, line {e.lineno} column {e.colno})"]
     if not isinstance(d, dict):
         return None, [f"{path}: not a JSON object"]
+    problems: list[str] = []
     return Summary.from_dict(d, str(path), problems), problems
 
 

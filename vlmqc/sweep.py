@@ -14,15 +14,15 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from vlmqc.records import DEFAULT_METRIC
-from vlmqc.track import read_json
+from vlmqc.records import DEFAULT_METRIC, Summary, read_summary
 
 log = logging.getLogger("vlmqc.sweep")
 
 
-def trials(sweep_dir: Path) -> list[tuple[Path, dict | None]]:
-    """Every trial folder of a sweep (one that Hydra started), with its record if it wrote one."""
-    return [(d, read_json(d / "summary.json")) for d in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/config.yaml"))]
+def trials(sweep_dir: Path) -> list[tuple[Path, Summary | None, list[str]]]:
+    """Every trial folder of a sweep (one that Hydra started), with its record if it wrote a
+    readable one, and the problems reading it (why it is unreadable, or its ill-typed fields)."""
+    return [(d, *read_summary(d / "summary.json")) for d in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/config.yaml"))]
 
 
 class SweepSummary(Callback):
@@ -34,13 +34,16 @@ class SweepSummary(Callback):
         found = trials(sweep_dir)
         failed = []
         lines = [f"sweep {sweep_dir}: {len(found)} trial(s)"]
-        for folder, summary in found:
-            status = (summary or {}).get("status", "no record")
-            value = ((summary or {}).get("final") or {}).get(self.metric)
-            shown = f"{self.metric}={value:.4f}" if isinstance(value, float) else ""
+        for folder, summary, problems in found:
+            if summary is None:
+                status, reason = ("unreadable", "; ".join(problems)) if problems else ("no record", "the trial wrote no summary.json")
+            else:
+                status, reason = summary.status or "unknown", summary.reason or "no reason recorded"
+            value = (summary.final or {}).get(self.metric) if summary else None
+            shown = f"{self.metric}={float(value):.4f}" if value is not None else ""
             lines.append(f"  {status:<11} {folder.name}  {shown}")
+            lines += [f"    {p}" for p in problems] if summary else []
             if status != "completed":
-                reason = (summary or {}).get("reason") or "the trial wrote no summary.json"
                 failed.append(f"{folder.name}: {status}: {reason}")
         print("\n".join(lines), flush=True)
         if failed:

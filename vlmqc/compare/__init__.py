@@ -14,8 +14,8 @@ naming every record, or field of one, it could not use. Its figures are written 
 files and embedded in it, so the one HTML file can be mailed or archived alone.
 Exit status 2 when an argument is not a folder or holds no run folder.
 
-    check.py     fields checked at the door; the notes naming what could not be used
-    load.py      run folders -> typed trials and records
+    notes.py     the notes naming what could not be used
+    load.py      run folders, through vlmqc.records' readers -> trials, samples, prediction rows
     settings.py  swept and fixed overrides, trial labels
     figures.py   matplotlib PNGs and sample thumbnails
     sections.py  what each section shows

@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from vlmqc.compare.check import Notes
 from vlmqc.compare.figures import curves_png, data_uri
-from vlmqc.compare.load import find_runs, latest, load_trial, read_history, read_predictions, read_samples
+from vlmqc.compare.load import find_runs, latest, load_trial, read_history, read_prediction_rows, read_samples
+from vlmqc.compare.notes import Notes
 from vlmqc.compare.page import render
 from vlmqc.compare.sections import choose_metric, confusion_section, samples_section, sweep_figures, trials_table
 from vlmqc.compare.settings import label_trials, swept_and_fixed
@@ -25,7 +25,7 @@ def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list
         if found := latest(t.dir / "samples"):
             samples[t.dir] = (found[0], read_samples(t.dir, found[1], notes))
         if found := latest(t.dir / "predictions"):
-            predictions[t.dir] = (found[0], found[1], read_predictions(found[1], notes))
+            predictions[t.dir] = (found[0], found[1], read_prediction_rows(found[1], notes))
     metric, metrics = choose_metric(trials, wanted_metric, notes)
     swept, fixed = swept_and_fixed(trials)
     label_trials(trials, swept)
@@ -34,7 +34,7 @@ def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list
     curves = curves_png(trials, history)
     if curves:
         write_atomic(out_dir / "curves.png", curves)
-    labels = {d: {p.labels["id"]: p.labels for p in rows} for d, (_, _, rows) in predictions.items()}
+    labels = {d: {p.id: p.example() for p in rows} for d, (_, _, rows) in predictions.items()}
     sections = {
         "table": trials_table(trials, swept, fixed, metrics, metric),
         "curves": data_uri(curves) if curves else None,

@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmqc.compare.check import Notes
 from vlmqc.compare.figures import data_uri, param_png, thumbnail
-from vlmqc.compare.load import Prediction, Sample, Trial
+from vlmqc.compare.load import Shown, Trial
+from vlmqc.compare.notes import Notes
 from vlmqc.compare.settings import config_value, override_value
 from vlmqc.evaluate import confusion
 from vlmqc.labels import describe
-from vlmqc.records import CONFUSION_ORDER
+from vlmqc.records import CONFUSION_ORDER, PredictionRow, problem
 from vlmqc.track import write_atomic
 
 KINDS = ("baseline", "final", "best")
@@ -95,14 +95,14 @@ def by_dataset(trials: list[Trial]) -> list[dict]:
     return [{"hash": h if h != "unknown" else None, "name": config_value(members[0], "data") or "?", "members": members} for h, members in groups.items()]
 
 
-def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Sample]]], labels: dict[Path, dict[str, dict]], notes: Notes) -> list[dict]:
+def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Shown]]], labels: dict[Path, dict[str, dict]], notes: Notes) -> list[dict]:
     """Per dataset: one row per fixed sample id, each trial's answer in a column, right in green."""
     out = []
     for group in by_dataset([t for t in trials if t.dir in samples]):
         members = group["members"]
         # the fixed ids first, in their order, then any a trial sampled besides them
-        ids = list(dict.fromkeys(i for t in members for i in [*t.sample_ids, *(s.id for s in samples[t.dir][1])]))
-        by_id = {t.dir: {s.id: s for s in samples[t.dir][1]} for t in members}
+        ids = list(dict.fromkeys(i for t in members for i in [*t.sample_ids, *(s.record.id for s in samples[t.dir][1])]))
+        by_id = {t.dir: {s.record.id: s for s in samples[t.dir][1]} for t in members}
         rows = []
         for sid in ids:
             here = [by_id[t.dir].get(sid) for t in members]
@@ -112,16 +112,17 @@ def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Sam
                 if s.image is not None and image is None:
                     image = thumbnail(s.image)
                     if image is None:
-                        notes.bad(*s.source, f"image {s.image} could not be read as an image; not embedded.")
-            truths = {s.truth for s in found}
+                        path, line = s.source
+                        notes.extend(path, [problem(f"{path}:{line}", "image", f"{s.image} could not be read as an image; not embedded")])
+            truths = {s.record.truth for s in found}
             row_labels = next((labels[t.dir][sid] for t in members if sid in labels.get(t.dir, {})), None)
             rows.append({
                 "id": sid,
                 "image": image,
                 "described": describe(row_labels) if row_labels else None,
-                "truth": found[0].truth if len(truths) == 1 and found else None,
+                "truth": found[0].record.truth if len(truths) == 1 and found else None,
                 "same_truth": len(truths) == 1,
-                "cells": [{"trial": t, "sample": s} for t, s in zip(members, here, strict=True)],
+                "cells": [{"trial": t, "sample": s and s.record} for t, s in zip(members, here, strict=True)],
             })
         out.append({**group, "steps": {t.dir: samples[t.dir][0] for t in members}, "rows": rows})
     return out
@@ -131,7 +132,7 @@ def _confusion_key(label: str):
     return (CONFUSION_ORDER.index(label), "") if label in CONFUSION_ORDER else (len(CONFUSION_ORDER), label)
 
 
-def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Path, list[Prediction]]]) -> list[dict]:
+def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Path, list[PredictionRow]]]) -> list[dict]:
     """A matrix per trial; columns shared within a dataset, so the trials' matrices line up."""
     out = []
     for group in by_dataset(trials):
@@ -143,7 +144,7 @@ def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Pa
             step, path, rows = predictions[t.dir]
             usable = [r for r in rows if r.parsed is not None]
             try:
-                c = confusion([r.labels for r in usable], [r.parsed for r in usable])
+                c = confusion([r.example() for r in usable], [r.parsed_answer() for r in usable])
             except ValueError as err:  # a row with no label to score against
                 said.append((t, f"{path.name} could not be scored ({err})."))
                 continue
@@ -151,7 +152,7 @@ def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Pa
                 said.append((t, f"{len(rows) - len(usable)} row(s) of {path.name} not counted: their answer could not be read (see the notes above)."))
             if c:
                 counts[t.dir] = (step, c)
-            elif usable and all(r.labels["task"] == "star" for r in usable):
+            elif usable and all(r.task == "star" for r in usable):
                 said.append((t, "star task — the answer is a position, so there is no defect-type confusion matrix."))
             else:
                 said.append((t, "no pass / defective rows to count."))
