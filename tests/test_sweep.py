@@ -91,7 +91,8 @@ def test_every_experiment_composes_and_validates():
 
 
 def test_every_experiment_runs_on_the_tiny_model(tmp_path):
-    out = multirun(tmp_path, "experiment=glob(*)", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
+    # model=tiny and a small batch: the scratch studies' own model and batch of 64 would make this a CPU training run
+    out = multirun(tmp_path, "experiment=glob(*)", "model=tiny", "trainer.batch_size=2", "trainer.dataloader_workers=0", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records = summaries(tmp_path / "sweep")
     assert len(records) == len(EXPERIMENTS) and all(r["status"] == "completed" for r in records.values())

@@ -243,3 +243,10 @@ def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert changed == trainable
+
+
+def test_loader_workers_persist_between_epochs_only_when_there_are_workers(tmp_path):
+    """A small dataset's epochs are a few steps: restarting the workers each one would dominate."""
+    base = dict(max_steps=4, batch_size=4, logging_steps=1, save_steps=100)
+    assert training_arguments(TrainerConfig(dataloader_workers=2, **base), tmp_path / "a", "cpu").dataloader_persistent_workers is True
+    assert training_arguments(TrainerConfig(dataloader_workers=0, **base), tmp_path / "b", "cpu").dataloader_persistent_workers is False

@@ -195,6 +195,9 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         # unfrozen layers are all used, so it is off unless a model needs it
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
         dataloader_num_workers=t.dataloader_workers,
+        # kept between epochs: 500 examples at batch 64 are an epoch of 8 steps, and starting the
+        # workers again every epoch would cost more than the steps themselves
+        dataloader_persistent_workers=t.dataloader_workers > 0,
         **{CHECKPOINTING: t.gradient_checkpointing},
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
