@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_app
 
 from vlmqc.lock import RunFolderLocked, RunLock
 
@@ -20,22 +21,12 @@ FAST = ["data.train_size=32", "data.test_size=4", "trainer.batch_size=2", "train
         "trainer.eval_before=false", "trainer.eval_batch_size=4"]
 
 
-def command(run_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *FAST, *overrides]
-
-
-def env_for(tmp_path: Path) -> dict:
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    return env
-
-
 def start(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(command(run_dir, *overrides), env=env_for(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", *FAST, *overrides, wait=False)
 
 
 def trial(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(run_dir, *overrides), env=env_for(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", *FAST, *overrides)
 
 
 def summary(run_dir: Path) -> dict:
@@ -150,3 +141,86 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_refused(tm
     assert lock.took_over["pid"] == holder.pid
     lock.release()
     assert RunLock(tmp_path).acquire().took_over is None, "a lock released normally is not stale"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs: a real disk that fills up (mounting needs root; skipped where not permitted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_leaves_a_resumable_trial(tmp_path, small_disk):
+    """The disk fills while the trial writes checkpoints: it stops, every record it had stays
+    readable (atomic writes), and once there is room the same command resumes from a complete
+    checkpoint, passing over the one the full disk cut short."""
+    run_dir = small_disk / "run"
+    args = ("trainer.max_steps=30", "trainer.save_steps=2", "trainer.save_total_limit=3", "logger=none")
+    proc = start(tmp_path, run_dir, *args)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    # all but a few KiB taken: the next checkpoint (hundreds of KiB) cannot be written whole
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - 24 * 1024))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, out[-3000:]
+    assert "No space left on device" in out
+    assert json.loads((run_dir / "summary.json").read_text())["status"] in ("running", "failed"), "the record stays readable"
+
+    filler.unlink()
+    resumed = trial(tmp_path, run_dir, *args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    done = summary(run_dir)
+    assert done["status"] == "completed" and done["step"] == 30
+    # resumed from a checkpoint the disk held whole (rotated away since, by save_total_limit)
+    assert done["resumed_from"] is not None and Path(done["resumed_from"]).name.startswith("checkpoint-")
+    for skipped in done["skipped_checkpoints"]:  # what the full disk cut short, set aside
+        assert Path(skipped["moved_to"]).name.startswith("damaged-checkpoint-") and skipped["checkpoint"] != done["resumed_from"]
+    assert loss_steps(run_dir) == list(range(1, 31)), "every step logged once, in order"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_rather_than_moving_to_the_next_trial(tmp_path):
+    proc = run_app(tmp_path, "vlmqc.train", "-m", *FAST, "trainer.max_steps=400", "trainer.save_steps=1000", "logger=none", "trainer.seed=1,2", wait=False)
+    deadline = time.monotonic() + 300
+    while not (found := list(tmp_path.glob("outputs/multirun/*/*/metrics.jsonl"))) or not loss_steps(found[0].parent):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the first trial never logged a step"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, out[-3000:]
+    trials = [p.parent for p in tmp_path.glob("outputs/multirun/*/*/summary.json")]
+    assert len(trials) == 1, f"the sweep went on to another trial: {trials}"
+    first = summary(trials[0])
+    assert first["status"] == "interrupted" and "SIGINT" in first["reason"]
+    assert "trainer.seed=2" not in out.split("sweep stopped")[-1]
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_keeps_its_own_reason_in_the_record(tmp_path):
+    """Two gloo ranks whose checkpoint has no processor: each rank fails loading it, rank 0
+    records why, and the launcher's "a worker process failed" does not overwrite that."""
+    broken = tmp_path / "broken-checkpoint"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    run_dir = tmp_path / "run"
+    out = trial(tmp_path, run_dir, f"model.path={broken}", "trainer.devices=2", "trainer.device=cpu", "logger=none")
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    record = summary(run_dir)
+    assert record["status"] == "failed"
+    assert not record["reason"].startswith("a worker process failed"), record["reason"]
+    assert str(broken) in record["reason"] or "processor" in record["reason"].lower(), record["reason"]
+    assert record["traceback"], "the rank's traceback is kept"
