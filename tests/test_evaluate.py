@@ -176,3 +176,21 @@ def test_chance_levels_are_the_score_of_the_prior_only_answer():
         "eval/verdict_accuracy": 2 / 3, "eval/defect_recall": 1.0, "eval/escape_rate": 0.0, "eval/false_reject_rate": 1.0,
         "eval/position_accuracy": 1 / 2, "eval/defect_type_accuracy": 1 / 2, "eval/exact_match": 1 / 3, "eval/unparseable_rate": 0.0,
     })
+
+
+def test_the_constant_chance_level_is_the_best_answer_given_without_looking():
+    """On a balanced split the prior-only answer is a coin's choice between "pass" and
+    "defective at the most frequent position": the chance level must be the better of the two
+    for each metric, or a model saying "pass" to everything looks far above chance."""
+    from vlmqc.evaluate import chance, prior_answers
+
+    train = [row("pair", "defective", [("C5", "missing")]), row("pair", "pass")]  # a tie: the prior picks one verdict
+    test = [row("pair", "pass"), row("pair", "pass"), row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("D1", "bent")])]
+    levels = chance(test, prior_answers(train))
+    # by hand: "pass" to all: verdict 2/4, exact 2/4, escape 1, recall 0, false reject 0;
+    # "defective at C5, missing" to all: verdict 2/4, exact 1/4, recall 1, escape 0, false reject 1,
+    # position 1/2, type 1/2
+    assert levels["constant"] == pytest.approx({
+        "eval/verdict_accuracy": 0.5, "eval/exact_match": 0.5, "eval/defect_recall": 1.0, "eval/escape_rate": 0.0,
+        "eval/false_reject_rate": 0.0, "eval/position_accuracy": 0.5, "eval/defect_type_accuracy": 0.5, "eval/unparseable_rate": 0.0,
+    })

@@ -157,3 +157,25 @@ def test_best_is_an_evaluation_step_never_the_baseline():
     assert standing(evals, "eval/escape_rate")["best"]["step"] == 6  # lower is better; 0.2 after the resume
     only_base = standing({0: {"eval/exact_match": 1.0}}, "eval/exact_match")  # failed before a second evaluation
     assert only_base["best"] is None and only_base["final"] is None and only_base["baseline"] == {"step": 0, "eval/exact_match": 1.0}
+
+
+def test_diagnose_finds_the_plateau_only_where_the_loss_is_flat_and_the_answers_at_chance():
+    from vlmqc.records import diagnose
+
+    chance = {"prior": {"eval/exact_match": 0.1}, "uniform": {"eval/exact_match": 0.037}}
+    flat = [{"train/loss": 0.371 + 0.001 * (i % 2)} for i in range(30)]  # the study's 3-epoch, no-warm-up curve
+    falling = [{"train/loss": 2.0 * 0.9**i} for i in range(30)]
+    at_chance, learnt = {"eval/exact_match": 0.11}, {"eval/exact_match": 0.75}
+    # two standard errors of 0.1 on 300 rows are 0.035: 0.11 is chance, 0.75 is not
+    d = diagnose(flat, at_chance, chance, "eval/exact_match", 300)
+    assert d["plateau"] and d["loss_flat"] and d["at_chance"] and d["chance"] == 0.1 and d["margin"] == pytest.approx(2 * (0.09 / 300) ** 0.5)
+    assert abs(d["loss_change"]) < 0.02
+    assert not diagnose(falling, at_chance, chance, "eval/exact_match", 300)["plateau"], "still learning: the loss falls"
+    assert diagnose(falling, at_chance, chance, "eval/exact_match", 300)["loss_change"] > 0.2
+    assert not diagnose(flat, learnt, chance, "eval/exact_match", 300)["plateau"], "converged: a flat loss with right answers"
+    short = diagnose(flat[:5], at_chance, chance, "eval/exact_match", 300)
+    assert short["loss_flat"] is None and not short["plateau"], "five logs are too few to call a curve flat"
+    assert diagnose(flat, None, chance, "eval/exact_match", 300) is None and diagnose(flat, at_chance, None, "eval/exact_match", 300) is None
+    # a lower-is-better metric: at chance means not below the level by more than the margin
+    esc = {"constant": {"eval/escape_rate": 0.0}, "prior": {"eval/escape_rate": 1.0}}
+    assert diagnose(flat, {"eval/escape_rate": 0.5}, esc, "eval/escape_rate", 300)["chance"] == 0.0

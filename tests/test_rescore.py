@@ -66,7 +66,15 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
     # exact_match ties at steps 2 and 4; step 0 is the baseline, never best: the earliest other step wins
     assert expected[0]["eval/exact_match"] == expected[2]["eval/exact_match"] == expected[4]["eval/exact_match"]
     assert summary.best["step"] == 2 and summary.best_metric == "eval/exact_match"
-    assert summary.chance is None and "chance levels left as they were" in printed
+    # the fixture's train split is gone, but its labels are dealt by the config alone (synth.plan):
+    # the chance levels come back. Its 24 test pairs are 12 passed and 12 defective (the design is
+    # exact at defect_rate 0.5), so answering "pass" to all is right on half, "defective" to all
+    # flags every defect
+    assert "chance levels left as they were" not in printed
+    assert summary.chance["constant"]["eval/verdict_accuracy"] == pytest.approx(0.5)
+    assert summary.chance["constant"]["eval/exact_match"] == pytest.approx(0.5)
+    assert summary.chance["constant"]["eval/defect_recall"] == 1.0 and summary.chance["constant"]["eval/escape_rate"] == 0.0
+    assert summary.diagnosis is not None and summary.diagnosis["metric"] == "eval/exact_match"
 
     rows = lines(old_run / "predictions" / "step-000004.jsonl")
     assert len(rows) == 24 and all(r["answer"] == "" for r in rows)  # written back as version-2 rows

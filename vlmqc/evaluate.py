@@ -11,7 +11,7 @@ from collections import Counter
 
 from vlmqc.labels import POSITIONS, Task, Verdict
 from vlmqc.prompts import Parsed
-from vlmqc.records import CONFUSION_ORDER
+from vlmqc.records import CONFUSION_ORDER, better
 
 PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 
@@ -203,8 +203,26 @@ def chance(test: list[dict], answers: dict[str, dict]) -> dict:
       same answer for every row of a task;
     - ``uniform``: position_accuracy of a uniformly guessed position, 1/27 (star data, where the
       answer is one position of the board);
+    - ``constant``: each metric's best over the constant answers (``_best_constant``): the level
+      the report and the plateau diagnosis hold a trial against;
     - ``answer``: the prior-only answers themselves, so ``vlmqc.rescore`` can score them again.
     """
     prior = score(test, [_prior_parsed(answers.get(r["task"]), r["task"]) for r in test])
     uniform = {"eval/position_accuracy": 1 / len(POSITIONS)} if any(r["task"] == Task.star.value for r in test) else {}
-    return {"answer": answers, "prior": {f"eval/{k}": v for k, v in prior.items()}, "uniform": uniform}
+    return {"answer": answers, "prior": {f"eval/{k}": v for k, v in prior.items()}, "uniform": uniform, "constant": _best_constant(test, answers)}
+
+
+def _best_constant(test: list[dict], answers: dict[str, dict]) -> dict[str, float]:
+    """Each metric's best score (in its direction) over the answers a model can give without
+    looking: the prior-only one, "pass" to every row, and "defective" with the most frequent
+    defect to every row. On a balanced split the prior-only answer is a coin's choice between
+    the last two, and the other one can score far higher (exact match 0.5 for "pass" where the
+    prior's "defective at C5, missing" scores 0.007): a trial must beat both to beat chance."""
+    variants = [answers] + [{task: {**a, "verdict": verdict} if a.get("verdict") else a for task, a in answers.items()} for verdict in (PASS, DEFECTIVE)]
+    best: dict[str, float] = {}
+    for variant in variants:
+        for k, v in score(test, [_prior_parsed(variant.get(r["task"]), r["task"]) for r in test]).items():
+            name = f"eval/{k}"
+            if name not in best or better(name, v, best[name]):
+                best[name] = v
+    return best

@@ -230,7 +230,8 @@ class Summary(_Record):
     baseline: dict[str, float] | None = None  # the base model's, at step 0: never a candidate for best
     best: dict[str, float] | None = None  # every metric at the evaluation step with the best best_metric
     best_metric: str | None = None
-    chance: dict[str, Any] | None = None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}}
+    chance: dict[str, Any] | None = None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}, "constant": {metric: v}}
+    diagnosis: dict[str, Any] | None = None  # diagnose(): a flat training loss with answers at chance
     rescored: dict[str, Any] | None = None  # {"parser_version", "schema_version", "time"} after python -m vlmqc.rescore
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 
@@ -412,6 +413,54 @@ def standing(evals: dict[int, dict], metric: str) -> dict:
     }
 
 
+CHANCE_KINDS = ("prior", "uniform", "constant")  # the guessers a summary's chance holds, each {metric: level}
+
+
+def chance_level(chance: dict | None, metric: str) -> float | None:
+    """The level a trial must beat on ``metric``: the best (in the metric's direction) of the
+    prior-only answer's, the best constant answer's and the uniform guess's score, from a
+    summary's ``chance``."""
+    levels = [v for kind in CHANCE_KINDS if isinstance(v := ((chance or {}).get(kind) or {}).get(metric), (int, float)) and math.isfinite(v)]
+    if not levels or metric not in METRICS:
+        return None
+    return max(levels) if METRICS[metric].higher_is_better else min(levels)
+
+
+PLATEAU_WINDOW = 1 / 3  # the last third of the training-loss logs
+PLATEAU_FLAT = 0.02  # ... falling by less than 2 % across it counts as flat
+
+
+def diagnose(rows: list[dict], final: dict | None, chance: dict | None, metric: str, n_test: int) -> dict | None:
+    """The study's symptom, checked: a training loss that has stopped falling while the answers
+    score at chance.
+
+    - ``loss_change``: how much the mean training loss of the second half of the last third of the
+      logs is below that of its first half, relative to the first (at least 6 logs; else None);
+      ``loss_flat`` when it is under ``PLATEAU_FLAT``;
+    - ``at_chance``: the final ``metric`` is not better than its chance level by more than two
+      binomial standard errors on ``n_test`` rows (``margin``), so a few lucky answers do not count;
+    - ``plateau``: both. A flat loss alone is also what a converged model shows; answers at chance
+      alone is also a model still learning.
+    None where there is no final evaluation or no chance level for ``metric``.
+    """
+    level, value = chance_level(chance, metric), (final or {}).get(metric)
+    if level is None or not isinstance(value, (int, float)) or n_test < 1:
+        return None
+    losses = [v for r in rows if isinstance(v := r.get("train/loss"), (int, float)) and math.isfinite(v)]
+    window = losses[-max(6, round(len(losses) * PLATEAU_WINDOW)) :] if len(losses) >= 6 else []
+    change = None
+    if window:
+        first, second = window[: len(window) // 2], window[len(window) // 2 :]
+        before = sum(first) / len(first)
+        change = (before - sum(second) / len(second)) / before if before > 0 else 0.0
+    margin = 2 * math.sqrt(max(level * (1 - level), 0.0) / n_test) if 0 <= level <= 1 else 0.0
+    beyond = level + margin if METRICS[metric].higher_is_better else level - margin
+    at_chance = not better(metric, value, beyond)
+    flat = change is not None and change < PLATEAU_FLAT
+    return {"metric": metric, "value": value, "chance": level, "margin": margin, "at_chance": at_chance,
+            "loss_change": change, "loss_flat": flat if change is not None else None, "plateau": flat and at_chance}
+
+
 # --- The writer ----------------------------------------------------------------------------------
 
 
@@ -441,11 +490,22 @@ class Records:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({STEP: step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}) + "\n")
 
-    def evaluations(self) -> dict[int, dict]:
+    def _metric_rows(self) -> list[dict]:
         rows, problems = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else ([], [])
         for p in problems:
             log.warning("%s", p)
-        return evaluations(rows)
+        return rows
+
+    def evaluations(self) -> dict[int, dict]:
+        return evaluations(self._metric_rows())
+
+    def standing(self, metric: str, n_test: int) -> dict:
+        """The summary's ``final``, ``baseline``, ``best``, ``best_metric`` and ``diagnosis``, from
+        metrics.jsonl as it is now (earlier attempts' evaluations included)."""
+        rows = self._metric_rows()
+        fields = standing(evaluations(rows), metric)
+        fields["diagnosis"] = diagnose(rows, fields["final"], self.summary.get("chance"), metric, n_test)
+        return fields
 
     def samples(self, samples: list[Sample], images: dict, step: int) -> Path | None:
         """The samples of one evaluation; ``images`` maps each id to its PIL image, saved once."""

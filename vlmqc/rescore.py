@@ -13,7 +13,8 @@ records had a schema version) are read too, and written back as the current vers
 
 Chance levels need the prior-only answers: a version-2 summary keeps them; for a version-1 one
 they are learned again from the train split at ``facts.dataset_path`` when that is still there,
-and otherwise left out (said so).
+or, for synthetic data, from the labels its config deals (no image drawn); otherwise left out
+(said so). The summary's ``diagnosis`` (a flat loss with answers at chance) is worked out again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from omegaconf import OmegaConf
 from vlmqc.config import PromptConfig, to_object
 from vlmqc.evaluate import chance, prior_answers, score
 from vlmqc.prompts import PARSER_VERSION, parse_answer
-from vlmqc.records import DEFAULT_METRIC, METRICS, SCHEMA_VERSION, PredictionRow, Records, evaluations, read_predictions, read_summary, standing
+from vlmqc.records import DEFAULT_METRIC, METRICS, SCHEMA_VERSION, PredictionRow, Records, diagnose, evaluations, read_predictions, read_summary, standing
 from vlmqc.track import STEP, write_atomic
 
 
@@ -48,6 +49,21 @@ def _train_answers(dataset_path: str | None) -> dict | None:
 
     train = store.load(Path(dataset_path))["train"]
     return prior_answers(list(train.select_columns([c for c in ("task", "verdict", "defects", "target", "answer") if c in train.column_names])))
+
+
+def _planned_answers(data: dict | None) -> dict | None:
+    """The prior-only answers of a synthetic dataset, from its config alone: the generator deals
+    every label before drawing a pixel (``synth.plan``), so no image is rendered."""
+    from vlmqc.config import DATA_SCHEMAS, SynthConfig
+    from vlmqc.data import synth
+
+    schema = DATA_SCHEMAS.get((data or {}).get("task"))
+    if schema is None or not issubclass(schema, SynthConfig):
+        return None
+    cfg = to_object(OmegaConf.merge(OmegaConf.structured(schema), data), "data")
+    task = cfg.task.value
+    return prior_answers([{"task": task, "verdict": s.get("verdict", ""), "defects": s.get("defects", []), "target": s.get("target", ""), "answer": ""}
+                          for s in synth.plan(cfg, "train")])
 
 
 def rescore(run_dir: Path) -> list[str]:
@@ -89,11 +105,14 @@ def rescore(run_dir: Path) -> list[str]:
 
     metric = summary.best_metric or summary.config.get("sweep_metric") or DEFAULT_METRIC
     fields = standing(evaluations(kept), metric)
-    answers = (summary.chance or {}).get("answer") or _train_answers(summary.facts.get("dataset_path"))
+    answers = (summary.chance or {}).get("answer") or _train_answers(summary.facts.get("dataset_path")) or _planned_answers(summary.config.get("data"))
     if answers and test:
         fields["chance"] = chance(test, answers)
     else:
-        lines.append(f"{run_dir}: chance levels left as they were: no prior-only answers stored and the train split is gone")
+        lines.append(f"{run_dir}: chance levels left as they were: no prior-only answers stored, the train split is gone and the data is not synthetic")
+    fields["diagnosis"] = diagnose(kept, fields["final"], fields.get("chance") or summary.chance, metric, len(test))
+    if (fields["diagnosis"] or {}).get("plateau"):
+        lines.append(f"  plateau: the training loss is flat while {metric} is at chance")
     old = summary.final or {}
     for name in sorted(set(old) | set(fields["final"] or {})):
         if name != "step":

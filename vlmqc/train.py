@@ -49,7 +49,7 @@ from vlmqc.lock import RunLock
 from vlmqc.model import adapt, load, parameter_counts, processed_resolution, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
-from vlmqc.records import PredictionRow, Records, Sample, sample_image, standing
+from vlmqc.records import PredictionRow, Records, Sample, sample_image
 from vlmqc.signals import Interrupted, Signals, StopOnSignal
 from vlmqc.track import Tracker
 
@@ -148,7 +148,11 @@ class Trial(TrainerCallback):
                 images[row["id"]] = row["image"]
         self.records.samples(samples, images, step)
         self.tracker.samples(samples, images, step)
-        self.records.update(**standing(self.records.evaluations(), self.metric))
+        self.records.update(**self.records.standing(self.metric, len(self.test_rows)))
+        if (self.records.summary.get("diagnosis") or {}).get("plateau"):
+            d = self.records.summary["diagnosis"]
+            log.warning("step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance (%.3f): the plateau; "
+                        "train longer or with warm-up (experiments/LOG.md)", step, 100 * d["loss_change"], d["metric"], d["value"], d["chance"])
         log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
 
 
@@ -327,8 +331,8 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
             processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
         status, step = "completed", trainer.state.global_step
-        records.update(**standing(records.evaluations(), cfg.sweep_metric))
-        tracker.summary({"status": status, **{f"{part}/{k}": v for part in ("best", "baseline") for k, v in (records.summary[part] or {}).items()}})
+        records.update(**records.standing(cfg.sweep_metric, len(test_rows)))
+        tracker.summary({"status": status, **{f"{part}/{k}": v for part in ("best", "baseline", "diagnosis") for k, v in (records.summary[part] or {}).items()}})
     except (KeyboardInterrupt, Interrupted) as e:
         at = stopper.step if stopper.step is not None else (trainer.state.global_step if trainer is not None else None)
         saved = "; checkpoint saved, the same command resumes from it" if stopper.step is not None else ""

@@ -16,7 +16,21 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlmqc.compare.notes import Notes
-from vlmqc.records import METRICS, PredictionRow, Sample, Summary, better, checked, problem, read_metrics, read_predictions, read_rows, read_summary
+from vlmqc.records import (
+    CHANCE_KINDS,
+    METRICS,
+    PredictionRow,
+    Sample,
+    Summary,
+    better,
+    chance_level,
+    checked,
+    problem,
+    read_metrics,
+    read_predictions,
+    read_rows,
+    read_summary,
+)
 from vlmqc.track import STEP
 
 _STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
@@ -29,16 +43,13 @@ def _values(block: dict[str, float] | None) -> dict[str, float]:
 
 def _chance(summary: Summary, where: str, problems: list[str]) -> dict[str, float]:
     """Chance levels by metric: ``{"eval/…": v}``, or the run record's ``{"prior": {…}, "uniform": {…},
-    "answer": {…}}``, where the better of the two guessers (by the metric's direction) is the level to beat."""
+    "constant": {…}, "answer": {…}}``, where the best guesser (by the metric's direction,
+    ``vlmqc.records.chance_level``) is the level to beat."""
     chance = summary.chance or {}
-    if not any(k in chance for k in ("prior", "uniform")):
+    if not any(k in chance for k in CHANCE_KINDS):
         return _values(checked(chance, dict[str, float], where, "chance", problems))
-    levels: dict[str, float] = {}
-    for kind in ("prior", "uniform"):
-        for key, v in _values(checked(chance.get(kind), dict[str, float] | None, where, f"chance.{kind}", problems)).items():
-            if key not in levels or (key in METRICS and better(key, v, levels[key])):
-                levels[key] = v
-    return levels
+    kinds = {kind: _values(checked(chance.get(kind), dict[str, float] | None, where, f"chance.{kind}", problems)) for kind in CHANCE_KINDS}
+    return {m: level for m in set().union(*kinds.values()) if (level := chance_level(kinds, m)) is not None}
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Trial:
     best_step: int | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # the base model's evaluation at step 0
     chance: dict[str, float] = field(default_factory=dict)  # what guessing scores on this dataset
+    plateau: dict | None = None  # the summary's diagnosis when it found the plateau: a flat loss, answers at chance
     label: str = ""  # short and unique among the compared trials: legends and column heads
 
     @property
@@ -134,6 +146,8 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         trial.final, trial.best, trial.baseline = _values(summary.final), _values(summary.best), _values(summary.baseline)
         trial.best_step = checked((summary.best or {}).get("step"), int | None, where, "best.step", problems)
         trial.chance = _chance(summary, where, problems)
+        diagnosis = checked(summary.diagnosis, dict | None, where, "diagnosis", problems)
+        trial.plateau = diagnosis if diagnosis and diagnosis.get("plateau") is True else None
         notes.extend(path, problems)
     # Hydra's own file first; the summary's copy; the run name, which holds the same overrides
     lines = _hydra_overrides(run_dir, notes)
