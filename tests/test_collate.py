@@ -121,7 +121,9 @@ def test_a_separate_pair_is_two_images_reference_first_and_the_answer_alone_is_l
     reference, candidate = row_images(ex, Layout.separate)
     assert reference.size == candidate.size == (448, 190)
     assert reference.getpixel((5, 5)) == (200, 0, 0) and candidate.getpixel((5, 5)) == (0, 0, 200)  # the gap is left out
-    batch = Collator(qwen_processor, QWEN, prompt, train=True, layout=Layout.separate)([ex, row(verdict="pass", defects=(), meta={"stack": {"top": 190, "gap": 6}})])
+    batch = Collator(qwen_processor, QWEN, prompt, train=True, layout=Layout.separate)(
+        [ex, row(verdict="pass", defects=(), meta={"stack": {"top": 190, "gap": 6}})]
+    )
     tok = qwen_processor.tokenizer
     assert batch["image_grid_thw"].shape[0] == 4  # two images per example
     assert batch["image_grid_thw"][0].tolist() == batch["image_grid_thw"][1].tolist()  # two halves of one size, not the whole

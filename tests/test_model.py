@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig
-from vlmqc.models import adapt, family_for, families, load, parameter_counts, random_checkpoint
+from vlmqc.models import adapt, families, family_for, load, parameter_counts, random_checkpoint
 
 LLAVA = families()["llava"]
 
@@ -42,7 +42,7 @@ def test_tiny_model_is_built_once_and_loads_through_the_auto_classes(models_dir)
 
 def test_tokenizer_encodes_any_text_and_decodes_it_back(models_dir):
     tok = AutoProcessor.from_pretrained(tiny_checkpoint(None, models_dir)).tokenizer
-    for text in ["The bottom product is defective: missing terminal at C5.", "下の製品は不良です：C5 端子欠落", "{\"verdict\": \"pass\"} ~~ zebra"]:
+    for text in ["The bottom product is defective: missing terminal at C5.", "下の製品は不良です：C5 端子欠落", '{"verdict": "pass"} ~~ zebra']:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
@@ -61,7 +61,11 @@ def test_a_resolution_the_vision_tower_was_not_built_for_fails_naming_the_key(mo
 
 @pytest.mark.parametrize(
     "target, parts",
-    [(LoraTarget.language, {"language"}), (LoraTarget.language_vision, {"language", "vision", "projector"}), (LoraTarget.all_linear, {"language", "vision", "projector"})],
+    [
+        (LoraTarget.language, {"language"}),
+        (LoraTarget.language_vision, {"language", "vision", "projector"}),
+        (LoraTarget.all_linear, {"language", "vision", "projector"}),
+    ],
 )
 def test_lora_adapts_exactly_the_chosen_parts(models_dir, target, parts):
     model, _, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")

@@ -23,12 +23,13 @@ from transformers.utils import is_torchvision_available
 from vlmqc.collate import IGNORE, Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, Qwen2VLModelConfig, to_object
 from vlmqc.models import adapt, families, load, random_checkpoint
-from vlmqc.models.qwen2_vl import TOKENS, config as qwen2_vl_config
+from vlmqc.models.qwen2_vl import TOKENS
+from vlmqc.models.qwen2_vl import config as qwen2_vl_config
+from vlmqc.predict import predict
+from vlmqc.prompts import render_answer
 
 QWEN = families()["qwen2_vl"]
 _part = QWEN.part
-from vlmqc.predict import predict
-from vlmqc.prompts import render_answer
 
 # the preset shrunk for a CPU: every shape field that sets the cost, nothing else
 SHRINK = {

@@ -13,6 +13,7 @@ real checkpoint (``model.path=<folder or hub id>``) and a tiny random model buil
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -65,11 +66,15 @@ def _model_type(path: str, trust_remote_code: bool) -> str:
 
 def check(cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None:
     """The family's checks at the door, where the family is known without the network: a random
-    model's, or a local folder's (its config.json). A hub id's family is checked when it loads."""
+    model's, or a local folder's (its config.json's model_type). A hub id's is checked at load."""
     if cfg.path is None:
         _random_family(cfg).check(cfg, image_size, layout)
-    elif os.path.isdir(cfg.path):
-        family_for(_model_type(cfg.path, cfg.trust_remote_code)).check(cfg, image_size, layout)
+        return
+    config = Path(cfg.path) / "config.json"
+    if config.is_file():  # read as JSON: no remote code runs at the door; a folder without one fails at load
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type:
+            family_for(model_type).check(cfg, image_size, layout)
 
 
 def random_checkpoint(cfg: ModelConfig, size: int | None, models_dir: str | os.PathLike) -> Path:
