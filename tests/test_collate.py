@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import prompt_option
@@ -9,18 +11,28 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import TinyModelConfig
-from vlmqc.model import IMAGE_TOKEN, tiny_checkpoint
+from vlmqc.config import Layout, ModelConfig
+from vlmqc.data.layout import images as row_images
+from vlmqc.models import families, random_checkpoint
+from vlmqc.models.llava import IMAGE_TOKEN
 from vlmqc.prompts import instruction, render_answer
+
+LLAVA, QWEN = families()["llava"], families()["qwen2_vl"]
 
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    return AutoProcessor.from_pretrained(tiny_checkpoint(TinyModelConfig(), None, tmp_path_factory.mktemp("models")))
+    return AutoProcessor.from_pretrained(random_checkpoint(ModelConfig(name="tiny"), None, tmp_path_factory.mktemp("models")))
 
 
-def row(task="pair", verdict="defective", defects=(("C5", "missing"),), target="", answer="", size=(448, 386)):
+@pytest.fixture(scope="module")
+def qwen_processor(tmp_path_factory):
+    return QWEN.load_processor(str(random_checkpoint(QWEN.tiny_config(), None, tmp_path_factory.mktemp("models"))), False)
+
+
+def row(task="pair", verdict="defective", defects=(("C5", "missing"),), target="", answer="", size=(448, 386), meta=None):
     return {
+        "meta": json.dumps(meta or {}),
         "id": f"test-{task}-{verdict}",
         "task": task,
         "image": Image.new("RGB", size, (120, 130, 140)),
@@ -35,7 +47,7 @@ def test_golden_label_mask(processor):
     """Tokens, labels and mask of one example, spelled out."""
     prompt = prompt_option("short")
     ex = row()
-    batch = Collator(processor, prompt, train=True)([ex])
+    batch = Collator(processor, LLAVA, prompt, train=True)([ex])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -53,7 +65,7 @@ def test_golden_label_mask(processor):
 def test_padding_and_prompts_of_different_lengths_are_masked(processor):
     prompt = prompt_option("long")
     rows = [row(), row(task="star", verdict="", defects=(), target="U3", size=(448, 190)), row(verdict="pass", defects=())]
-    batch = Collator(processor, prompt, train=True)(rows)
+    batch = Collator(processor, LLAVA, prompt, train=True)(rows)
     assert batch["input_ids"].shape == batch["labels"].shape
     for i, ex in enumerate(rows):
         labels = batch["labels"][i]
@@ -67,7 +79,7 @@ def test_padding_and_prompts_of_different_lengths_are_masked(processor):
 
 def test_generation_batches_are_prompts_padded_on_the_left(processor):
     prompt = prompt_option("json")
-    batch = Collator(processor, prompt, train=False)([row(), row(task="star", verdict="", defects=(), target="U3")])
+    batch = Collator(processor, LLAVA, prompt, train=False)([row(), row(task="star", verdict="", defects=(), target="U3")])
     assert "labels" not in batch
     assert batch["attention_mask"][:, -1].all()
     last = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
@@ -76,7 +88,7 @@ def test_generation_batches_are_prompts_padded_on_the_left(processor):
 
 def test_custom_rows_with_a_free_answer_train_on_that_text(processor):
     ex = row(task="custom", verdict="", defects=(), answer="Scratch near the left edge.")
-    batch = Collator(processor, prompt_option("short"), train=True)([ex])
+    batch = Collator(processor, LLAVA, prompt_option("short"), train=True)([ex])
     learnt = batch["labels"][0][batch["labels"][0] != IGNORE].tolist()
     assert processor.tokenizer.decode(learnt, skip_special_tokens=True) == "Scratch near the left edge."
 
@@ -90,9 +102,45 @@ def test_a_template_that_breaks_the_prefix_property_fails_loudly(processor):
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
     with pytest.raises(ValueError, match="prefix"):
-        Collator(broken, prompt_option("short"), train=True)([row()])
+        Collator(broken, LLAVA, prompt_option("short"), train=True)([row()])
 
 
 def test_images_of_any_size_become_the_model_resolution(processor):
-    batch = Collator(processor, prompt_option("short"), train=True)([row(size=(448, 386)), row(size=(640, 100))])
+    batch = Collator(processor, LLAVA, prompt_option("short"), train=True)([row(size=(448, 386)), row(size=(640, 100))])
     assert batch["pixel_values"].shape == torch.Size([2, 3, 224, 224])
+
+
+def test_a_separate_pair_is_two_images_reference_first_and_the_answer_alone_is_learnt(qwen_processor):
+    """data.layout=separate: the stacked pair cut at the gap its meta records, two images in one user turn."""
+    prompt = prompt_option("short")
+    top = Image.new("RGB", (448, 190), (200, 0, 0))
+    pair = Image.new("RGB", (448, 386), (40, 40, 40))
+    pair.paste(top, (0, 0))
+    pair.paste(Image.new("RGB", (448, 190), (0, 0, 200)), (0, 196))
+    ex = {**row(meta={"stack": {"top": 190, "gap": 6}}), "image": pair}
+    reference, candidate = row_images(ex, Layout.separate)
+    assert reference.size == candidate.size == (448, 190)
+    assert reference.getpixel((5, 5)) == (200, 0, 0) and candidate.getpixel((5, 5)) == (0, 0, 200)  # the gap is left out
+    batch = Collator(qwen_processor, QWEN, prompt, train=True, layout=Layout.separate)(
+        [ex, row(verdict="pass", defects=(), meta={"stack": {"top": 190, "gap": 6}})]
+    )
+    tok = qwen_processor.tokenizer
+    assert batch["image_grid_thw"].shape[0] == 4  # two images per example
+    assert batch["image_grid_thw"][0].tolist() == batch["image_grid_thw"][1].tolist()  # two halves of one size, not the whole
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    text = tok.decode(ids)
+    assert text.count("<|vision_start|>") == 2 and instruction(prompt, "pair", 2) in text and prompt.pair_separate in text
+    assert text.index("<|vision_end|>") < text.rindex("<|vision_start|>") < text.index(prompt.pair_separate)  # both images, then the words
+    learnt = labels[labels != IGNORE].tolist()
+    assert tok.decode(learnt) == render_answer(prompt, ex) + "<|im_end|>\n"  # Qwen's turn ends with a newline
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert not (batch["labels"] == image_pad).any() and int((ids == image_pad).sum()) > 0
+    short = batch["labels"][1][batch["attention_mask"][1] == 1]
+    assert tok.decode(short[short != IGNORE].tolist()) == "The bottom product passed.<|im_end|>\n"
+
+
+def test_a_stacked_pair_stays_one_image_with_the_pair_wording(qwen_processor):
+    prompt = prompt_option("short")
+    batch = Collator(qwen_processor, QWEN, prompt, train=False)([row(meta={"stack": {"top": 190, "gap": 6}})])
+    text = qwen_processor.tokenizer.decode(batch["input_ids"][0])
+    assert batch["image_grid_thw"].shape[0] == 1 and text.count("<|vision_start|>") == 1 and prompt.pair in text

@@ -7,8 +7,14 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, TinyModelConfig
-from vlmqc.model import _part, adapt, load, parameter_counts, tiny_checkpoint
+from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig
+from vlmqc.models import adapt, families, family_for, load, parameter_counts, random_checkpoint
+
+LLAVA = families()["llava"]
+
+
+def tiny_checkpoint(size, models_dir):
+    return random_checkpoint(ModelConfig(name="tiny"), size, models_dir)
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +23,9 @@ def models_dir(tmp_path_factory):
 
 
 def test_tiny_model_is_built_once_and_loads_through_the_auto_classes(models_dir):
-    path = tiny_checkpoint(TinyModelConfig(), None, models_dir)
+    path = tiny_checkpoint(None, models_dir)
     mtime = (path / "model.safetensors").stat().st_mtime_ns
-    assert tiny_checkpoint(TinyModelConfig(), None, models_dir) == path
+    assert tiny_checkpoint(None, models_dir) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert not [p for p in models_dir.iterdir() if p.name.startswith(".tmp-")]
     processor = AutoProcessor.from_pretrained(path)
@@ -35,41 +41,45 @@ def test_tiny_model_is_built_once_and_loads_through_the_auto_classes(models_dir)
 
 
 def test_tokenizer_encodes_any_text_and_decodes_it_back(models_dir):
-    tok = AutoProcessor.from_pretrained(tiny_checkpoint(TinyModelConfig(), None, models_dir)).tokenizer
-    for text in ["The bottom product is defective: missing terminal at C5.", "下の製品は不良です：C5 端子欠落", "{\"verdict\": \"pass\"} ~~ zebra"]:
+    tok = AutoProcessor.from_pretrained(tiny_checkpoint(None, models_dir)).tokenizer
+    for text in ["The bottom product is defective: missing terminal at C5.", "下の製品は不良です：C5 端子欠落", '{"verdict": "pass"} ~~ zebra']:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_each_resolution_gets_its_own_tiny_model(models_dir):
-    model, processor, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="336", size=336), str(models_dir), "cpu")
+    model, processor, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="336", size=336), str(models_dir), "cpu")
     assert model.config.vision_config.image_size == 336
     batch = processor(text=["<image>x"], images=[Image.new("RGB", (100, 50))], return_tensors="pt")
     assert batch["pixel_values"].shape[-2:] == (336, 336)
 
 
 def test_a_resolution_the_vision_tower_was_not_built_for_fails_naming_the_key(models_dir):
-    path = tiny_checkpoint(TinyModelConfig(), 224, models_dir)
+    path = tiny_checkpoint(224, models_dir)
     with pytest.raises(ConfigError, match=r"image_size.size=448.*224"):
         load(ModelConfig(name="llava", path=str(path)), ImageSizeConfig(name="448", size=448), str(models_dir), "cpu")
 
 
 @pytest.mark.parametrize(
     "target, parts",
-    [(LoraTarget.language, {"language"}), (LoraTarget.language_vision, {"language", "vision", "projector"}), (LoraTarget.all_linear, {"language", "vision", "projector"})],
+    [
+        (LoraTarget.language, {"language"}),
+        (LoraTarget.language_vision, {"language", "vision", "projector"}),
+        (LoraTarget.all_linear, {"language", "vision", "projector"}),
+    ],
 )
 def test_lora_adapts_exactly_the_chosen_parts(models_dir, target, parts):
-    model, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
-    model = adapt(model, LoraConfig(name="r4", r=4, alpha=8, target=target))
+    model, _, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model = adapt(model, family, LoraConfig(name="r4", r=4, alpha=8, target=target))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert {_part(n) for n in trainable} == parts
+    assert {LLAVA.part(n) for n in trainable} == parts
     assert not any("lm_head" in n for n in trainable)
 
 
 def test_full_fine_tuning_trains_all_but_the_vision_tower(models_dir):
-    model, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
-    model = adapt(model, LoraConfig(name="full", full=True))
-    frozen = {_part(n) for n, p in model.named_parameters() if not p.requires_grad}
+    model, _, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model = adapt(model, family, LoraConfig(name="full", full=True))
+    frozen = {LLAVA.part(n) for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"vision"}
     trainable, total = parameter_counts(model)
     assert 0 < trainable < total
@@ -81,7 +91,7 @@ def test_a_checkpoint_that_does_not_exist_fails_clearly(models_dir):
 
 
 def test_dtype_auto_is_fp32_on_cpu(models_dir):
-    model, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model, _, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
     assert next(model.parameters()).dtype == torch.float32
 
 
@@ -90,8 +100,8 @@ def test_model_path_loads_any_saved_checkpoint_folder(models_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "my-checkpoint"
-    shutil.copytree(tiny_checkpoint(TinyModelConfig(), None, models_dir), folder)
-    model, processor, path = load(ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    shutil.copytree(tiny_checkpoint(None, models_dir), folder)
+    model, processor, _, path = load(ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu")
     assert path == str(folder) and model.config.model_type == "llava"
     assert ModelConfig(name="mine", path=str(folder)).trust_remote_code is False
 
@@ -99,3 +109,15 @@ def test_model_path_loads_any_saved_checkpoint_folder(models_dir, tmp_path):
 def test_only_the_tiny_model_may_go_without_a_path():
     with pytest.raises(ConfigError, match="path"):
         ModelConfig(name="llava")
+
+
+def test_an_unknown_model_type_fails_listing_the_supported_ones(tmp_path, models_dir):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ConfigError, match=r"model_type 'bert'.*supported model types: llava, qwen2_vl"):
+        load(ModelConfig(name="mine", path=str(tmp_path)), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    assert family_for("llava") is LLAVA
+
+
+def test_an_unknown_random_model_fails_naming_the_families(models_dir):
+    with pytest.raises(ConfigError, match=r"model.random=nope.*llava, qwen2_vl"):
+        random_checkpoint(ModelConfig(name="x", random="nope"), None, models_dir)

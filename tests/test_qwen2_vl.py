@@ -21,10 +21,15 @@ from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGener
 from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, Qwen2VLModelConfig, RandomModel, to_object
-from vlmqc.model import QWEN2_VL_TOKENS, _part, adapt, load, load_processor, qwen2_vl_checkpoint, qwen2_vl_config
+from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, Qwen2VLModelConfig, to_object
+from vlmqc.models import adapt, families, load, random_checkpoint
+from vlmqc.models.qwen2_vl import TOKENS
+from vlmqc.models.qwen2_vl import config as qwen2_vl_config
 from vlmqc.predict import predict
 from vlmqc.prompts import render_answer
+
+QWEN = families()["qwen2_vl"]
+_part = QWEN.part
 
 # the preset shrunk for a CPU: every shape field that sets the cost, nothing else
 SHRINK = {
@@ -74,9 +79,9 @@ def pair(verdict="defective", size=(448, 386)):
 
 def test_the_preset_is_the_2b_shape_and_its_file_states_the_schema_defaults():
     cfg = preset()
-    assert cfg.random == RandomModel.qwen2_vl and cfg.path is None
+    assert cfg.random == "qwen2_vl" and cfg.path is None
     assert cfg.qwen2_vl == Qwen2VLModelConfig()  # the option file restates the defaults: they must agree
-    config = qwen2_vl_config(cfg.qwen2_vl, {t: i for i, t in enumerate(QWEN2_VL_TOKENS)})
+    config = qwen2_vl_config(cfg.qwen2_vl, {t: i for i, t in enumerate(TOKENS)})
     text, vision = config.text_config, config.vision_config
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (
         1536,
@@ -116,16 +121,16 @@ def test_the_preset_is_the_2b_shape_and_its_file_states_the_schema_defaults():
 
 
 def test_the_built_checkpoint_is_reused_and_loads_through_the_auto_classes(small, models_dir):
-    _, _, path = small
+    _, _, _, path = small
     cfg = preset(*OVERRIDES).qwen2_vl
     mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
-    assert str(qwen2_vl_checkpoint(cfg, models_dir)) == path
+    assert str(random_checkpoint(preset(*OVERRIDES), None, models_dir)) == path
     assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == mtime  # reused, not rebuilt
     assert not [p for p in models_dir.iterdir() if p.name.startswith(".tmp-")]
     model = AutoModelForImageTextToText.from_pretrained(path)
     assert isinstance(model, Qwen2VLForConditionalGeneration)
     assert model.config.text_config.vocab_size == 2048 and model.config.vision_config.depth == 2
-    processor = load_processor(path)
+    processor = QWEN.load_processor(path, False)
     assert isinstance(processor, Qwen2VLProcessor)  # without torchvision: the same class, minus its video processor
     tok = processor.tokenizer
     assert len(tok) <= cfg.tokenizer_vocab_size <= model.config.text_config.vocab_size
@@ -140,13 +145,13 @@ def test_the_built_checkpoint_is_reused_and_loads_through_the_auto_classes(small
 def test_with_torchvision_autoprocessor_gives_the_full_qwen2_vl_processor(small):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(small[2])
+    processor = AutoProcessor.from_pretrained(small[3])
     assert type(processor) is Qwen2VLProcessor and processor.video_processor is not None
 
 
 def test_a_pair_becomes_image_tokens_within_the_pixel_budget(small):
-    model, processor, _ = small
-    batch = Collator(processor, prompt_option("short"), train=False)([pair()])
+    model, processor, family, _ = small
+    batch = Collator(processor, family, prompt_option("short"), train=False)([pair()])
     t, h, w = batch["image_grid_thw"][0].tolist()
     assert t == 1 and h * w * 14 * 14 <= 448 * 448
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == h * w // 4  # 2 x 2 patches merge into one token
@@ -155,21 +160,21 @@ def test_a_pair_becomes_image_tokens_within_the_pixel_budget(small):
 
 def test_image_size_is_a_pixel_budget_and_native_is_the_presets(models_dir):
     cfg = preset(*OVERRIDES)
-    _, processor, _ = load(cfg, ImageSizeConfig(name="224", size=224), str(models_dir), "cpu")
+    _, processor, _, _ = load(cfg, ImageSizeConfig(name="224", size=224), str(models_dir), "cpu")
     assert processor.image_processor.size["longest_edge"] == 224 * 224
     _, h, w = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[pair()["image"]], return_tensors="pt")["image_grid_thw"][0].tolist()
     assert h * w * 14 * 14 <= 224 * 224 and abs(w / h - 448 / 386) < 0.2  # the aspect ratio is kept
-    _, native, _ = load(cfg, ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    _, native, _, _ = load(cfg, ImageSizeConfig(name="native"), str(models_dir), "cpu")
     assert native.image_processor.size["longest_edge"] == cfg.qwen2_vl.max_pixels == 448 * 448
     with pytest.raises(ConfigError, match=r"image_size.size=32"):
         load(cfg, ImageSizeConfig(name="32", size=32), str(models_dir), "cpu")
 
 
 def test_a_collated_pair_batch_trains_on_the_answer_only(small):
-    model, processor, _ = small
+    model, processor, family, _ = small
     prompt = prompt_option("short")
     rows = [pair(), pair("pass", size=(448, 300))]
-    batch = Collator(processor, prompt, train=True)(rows)
+    batch = Collator(processor, family, prompt, train=True)(rows)
     tok = processor.tokenizer
     for i, ex in enumerate(rows):
         learnt = batch["labels"][i][batch["labels"][i] != IGNORE].tolist()
@@ -182,9 +187,9 @@ def test_a_collated_pair_batch_trains_on_the_answer_only(small):
 
 
 def test_batched_greedy_generation_answers_every_row(small):
-    model, processor, _ = small
+    model, processor, family, _ = small
     rows = [pair(), pair("pass", size=(448, 300)), pair(size=(300, 300))]
-    out = predict(model, processor, prompt_option("short"), rows, batch_size=2, max_new_tokens=6)
+    out = predict(model, processor, family, prompt_option("short"), rows, batch_size=2, max_new_tokens=6)
     assert [p["id"] for p in out] == [r["id"] for r in rows]
     assert all(isinstance(p["text"], str) for p in out)
 
@@ -198,8 +203,8 @@ def test_batched_greedy_generation_answers_every_row(small):
     ],
 )
 def test_lora_adapts_exactly_the_chosen_parts(models_dir, target, parts):
-    model, _, _ = load(preset(*OVERRIDES), ImageSizeConfig(name="native"), str(models_dir), "cpu")
-    model = adapt(model, LoraConfig(name="r4", r=4, alpha=8, target=target))
+    model, _, family, _ = load(preset(*OVERRIDES), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model = adapt(model, family, LoraConfig(name="r4", r=4, alpha=8, target=target))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {_part(n) for n in trainable} == parts
@@ -210,8 +215,8 @@ def test_lora_adapts_exactly_the_chosen_parts(models_dir, target, parts):
 
 def test_the_merger_is_the_projector_and_trains_in_full_fine_tuning(models_dir):
     assert _part("model.visual.merger.mlp.0") == "projector" and _part("model.visual.blocks.0.attn.qkv") == "vision"
-    model, _, _ = load(preset(*OVERRIDES), ImageSizeConfig(name="native"), str(models_dir), "cpu")
-    model = adapt(model, LoraConfig(name="full", full=True))
+    model, _, family, _ = load(preset(*OVERRIDES), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model = adapt(model, family, LoraConfig(name="full", full=True))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith("model.visual.") and ".merger." not in n for n in frozen)
 

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config
 from vlmqc.data import get_dataset
-from vlmqc.model import adapt, load
+from vlmqc.models import adapt, load
 from vlmqc.prompts import PARSER_VERSION, parse_answer
 from vlmqc.train import run, training_arguments
 
@@ -234,11 +234,11 @@ def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
     cfg = compose_app("train", ["data.train_size=16", "data.test_size=4"])
     dsd, _ = get_dataset(data_config(cfg), tmp_path / "data", num_workers=1, progress=False)
     set_seed(0)
-    model, processor, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(tmp_path / "models"), "cpu")
-    model = adapt(model, LoraConfig(name="r8", r=8, alpha=16, dropout=0.0))
+    model, processor, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(tmp_path / "models"), "cpu")
+    model = adapt(model, family, LoraConfig(name="r8", r=8, alpha=16, dropout=0.0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = training_arguments(TrainerConfig(max_steps=4, batch_size=4, lr=1e-2, warmup_ratio=0.0, logging_steps=1, save_steps=100), tmp_path / "run", "cpu")
-    Trainer(model=model, args=args, train_dataset=dsd["train"], data_collator=Collator(processor, prompt_option("short"), train=True)).train()
+    Trainer(model=model, args=args, train_dataset=dsd["train"], data_collator=Collator(processor, family, prompt_option("short"), train=True)).train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

@@ -111,15 +111,27 @@ class DiffImageConfig:
         _between(self.scale, "diff.scale", 0, low_open=True)
 
 
+class Layout(str, enum.Enum):
+    stacked = "stacked"  # the pair as one image: reference on top, candidate below (the study's)
+    separate = "separate"  # two images in one user turn: reference first, then candidate
+
+
 @dataclass
 class DataConfig:
     TASK: ClassVar[Task]
     name: str = MISSING
     task: Task = MISSING
     seed: int = 0
+    layout: Layout = Layout.stacked  # how a pair is shown to the model; not part of the stored data
 
     def __post_init__(self):
         _check(self.task == self.TASK, "task", self.task.value, f"must be {self.TASK.value!r} for this kind of dataset")
+        _check(
+            self.layout is Layout.stacked or self.TASK in (Task.pair, Task.custom),
+            "layout",
+            self.layout.value,
+            f"must be stacked: the {self.TASK.value} task shows one image by construction",
+        )
         _between(self.seed, "seed", 0, SEED_MAX)
 
 
@@ -213,6 +225,7 @@ class PromptConfig:
 
     name: str = MISSING
     pair: str = MISSING  # instruction for a reference/candidate pair (and the custom task)
+    pair_separate: str = MISSING  # the same, the pair given as two images (data.layout=separate)
     diff: str = MISSING  # instruction for the concentrated-anomaly image
     star: str = MISSING  # instruction for the star task
     format: AnswerFormat = AnswerFormat.text
@@ -225,7 +238,7 @@ class PromptConfig:
     defect_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        for key in ("pair", "diff", "star", "answer_pass", "answer_star"):
+        for key in ("pair", "pair_separate", "diff", "star", "answer_pass", "answer_star"):
             _check(bool(getattr(self, key).strip()), key, getattr(self, key), "must not be empty")
         unknown = sorted(set(self.defect_names) - {t.value for t in DefectType})
         _check(not unknown, "defect_names", unknown, f"unknown defect type(s); known: {', '.join(t.value for t in DefectType)}")
@@ -236,7 +249,8 @@ class PromptConfig:
 
 @dataclass
 class TinyModelConfig:
-    """Sizes of the tiny random-initialised LLaVA (CLIP vision tower, Llama language model)."""
+    """Sizes of a tiny random model (model.random=<family>): the tiny LLaVA's vision tower and
+    language model, and the sizes every family's tiny builder takes its own shape from."""
 
     vision_hidden: int = 32
     vision_layers: int = 2
@@ -339,16 +353,11 @@ class Qwen2VLModelConfig:
         _between(self.seed, "qwen2_vl.seed", 0, SEED_MAX)
 
 
-class RandomModel(str, enum.Enum):
-    llava = "llava"  # the tiny LLaVA, sized by model.tiny
-    qwen2_vl = "qwen2_vl"  # a Qwen2-VL, shaped by model.qwen2_vl
-
-
 @dataclass
 class ModelConfig:
     name: str = MISSING
     path: str | None = None  # a local checkpoint folder or a hub id; null = build the random model `random`
-    random: RandomModel | None = None  # what path=null builds offline; null: path is required
+    random: str | None = None  # the family whose random model path=null builds offline (vlmqc.models); null: path is required
     trust_remote_code: bool = False  # only a model config that needs it sets it
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; null = the library's choice
@@ -357,7 +366,7 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.random is None and self.name == "tiny":
-            self.random = RandomModel.llava  # the tiny preset, built in Python as ModelConfig(name="tiny")
+            self.random = "llava"  # the tiny preset, built in Python as ModelConfig(name="tiny")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype, "must be auto, float32, bfloat16 or float16")
         _check(
             self.path is not None or self.random is not None,
@@ -493,7 +502,7 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
-    models_dir: str = MISSING  # models built offline (model.random: the tiny LLaVA, the random Qwen2-VL)
+    models_dir: str = MISSING  # models built offline (model.random=<family>: vlmqc/models)
     output_dir: str = MISSING
 
 
@@ -605,14 +614,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             model.path,
             "folder not found" if looks_local else "is neither an existing folder nor a hub id (org/name)",
         )
-    if model.path is None and model.random == RandomModel.qwen2_vl and size.size is not None:
-        lowest = model.qwen2_vl.min_pixels  # the built processor's floor (vlmqc/model.py)
-        _check(
-            size.size * size.size >= lowest,
-            "image_size.size",
-            size.size,
-            f"the Qwen2-VL processor scales every image up to model.qwen2_vl.min_pixels ({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}",
-        )
+    from vlmqc import models  # here: the families' checks, without loading a model
+
+    models.check(model, size, data.layout)
     return objs
 
 

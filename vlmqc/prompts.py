@@ -61,10 +61,13 @@ _CANONICAL = {t.value: name for t, name in DEFECT_NAMES.items()}
 _ORDER = {p: i for i, p in enumerate(POSITIONS)}
 
 
-def instruction(cfg: PromptConfig, task: str) -> str:
-    """The instruction for a task; the custom task shows a pair, so it gets the pair's."""
+def instruction(cfg: PromptConfig, task: str, images: int = 1) -> str:
+    """The instruction for a task shown as ``images`` images; the custom task shows a pair, so it
+    gets the pair's, and a pair given as two images (data.layout=separate) gets ``pair_separate``."""
     task = Task(task)
-    return getattr(cfg, Task.pair.value if task is Task.custom else task.value)
+    if task in (Task.pair, Task.custom):
+        return cfg.pair_separate if images == 2 else cfg.pair
+    return getattr(cfg, task.value)
 
 
 def _position_key(position: str) -> tuple[int, str]:

@@ -2,7 +2,7 @@
 
     python -m vlmqc.train                                        # star data, tiny model, offline W&B
     python -m vlmqc.train data=pair_round prompt=short lora=r8 image_size=224
-    python -m vlmqc.train model=tiny model.path=/ckpt/llava-1.5-7b-hf image_size=native trainer.device=cuda
+    python -m vlmqc.train model.path=/ckpt/<checkpoint folder> image_size=native trainer.device=cuda
     python -m vlmqc.train logger=none trainer.max_steps=20       # no tracker, a quick smoke trial
 
 The trial reads top to bottom in ``run``: data -> model -> adapters -> evaluate the base model ->
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -44,9 +45,10 @@ from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
+from vlmqc.data.layout import images as row_images
 from vlmqc.evaluate import chance, prior_answers, score
 from vlmqc.lock import RunLock
-from vlmqc.model import adapt, load, parameter_counts, processed_resolution, random_checkpoint
+from vlmqc.models import adapt, load, parameter_counts, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
 from vlmqc.records import PredictionRow, Records, Sample, sample_image
@@ -87,8 +89,9 @@ class Trial(TrainerCallback):
       derived from metrics.jsonl so that a resumed trial's best includes the earlier attempts'.
     """
 
-    def __init__(self, trainer_cfg, prompt, records: Records, tracker: Tracker, processor, test_rows: list[dict], sample_ids: list[str], metric: str):
-        self.t, self.prompt, self.records, self.tracker, self.processor = trainer_cfg, prompt, records, tracker, processor
+    def __init__(self, trainer_cfg, prompt, layout, records: Records, tracker: Tracker, processor, family, test_rows: list[dict], sample_ids: list[str], metric: str):
+        self.t, self.prompt, self.layout, self.records, self.tracker = trainer_cfg, prompt, layout, records, tracker
+        self.processor, self.family = processor, family
         self.test_rows, self.sample_ids, self.metric = test_rows, set(sample_ids), metric
         self.nonfinite_step: int | None = None
         self.evaluated_step: int | None = None
@@ -131,7 +134,7 @@ class Trial(TrainerCallback):
             self._emit(metrics, state.global_step)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        preds = predict_sharded(model, self.processor, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens)
+        preds = predict_sharded(model, self.processor, self.family, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens, self.layout)
         self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
         if not state.is_world_process_zero:
             return
@@ -143,7 +146,7 @@ class Trial(TrainerCallback):
         for row, pred in zip(self.test_rows, preds, strict=True):
             if row["id"] in self.sample_ids:
                 correct = score([row], [pred["parsed"]]).get("exact_match") == 1.0
-                samples.append(Sample(id=row["id"], step=step, image=sample_image(row["id"]), prompt=instruction(self.prompt, row["task"]),
+                samples.append(Sample(id=row["id"], step=step, image=sample_image(row["id"]), prompt=instruction(self.prompt, row["task"], len(row_images(row, self.layout))),
                                       truth=render_answer(self.prompt, row), prediction=pred["text"], correct=correct))
                 images[row["id"]] = row["image"]
         self.records.samples(samples, images, step)
@@ -263,18 +266,21 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         test_rows = list(test)
         sample_ids = [test[i]["id"] for i in report.pick(test, t.samples)] if t.samples else []
 
-        model, processor, model_path = load(objs["model"], objs["image_size"], cfg.paths.models_dir, device)
+        model, processor, family, model_path = load(objs["model"], objs["image_size"], cfg.paths.models_dir, device, data_cfg.layout)
         # seeded again here: the adapters' initial weights depend on trainer.seed alone, not on
         # whether load() had to build the tiny model first (which draws from the same generator)
         set_seed(t.seed)
-        model = adapt(model, objs["lora"])
+        model = adapt(model, family, objs["lora"])
         if t.gradient_checkpointing:
             model.enable_input_require_grads()
         trainable, total = parameter_counts(model)
-        probe = Collator(processor, objs["prompt"], train=True)([test_rows[0]])
+        # what the model really sees of one example, as the family's processor makes it
+        seen = family.image_facts(processor, model, row_images(test_rows[0], data_cfg.layout), Collator(processor, family, objs["prompt"], True, data_cfg.layout)([test_rows[0]]))
         facts = {
-            "processed_resolution": processed_resolution(model, probe),
-            "image_tokens_per_sample": int((probe["input_ids"] == model.config.image_token_id).sum()) if hasattr(model.config, "image_token_id") else None,
+            "model_family": family.name,
+            "processed_resolution": seen.processed_pixels[0],
+            "image_tokens_per_sample": seen.image_tokens,
+            "images": asdict(seen),
             "source_image_size": list(test_rows[0]["image"].size),
             "trainable_parameters": trainable,
             "total_parameters": total,
@@ -303,13 +309,13 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         tracker.summary({f"chance/{k}": v for k, v in levels["prior"].items()} | {f"chance/uniform/{k}": v for k, v in levels["uniform"].items()})
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
-        trial = Trial(t, objs["prompt"], records, tracker, processor, test_rows, sample_ids, cfg.sweep_metric)
+        trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
         trainer = Trainer(
             model=model,
             args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
             train_dataset=dsd["train"],
             eval_dataset=test,
-            data_collator=Collator(processor, objs["prompt"], train=True),
+            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout),
             callbacks=[trial, stopper],
         )
         facts["distributed_backend"] = gpus.distributed_backend()

@@ -270,15 +270,17 @@ def _open(path: Path) -> Image.Image:
 def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
     rel = str(e.file.relative_to(root))
     source = None
+    meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
     if e.reference is not None and cfg.stack_reference:
         cand, ref = _open(e.file), _open(e.reference)
         ref = ref.resize((cand.width, max(1, round(ref.height * cand.width / ref.width))), Image.BICUBIC)
-        image = store.encode(stack(ref, cand, gap=max(2, cand.width // 100)), "PNG")  # WebP stops at 16383 pixels
+        gap = max(2, cand.width // 100)
+        image = store.encode(stack(ref, cand, gap=gap), "PNG")  # WebP stops at 16383 pixels
+        meta["stack"] = {"top": ref.height, "gap": gap}  # where data.layout=separate splits the pair
     else:
         image = _as_stored(e.file)
         if e.reference is not None:
             source = _as_stored(e.reference)
-    meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
     return {
         "id": rel,
         "task": "custom",

@@ -83,7 +83,9 @@ def plain(obj):
 def cache_key(cfg, content_digest: str = "") -> str:
     """Hash of what determines the bytes: the config, the drawing code, the encoders' versions."""
     h = hashlib.sha256()
-    h.update(json.dumps(plain(cfg), sort_keys=True).encode())
+    spec = plain(cfg)
+    spec.pop("layout", None)  # how the model is shown a row (vlmqc/data/layout.py), not what is stored
+    h.update(json.dumps(spec, sort_keys=True).encode())
     here = Path(__file__).parent
     for name in _SOURCES:
         h.update((here / name).read_bytes())

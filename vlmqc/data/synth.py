@@ -195,9 +195,11 @@ def render_pair(cfg: PairConfig, spec: dict) -> dict:
     params = {cell_index(d["position"]): {"type": d["type"], **defect_params(DefectType(d["type"]), rng)} for d in spec["defects"]}
     reference, d_ref = render_board(cfg, look, shape, rng)
     candidate, d_cand = render_board(cfg, look, shape, rng, defects=params)
-    pair = stack(reference, candidate, pair_gap(cfg.render.width))
+    gap = pair_gap(cfg.render.width)
+    pair = stack(reference, candidate, gap)
     meta = {
         "look": spec["look"],
+        "stack": {"top": reference.height, "gap": gap},  # where data.layout=separate splits the pair
         "nuisance": {"reference": d_ref.as_dict(), "candidate": d_cand.as_dict()},
         "defects": {d["position"]: {k: v for k, v in params[cell_index(d["position"])].items() if k != "type"} for d in spec["defects"]},
     }

@@ -1,0 +1,109 @@
+"""LLaVA (1.5): a CLIP tower of one fixed resolution, an MLP projector, a Llama language model.
+
+Its tiny model (``model=tiny``, ``model.random=llava``) is a real LLaVA with random weights and
+the offline tokenizer: built once per resolution, since a CLIP tower is built for one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from vlmqc.config import ConfigError, ModelConfig
+from vlmqc.models import offline
+from vlmqc.models.family import Family
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN, "<|user|>", "<|assistant|>"]
+# User turn: images then text; assistant turn: text then </s>. The assistant marker is a special
+# token, so the prompt alone always tokenizes to a prefix of prompt + answer.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '<|user|>\\n' }}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ '\\n' }}"
+    "{% else %}{{ '<|assistant|>\\n' }}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ '</s>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+class Llava(Family):
+    name = "llava"
+    model_types = ("llava",)
+    multi_image = False  # LLaVA-1.5 was trained on one image per conversation
+    parts = {"projector": r"multi_modal_projector", "vision": r"vision_tower", "language": r"language_model"}
+
+    def set_image_size(self, processor, model, size: int) -> None:
+        native = model.config.vision_config.image_size
+        if native != size:
+            raise ConfigError(
+                f"image_size.size={size}: this llava model's vision tower was built for {native} x {native} pixels (a fixed size); use image_size=native or {native}"
+            )
+        ip = processor.image_processor
+        ip.size = {"height": size, "width": size}
+        ip.do_center_crop = False  # the whole image, not its centre square
+
+    def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
+        size = size or cfg.tiny.native_size
+        # the key as before the models package: existing tiny models are reused
+        return f"tiny-{size}px-{offline.key({'tiny': asdict(cfg.tiny), 'size': size, 'template': CHAT_TEMPLATE})}"
+
+    def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        t = cfg.tiny
+        size = size or t.native_size
+        tokenizer = offline.tokenizer(
+            t.vocab_size, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}
+        )
+        # PIL processor: no torchvision needed; the whole image is resized to the square input
+        image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size})
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=t.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+            image_token=IMAGE_TOKEN,
+        )
+        heads = max(1, t.text_hidden // 16)
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(
+                hidden_size=t.vision_hidden,
+                intermediate_size=4 * t.vision_hidden,
+                num_hidden_layers=t.vision_layers,
+                num_attention_heads=max(1, t.vision_hidden // 16),
+                image_size=size,
+                patch_size=t.patch_size,
+                projection_dim=t.vision_hidden,
+                initializer_range=t.init_std,
+            ),
+            text_config=LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=t.text_hidden,
+                intermediate_size=4 * t.text_hidden,
+                num_hidden_layers=t.text_layers,
+                num_attention_heads=heads,
+                num_key_value_heads=max(1, heads // 2),
+                max_position_embeddings=4096,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                initializer_range=t.init_std,
+            ),
+            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+            initializer_range=t.init_std,
+        )
+        torch.manual_seed(t.seed)
+        model = LlavaForConditionalGeneration(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(path)
+        processor.save_pretrained(path)

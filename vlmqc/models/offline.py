@@ -1,0 +1,75 @@
+"""What every family's tiny random model is built from, offline: the tokenizer and the atomic build.
+
+A family's builder trains ``tokenizer`` with its special tokens, writes a checkpoint into the
+folder ``built`` hands it, and keys that folder with ``key`` of what it is built from; nothing
+here needs a network, a GPU or torchvision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import transformers
+
+from vlmqc.labels import DEFECT_NAMES, POSITIONS
+
+# What the tiny tokenizers are trained on: the words of instructions and answers, in English
+# and Japanese. Any other text still encodes, byte by byte.
+CORPUS = [
+    "The image holds two images. Coordinates are printed: 1 to 9 across, U, C, D down.",
+    "Compare the top and the bottom product position by position. The top product passed inspection.",
+    "Does the bottom product pass, or is it defective? If defective, say where and what the defect is.",
+    "The bottom product passed. The bottom product is defective: ",
+    "Find the red star among the other marks and answer its coordinate. The red star is at ",
+    "The image shows where a candidate differs from a passed reference.",
+    '{"verdict": "pass"} {"verdict": "defective", "defects": [{"position": "C5", "type": "missing"}]} {"position": "U3"}',
+    "上の製品は合格品です。下の製品は合格ですか、不良ですか。不良なら位置と不良の種類を答えてください。",
+    "座標は横に1から9、縦にU、C、Dです。赤い星の位置を答えてください。合格 不良 端子欠落 端子ずれ 形状違い 端子焦げ 異物 端子変形",
+    " ".join(POSITIONS),
+    " ".join(DEFECT_NAMES.values()),
+]
+
+
+def key(spec: dict) -> str:
+    """A built model's cache key: what it is built from, the library that builds it, the corpus."""
+    spec = {**spec, "transformers": transformers.__version__, "corpus": CORPUS}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def built(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, built by ``build`` into a temporary folder and renamed into place, unless it is there."""
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same build first
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
+    """A byte-level BPE trained on ``CORPUS``; ``kwargs`` name its special tokens' roles."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **kwargs)
