@@ -361,6 +361,11 @@ class ModelConfig:
     trust_remote_code: bool = False  # only a model config that needs it sets it
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; null = the library's choice
+    family: str | None = None  # the model family (vlmqc.models) of the published checkpoint a preset names, for vlmqc.inspect
+    # the published checkpoint's processor settings (patch and merge size, pixel budget, tile size,
+    # crops, image token count...: published facts), from which vlmqc.inspect builds the family's
+    # processor offline, with no weights; keys are the family's (Family.offline_processor)
+    processor: dict[str, Any] = field(default_factory=dict)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     qwen2_vl: Qwen2VLModelConfig = field(default_factory=Qwen2VLModelConfig)
 

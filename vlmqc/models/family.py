@@ -137,3 +137,14 @@ class Family:
     def tiny_config(self) -> ModelConfig:
         """The model config of this family's tiny model, as the tests train it."""
         return ModelConfig(name=f"tiny_{self.name}", random=self.name)
+
+    # ---------------------------------------------------------------------------- what it sees, without weights
+
+    def offline_processor(self, facts: dict):
+        """``(processor, model config)`` of a published checkpoint, for ``vlmqc.inspect``: the
+        family's processor class built offline from a preset's ``model.processor`` facts (patch and
+        merge size, pixel budget, tile size, crops, ...) with the offline tokenizer and the family's
+        special tokens, and a transformers config (no weights) carrying what ``set_image_size`` and
+        ``image_facts`` read from ``model.config``. Image tokens and pixels are then exactly the
+        published processor's; text tokens are the offline tokenizer's count, an estimate."""
+        raise NotImplementedError(f"the {self.name} family cannot be inspected offline yet")
