@@ -425,7 +425,9 @@ def test_valid_folder_loads_both_splits_with_ids_and_labels(valid):
     assert rows["cand/0005.png"]["verdict"] == "" and rows["cand/0005.png"]["answer"] == "Defective: C5 burnt terminal."
     assert all(r["task"] == "custom" for r in rows.values())
     meta = json.loads(rows["cand/0001.png"]["meta"])
-    assert meta == {"file": "cand/0001.png", "line": 1, "reference": "ref/0001.png"}
+    # the reference (128 x 80) stacked above the candidate at the candidate's width, 2 pixels apart:
+    # where data.layout=separate cuts the pair again
+    assert meta == {"file": "cand/0001.png", "line": 1, "reference": "ref/0001.png", "stack": {"top": 80 * SIZE[0] // 128, "gap": 2}}
 
 
 def test_reference_is_stacked_on_top_of_the_candidate(valid):
