@@ -18,7 +18,6 @@ from vlmqc.models import offline
 from vlmqc.models.qwen2_vl import TEMPLATE, Qwen2VL, save, token_ids, tokenizer
 
 
-
 class _ImagesOnlyProcessor(Qwen2_5_VLProcessor):
     """Qwen2_5_VLProcessor without its video processor, which transformers builds only with torchvision
     (the attributes are read from this signature; images and text behave as in the full class)."""

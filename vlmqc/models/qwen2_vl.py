@@ -160,7 +160,11 @@ class Qwen2VL(Family):
         image_processor = Qwen2VLImageProcessorPil(**{k: dict(v) if k == "size" else v for k, v in facts.items()})
         tok = tokenizer(1024, self.template)
         processor = self.images_only(image_processor=image_processor, tokenizer=tok, chat_template=self.template)
-        vision = {"patch_size": image_processor.patch_size, "spatial_merge_size": image_processor.merge_size, "temporal_patch_size": image_processor.temporal_patch_size}
+        vision = {
+            "patch_size": image_processor.patch_size,
+            "spatial_merge_size": image_processor.merge_size,
+            "temporal_patch_size": image_processor.temporal_patch_size,
+        }
         return processor, self.config_class(vision_config=vision, **token_ids(tok))
 
     def image_facts(self, processor, model, images, batch) -> ImageFacts:
