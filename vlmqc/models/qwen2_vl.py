@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLProcessor
@@ -48,6 +49,46 @@ class _ImagesOnlyProcessor(Qwen2VLProcessor):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
+# what a preset's model.processor may say: the keys of the published preprocessor_config.json that
+# set what the model sees (Qwen2-VL and Qwen2.5-VL name the pixel budget min_pixels / max_pixels,
+# Qwen3-VL size: {shortest_edge, longest_edge}; the image processor takes either)
+FACTS = ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels", "size", "image_mean", "image_std")
+
+
+def tokenizer(vocab_size: int, template: str):
+    """The offline BPE with Qwen's special tokens, roles and chat ``template``."""
+    tok = offline.tokenizer(
+        vocab_size,
+        TOKENS,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    tok.chat_template = template
+    return tok
+
+
+def token_ids(tok) -> dict[str, int]:
+    """The ids a Qwen-VL config names: image, video, vision start and end."""
+    ids = {t: tok.convert_tokens_to_ids(t) for t in TOKENS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def save(path: Path, model, tok, image_processor, template: str) -> None:
+    """The files of a published Qwen-VL checkpoint: AutoProcessor assembles the processor from them."""
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, tok.pad_token_id]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(template)
+
+
 def config(cfg: Qwen2VLModelConfig, token_ids: dict[str, int]) -> Qwen2VLConfig:
     """The transformers config of a random Qwen2-VL, given the ids of ``TOKENS``."""
     t, v = cfg.text, cfg.vision
@@ -75,20 +116,28 @@ class Qwen2VL(Family):
     model_types = ("qwen2_vl",)
     multi_image = True
     parts = {"projector": r"visual\.merger", "vision": r"visual\.", "language": r"language_model"}
+    # what differs between Qwen2-VL, Qwen2.5-VL and Qwen3-VL (qwen2_5_vl.py, qwen3_vl.py subclass this)
+    config_class: ClassVar[type] = Qwen2VLConfig
+    images_only: ClassVar[type] = _ImagesOnlyProcessor  # the processor class without its video half
+    template: ClassVar[str] = TEMPLATE
+
+    def random_min_pixels(self, cfg: ModelConfig) -> tuple[str, int]:
+        """The random model's pixel floor, and the key that sets it."""
+        return "model.qwen2_vl.min_pixels", cfg.qwen2_vl.min_pixels
 
     def check(self, cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None:
         super().check(cfg, image_size, layout)
         if cfg.path is None and image_size.size is not None:
-            lowest = cfg.qwen2_vl.min_pixels  # the built processor's floor
+            key, lowest = self.random_min_pixels(cfg)  # the built processor's floor
             if image_size.size * image_size.size < lowest:
                 raise ConfigError(
-                    f"image_size.size={image_size.size}: the Qwen2-VL processor scales every image up to model.qwen2_vl.min_pixels ({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}"
+                    f"image_size.size={image_size.size}: the {self.name} processor scales every image up to {key} ({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}"
                 )
 
     def load_processor(self, path: str, trust_remote_code: bool):
         # a trial uses images and text only: without torchvision, the processor without its video half
         if not is_torchvision_available():
-            return _ImagesOnlyProcessor.from_pretrained(path)
+            return self.images_only.from_pretrained(path)
         return super().load_processor(path, trust_remote_code)
 
     def set_image_size(self, processor, model, size: int) -> None:
@@ -97,9 +146,26 @@ class Qwen2VL(Family):
         lowest = ip.size["shortest_edge"]
         if size * size < lowest:
             raise ConfigError(
-                f"image_size.size={size}: this qwen2_vl processor scales every image up to at least {lowest} pixels (min_pixels); use a size >= {math.isqrt(lowest - 1) + 1}"
+                f"image_size.size={size}: this {self.name} processor scales every image up to at least {lowest} pixels (min_pixels); use a size >= {math.isqrt(lowest - 1) + 1}"
             )
         ip.size = {"shortest_edge": lowest, "longest_edge": size * size}
+
+    def offline_processor(self, facts: dict):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        unknown = sorted(set(facts) - set(FACTS))
+        if unknown:
+            raise ConfigError(f"model.processor: {', '.join(unknown)} unknown to the {self.name} family; it reads {', '.join(FACTS)}")
+        # every Qwen-VL processor is Qwen2-VL's image processor with the checkpoint's patch, merge and budget
+        image_processor = Qwen2VLImageProcessorPil(**{k: dict(v) if k == "size" else v for k, v in facts.items()})
+        tok = tokenizer(1024, self.template)
+        processor = self.images_only(image_processor=image_processor, tokenizer=tok, chat_template=self.template)
+        vision = {
+            "patch_size": image_processor.patch_size,
+            "spatial_merge_size": image_processor.merge_size,
+            "temporal_patch_size": image_processor.temporal_patch_size,
+        }
+        return processor, self.config_class(vision_config=vision, **token_ids(tok))
 
     def image_facts(self, processor, model, images, batch) -> ImageFacts:
         # pixel_values are flattened patches; image_grid_thw is each image's patch grid
@@ -120,14 +186,7 @@ class Qwen2VL(Family):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         q = cfg.qwen2_vl
-        tokenizer = offline.tokenizer(
-            q.tokenizer_vocab_size,
-            TOKENS,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        )
-        tokenizer.chat_template = TEMPLATE
+        tok = tokenizer(q.tokenizer_vocab_size, TEMPLATE)
         # PIL processor: no torchvision needed. Images keep their aspect ratio within the pixel budget.
         v = q.vision
         image_processor = Qwen2VLImageProcessorPil(
@@ -138,14 +197,8 @@ class Qwen2VL(Family):
         )
         torch.manual_seed(q.seed)
         # random weights lose nothing in bf16, which halves the 2B model on disk; a GPU trial loads bf16 anyway
-        model = AutoModelForImageTextToText.from_config(config(q, {t: tokenizer.convert_tokens_to_ids(t) for t in TOKENS}), dtype=torch.bfloat16)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
-        model.save_pretrained(path)
-        # the files of a published Qwen2-VL checkpoint: AutoProcessor assembles Qwen2VLProcessor from them
-        tokenizer.save_pretrained(path)
-        image_processor.save_pretrained(path)
-        (path / "chat_template.jinja").write_text(TEMPLATE)
+        model = AutoModelForImageTextToText.from_config(config(q, {t: tok.convert_tokens_to_ids(t) for t in TOKENS}), dtype=torch.bfloat16)
+        save(path, model, tok, image_processor, TEMPLATE)
 
     def tiny_config(self) -> ModelConfig:
         # model.tiny's sizes in Qwen2-VL's shape block; mrope_section sums to half the head size (16 / 2)
