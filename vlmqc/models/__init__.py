@@ -29,7 +29,7 @@ from vlmqc.models.family import Family, ImageFacts
 __all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "random_checkpoint", "resolve_dtype"]
 
 # one module per family, each defining one Family subclass; imported on first use, not at import time
-FAMILY_MODULES = ("llava", "qwen2_vl")
+FAMILY_MODULES = ("llava", "qwen2_vl", "internvl")
 
 _families: dict[str, Family] = {}
 
