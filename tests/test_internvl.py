@@ -32,7 +32,15 @@ def tiny(models_dir):
 
 def pair(verdict="defective", size=(448, 386)):
     defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects, "target": "", "answer": ""}
+    return {
+        "id": f"t-{verdict}",
+        "task": "pair",
+        "image": Image.new("RGB", size, (120, 130, 140)),
+        "verdict": verdict,
+        "defects": defects,
+        "target": "",
+        "answer": "",
+    }
 
 
 @pytest.mark.parametrize("size, tiles", [(64, 1), (96, 2), (128, 4), (200, 9)])

@@ -37,7 +37,15 @@ def tiny(models_dir):
 
 def pair(verdict="defective", size=(448, 386)):
     defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects, "target": "", "answer": ""}
+    return {
+        "id": f"t-{verdict}",
+        "task": "pair",
+        "image": Image.new("RGB", size, (120, 130, 140)),
+        "verdict": verdict,
+        "defects": defects,
+        "target": "",
+        "answer": "",
+    }
 
 
 def test_the_tiny_model_is_remote_code_loaded_from_its_own_files(tiny):

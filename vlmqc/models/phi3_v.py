@@ -80,7 +80,9 @@ class Phi3V(Family):
     def set_image_size(self, processor, model, size: int) -> None:
         ip = processor.image_processor
         if not hasattr(ip, "num_crops"):
-            raise ConfigError(f"image_size.size={size}: this {self.name} processor ({type(ip).__name__}) has no num_crops (HD crops) to set; use image_size=native")
+            raise ConfigError(
+                f"image_size.size={size}: this {self.name} processor ({type(ip).__name__}) has no num_crops (HD crops) to set; use image_size=native"
+            )
         crops = size * size // (CROP * CROP)
         if crops < 1:
             raise ConfigError(
@@ -140,7 +142,9 @@ class Phi3V(Family):
 
         t = cfg.tiny
         size = size or t.native_size
-        tokenizer = offline.tokenizer(t.vocab_size, TOKENS, bos_token="<s>", eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": "<image>"})
+        tokenizer = offline.tokenizer(
+            t.vocab_size, TOKENS, bos_token="<s>", eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": "<image>"}
+        )
         tokenizer.chat_template = TEMPLATE
         image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size})
         processor = LlavaProcessor(

@@ -83,7 +83,9 @@ class Phi4Multimodal(Family):
             raise ConfigError("phi4_multimodal: transformers' Phi-4 image processor needs torchvision, which is not installed here")
         from transformers.models.phi4_multimodal.image_processing_phi4_multimodal import Phi4MultimodalImageProcessor
 
-        tokenizer = offline.tokenizer(1024, TOKENS, eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": IMAGE, "audio_token": AUDIO})
+        tokenizer = offline.tokenizer(
+            1024, TOKENS, eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": IMAGE, "audio_token": AUDIO}
+        )
         tokenizer.chat_template = TEMPLATE
         crop = facts["crop_size"]
         image_processor = Phi4MultimodalImageProcessor(size={"height": crop, "width": crop}, patch_size=facts["patch_size"], dynamic_hd=facts["dynamic_hd"])
