@@ -3,7 +3,7 @@
     from vlmqc.models import load, adapt
     model, processor, family, path = load(cfg.model, cfg.image_size, models_dir, "cuda")
 
-The loader reads the checkpoint's ``model_type`` (``AutoConfig``) and hands the checkpoint to the
+The loader reads the checkpoint's ``model_type`` (its config.json, as data) and hands the checkpoint to the
 family registered for it (``vlmqc/models/<family>.py``, a ``Family`` subclass, see family.py): a
 real checkpoint (``model.path=<folder or hub id>``) and a tiny random model built offline
 (``model.random=<family>``) take the same path. A family is registered by naming its module in
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from transformers import AutoConfig
+from transformers import PretrainedConfig
 
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, LoraTarget, ModelConfig
 from vlmqc.models import offline
@@ -29,7 +29,7 @@ from vlmqc.models.family import Family, ImageFacts
 __all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "random_checkpoint", "resolve_dtype"]
 
 # one module per family, each defining one Family subclass; imported on first use, not at import time
-FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3")
+FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v")
 
 _families: dict[str, Family] = {}
 
@@ -60,8 +60,9 @@ def _random_family(cfg: ModelConfig) -> Family:
     return families()[cfg.random]
 
 
-def _model_type(path: str, trust_remote_code: bool) -> str:
-    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+def _model_type(path: str) -> str:
+    # config.json as data (a local folder or a hub id): no remote code runs before the family's checks
+    return PretrainedConfig.get_config_dict(path)[0].get("model_type")
 
 
 def check(cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None:
@@ -94,7 +95,7 @@ def load(
 ) -> tuple[torch.nn.Module, object, Family, str]:
     """The model, its processor set to the requested resolution, its family, and the path loaded."""
     path = str(random_checkpoint(cfg, image_size.size, models_dir)) if cfg.path is None else cfg.path
-    family = family_for(_model_type(path, cfg.trust_remote_code))
+    family = family_for(_model_type(path))
     family.check(cfg, image_size, layout)
     processor = family.load_processor(path, cfg.trust_remote_code)
     kwargs = {"dtype": resolve_dtype(cfg.dtype, device)}
