@@ -131,7 +131,7 @@ def precision_bytes(precision: Precision, device: str) -> tuple[Precision, int]:
     return precision, BYTES[precision]
 
 
-def inspect(objs: dict, cfg: DictConfig, rows_data: list[dict]) -> tuple[list[Row], list[str]]:
+def inspect(objs: dict, models_dir: str, rows_data: list[dict]) -> tuple[list[Row], list[str]]:
     """The table's rows for every requested size, and one line per size saying where its processor came from."""
     sizes = [objs["image_size"]] if objs["image_size"] is not None else image_size_options()
     lora = objs["lora"]
@@ -141,7 +141,7 @@ def inspect(objs: dict, cfg: DictConfig, rows_data: list[dict]) -> tuple[list[Ro
     rows, origins = [], []
     for size in sizes:
         try:
-            family, processor, config, origin = source(objs["model"], size, cfg.paths.models_dir)
+            family, processor, config, origin = source(objs["model"], size, models_dir)
         except ConfigError as e:
             if objs["image_size"] is not None:
                 raise
@@ -190,7 +190,7 @@ def main(cfg: DictConfig) -> None:
         dsd, _ = get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=cfg.num_workers)
         test = dsd["test"]
         rows_data = list(test.select(range(min(cfg.examples, len(test)))))
-        rows, origins = inspect(objs, cfg, rows_data)
+        rows, origins = inspect(objs, cfg.paths.models_dir, rows_data)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
