@@ -642,7 +642,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     from vlmqc import models  # here: the families' checks, without loading a model
 
     models.check(model, size, data.layout)
-    if app is InspectAppConfig and model.random is None and not os.path.isdir(model.path):
+    if app is InspectAppConfig and model.path is not None and not os.path.isdir(model.path):
         # no checkpoint on disk: the processor is built offline from the preset's published facts
         _check(model.family in models.families(), "model.family", model.family, f"must name the family of {model.path} to inspect it without its files (families: {', '.join(sorted(models.families()))})")
         family = models.families()[model.family]
