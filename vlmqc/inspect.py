@@ -42,7 +42,6 @@ Exit status: 0, or 2 on a config error (named on stderr), before any dataset is 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
@@ -178,7 +177,7 @@ def table(rows: list[Row], batch_size: int) -> str:
                       str(r.sequence - f.image_tokens), str(r.sequence), _mib(r.activation_bytes), _mib(r.activation_bytes * batch_size)])
     full = [line for line in lines if len(line) == len(header)]
     widths = [max(len(x[i]) for x in [header, *full]) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
     out = [fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(line) if len(line) == len(header) else "  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]), line[2]]) for line in lines]
     return "\n".join(out)
