@@ -550,6 +550,21 @@ class TrainAppConfig:
     num_workers: int = 2  # dataset generation processes
 
 
+@dataclass
+class InspectAppConfig:
+    """``python -m vlmqc.inspect``: what the model sees of a few examples, and what it costs."""
+
+    data: Any = MISSING
+    model: ModelConfig = MISSING
+    prompt: PromptConfig = MISSING
+    lora: LoraConfig = MISSING  # whether the vision tower keeps activations for backward
+    image_size: ImageSizeConfig | None = None  # null: every option of conf/image_size
+    trainer: TrainerConfig = MISSING  # batch size and precision of the memory estimate
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    examples: int = 3  # test examples shown, the first ones
+    num_workers: int = 2  # dataset generation processes
+
+
 DATA_SCHEMAS = {
     "star": StarConfig,
     "pair": PairConfig,
@@ -564,6 +579,7 @@ def register() -> None:
     cs.store(name="data_app_schema", node=DataAppConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
     cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(name="inspect_schema", node=InspectAppConfig)
     for group, schema in (("prompt", PromptConfig), ("model", ModelConfig), ("lora", LoraConfig), ("image_size", ImageSizeConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig)):
         cs.store(group=group, name=f"{group}_schema", node=schema)
     for task, schema in DATA_SCHEMAS.items():
@@ -584,6 +600,7 @@ def to_object(node: DictConfig, key: str) -> Any:
 
 TRAIN_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "logger", "paths")
 DATA_APP_GROUPS = ("data", "paths", "contact_sheet")
+INSPECT_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "paths")
 # a hub id as the hub spells it, org/name; a local path is anything that exists as a folder
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
@@ -597,19 +614,22 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     checked for its shape.
     """
     app = OmegaConf.get_type(cfg)
-    groups = TRAIN_GROUPS if app is TrainAppConfig else DATA_APP_GROUPS
-    objs = {group: to_object(cfg[group], group) for group in groups}
+    groups = {TrainAppConfig: TRAIN_GROUPS, InspectAppConfig: INSPECT_GROUPS}.get(app, DATA_APP_GROUPS)
+    objs = {group: None if cfg[group] is None else to_object(cfg[group], group) for group in groups}
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "must be >= 0")
     data = objs["data"]
     if isinstance(data, CustomConfig):
         # as vlmqc/data/custom.py reads it
         _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
-    if app is not TrainAppConfig:
+    if app is DataAppConfig:
         return objs
-    from vlmqc.records import METRICS  # here: records imports prompts, which imports this module
+    if app is TrainAppConfig:
+        from vlmqc.records import METRICS  # here: records imports prompts, which imports this module
 
-    _check(cfg.sweep_metric in METRICS, "sweep_metric", cfg.sweep_metric, f"must be one of the metrics: {', '.join(METRICS)}")
-    model, size = objs["model"], objs["image_size"]
+        _check(cfg.sweep_metric in METRICS, "sweep_metric", cfg.sweep_metric, f"must be one of the metrics: {', '.join(METRICS)}")
+    else:
+        _check(1 <= cfg.examples <= 100, "examples", cfg.examples, "must be between 1 and 100")
+    model, size = objs["model"], objs["image_size"] or ImageSizeConfig(name="native")
     if model.path is not None and not os.path.isdir(model.path):
         # transformers reads "~" and "./x" as hub ids, so a path the shell did not expand fails late
         looks_local = model.path.startswith(("/", ".", "~")) or "\\" in model.path
@@ -622,6 +642,14 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     from vlmqc import models  # here: the families' checks, without loading a model
 
     models.check(model, size, data.layout)
+    if app is InspectAppConfig and model.path is not None and not os.path.isdir(model.path):
+        # no checkpoint on disk: the processor is built offline from the preset's published facts
+        _check(model.family in models.families(), "model.family", model.family, f"must name the family of {model.path} to inspect it without its files (families: {', '.join(sorted(models.families()))})")
+        family = models.families()[model.family]
+        _check(type(family).offline_processor is not models.Family.offline_processor, "model.family", model.family,
+               "this family cannot be inspected offline yet (it has no offline_processor); give model.path=<a local checkpoint folder>")
+        _check(bool(model.processor), "model.processor", {}, f"must hold the published processor facts of {model.path}")
+        family.check(model, size, data.layout)
     return objs
 
 

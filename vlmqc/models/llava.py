@@ -132,3 +132,34 @@ class Llava(Family):
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(path)
         processor.save_pretrained(path)
+
+    def offline_processor(self, facts: dict):
+        # facts, as the checkpoint publishes them: image_size, patch_size (config.json's
+        # vision_config), crop_size and shortest_edge (preprocessor_config.json),
+        # vision_feature_select_strategy, num_additional_image_tokens (the CLS token), and the
+        # text_config / vision_config shapes the memory estimate reads. LLaVA-1.5's processor
+        # resizes the shortest edge to 336, then crops the centre 336 x 336: 24 x 24 = 576 tokens.
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        size, crop = facts["image_size"], facts.get("crop_size", facts["image_size"])
+        tokenizer = offline.tokenizer(1024, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN})
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": facts.get("shortest_edge", size)}, do_center_crop=facts.get("do_center_crop", True), crop_size={"height": crop, "width": crop}
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=facts["patch_size"],
+            vision_feature_select_strategy=facts.get("vision_feature_select_strategy", "default"),
+            num_additional_image_tokens=facts.get("num_additional_image_tokens", 1),
+            chat_template=CHAT_TEMPLATE,
+            image_token=IMAGE_TOKEN,
+        )
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(**{**facts.get("vision_config", {}), "image_size": size, "patch_size": facts["patch_size"]}),
+            text_config=LlamaConfig(**facts.get("text_config", {})),
+            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            vision_feature_select_strategy=facts.get("vision_feature_select_strategy", "default"),
+        )
+        return processor, config

@@ -1,0 +1,219 @@
+"""What the model sees, before any training: pixels, tiles, tokens and activation memory.
+
+    python -m vlmqc.inspect model=tiny data=star                          # every image_size option
+    python -m vlmqc.inspect model=qwen2_vl_2b_random data=pair_round image_size=448 examples=5
+    python -m vlmqc.inspect model=<preset> data=star trainer.batch_size=4 trainer.precision=bf16
+
+For the first ``examples`` test examples of the data and each image_size option (or the one
+given), one row: input pixels, processed pixels (one tile's, where tiled), tiles or crops, image
+tokens, text tokens, sequence length (prompt + answer, as the collator builds a training example),
+and the estimated activation memory per sample and per batch of ``trainer.batch_size``.
+
+The processor is the one a trial would use, set by the family's ``set_image_size``; the numbers
+are the family's ``image_facts``, which every trial also records in its summary (``facts``):
+  - ``model.path=<folder>``: the checkpoint's own processor (``family.load_processor``);
+  - ``model.random=<family>`` (``model=tiny``, ``model=qwen2_vl_2b_random``): the built folder;
+  - a preset naming a published checkpoint that is not on disk: the family's processor class built
+    offline from the preset's ``model.processor`` facts (``family.offline_processor``). Pixels,
+    tiles and image tokens are then the published processor's; text tokens are counted with the
+    small offline tokenizer, an estimate (the real tokenizer's count differs by a few tokens).
+
+Activation memory is an ESTIMATE of what the forward pass keeps for backward, per sample::
+
+    bytes = L * s * (8 h + 4 i) * b                      language model: L layers, s tokens, hidden
+                                                         h, MLP width i (SwiGLU); memory-efficient
+                                                         attention, so no s x s scores
+          + s * V * (b + 4)                              logits and the fp32 log-softmax of the loss
+          + Lv * n * (8 hv + 2 iv) * b                   vision tower (n patches, Lv layers, hidden hv,
+                                                         MLP iv), only where it trains (lora.target
+                                                         language_vision / all_linear, or full
+                                                         fine-tuning with lora.train_vision)
+
+b is 4 bytes in fp32 and 2 in bf16/fp16 (``trainer.precision``; auto as a trial resolves it on this
+machine). 8 h + 4 i counts per token the block's saved tensors: two norms' inputs and outputs, q, k,
+v and the attention output, and the MLP's gate, up, activation and product (after Korthikanti et
+al. 2022, "Reducing activation recomputation", adapted). Not counted: weights, gradients, optimizer
+state, LoRA dropout's copies of adapter inputs, padding to the longest sample of a batch (per batch
+is per sample times the batch size), gradient checkpointing (which keeps about one layer's worth).
+Checked once against the saved tensors measured on the tiny LLaVA (tests/test_inspect.py): 1.12x,
+on a model whose logits are half the total; not checked against a real checkpoint's GPU peak.
+Exit status: 0, or 2 on a config error (named on stderr), before any dataset is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from vlmqc import models
+from vlmqc.collate import Collator
+from vlmqc.config import CONF_DIR, ConfigError, ImageSizeConfig, LoraTarget, Precision, check_command_line, quote_numeric_options, validate
+from vlmqc.data import get_dataset
+from vlmqc.data.layout import images as row_images
+from vlmqc.models.family import ImageFacts
+
+log = logging.getLogger("vlmqc.inspect")
+
+BYTES = {Precision.fp32: 4, Precision.bf16: 2, Precision.fp16: 2}
+
+
+@dataclass
+class Row:
+    size: str  # the image_size option
+    example: str
+    facts: ImageFacts | None
+    sequence: int = 0
+    activation_bytes: int = 0
+    note: str = ""  # why a size cannot be shown
+
+
+def image_size_options() -> list[ImageSizeConfig]:
+    """Every option of conf/image_size, native first, then by size."""
+    options = []
+    for path in (CONF_DIR / "image_size").glob("*.yaml"):
+        node = OmegaConf.load(path)
+        options.append(ImageSizeConfig(name=str(node.name), size=node.get("size")))
+    return sorted(options, key=lambda o: (o.size is not None, o.size or 0))
+
+
+def source(model_cfg, size: ImageSizeConfig, models_dir: str):
+    """(family, processor, transformers config, where they came from) for one image size, the
+    processor set to it as a trial sets it (a ConfigError where the family cannot)."""
+    if model_cfg.path is None or os.path.isdir(model_cfg.path):
+        path = str(models.random_checkpoint(model_cfg, size.size, models_dir)) if model_cfg.path is None else model_cfg.path
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        family = models.family_for(config.model_type)
+        processor, origin = family.load_processor(path, model_cfg.trust_remote_code), path
+    else:
+        family = models.families()[model_cfg.family]
+        processor, config = family.offline_processor(model_cfg.processor)
+        origin = f"{model_cfg.path}: its processor built offline from model.processor (text tokens: offline tokenizer, an estimate)"
+    if size.size is not None:
+        family.set_image_size(processor, SimpleNamespace(config=config), size.size)
+    return family, processor, config, origin
+
+
+def _vision_shape(v) -> tuple[int, int, int]:
+    """Layers, hidden and MLP width of a vision tower config (CLIP/SigLIP names or Qwen's)."""
+    layers = getattr(v, "depth", None) or v.num_hidden_layers
+    hidden = getattr(v, "embed_dim", None) or v.hidden_size
+    mlp = getattr(v, "intermediate_size", None) or int(hidden * v.mlp_ratio)
+    return layers, hidden, mlp
+
+
+def activation_bytes(config, facts: ImageFacts, sequence: int, bytes_per_value: int, vision_trains: bool) -> int:
+    """The module docstring's estimate of one sample's activations kept for backward."""
+    t = config.get_text_config()
+    total = t.num_hidden_layers * sequence * (8 * t.hidden_size + 4 * t.intermediate_size) * bytes_per_value
+    total += sequence * t.vocab_size * (bytes_per_value + 4)
+    if vision_trains:
+        v = config.vision_config
+        layers, hidden, mlp = _vision_shape(v)
+        patch = v.patch_size
+        patches = sum(n * (h // patch) * (w // patch) for n, (h, w) in zip(facts.tiles, facts.processed_pixels, strict=True))
+        total += layers * patches * (8 * hidden + 2 * mlp) * bytes_per_value
+    return total
+
+
+def precision_bytes(precision: Precision, device: str) -> tuple[Precision, int]:
+    # as a trial resolves trainer.precision=auto (vlmqc/train.py): bf16 on a GPU that has it
+    if precision == Precision.auto:
+        cuda = device != "cpu" and torch.cuda.is_available()
+        precision = Precision.bf16 if cuda and torch.cuda.is_bf16_supported() else Precision.fp32
+    return precision, BYTES[precision]
+
+
+def inspect(objs: dict, models_dir: str, rows_data: list[dict]) -> tuple[list[Row], list[str]]:
+    """The table's rows for every requested size, and one line per size saying where its processor came from."""
+    sizes = [objs["image_size"]] if objs["image_size"] is not None else image_size_options()
+    lora = objs["lora"]
+    vision_trains = (lora.full and lora.train_vision) or (not lora.full and LoraTarget(lora.target) is not LoraTarget.language)
+    _, b = precision_bytes(objs["trainer"].precision, objs["trainer"].device)
+    layout = objs["data"].layout
+    rows, origins = [], []
+    for size in sizes:
+        try:
+            family, processor, config, origin = source(objs["model"], size, models_dir)
+        except ConfigError as e:
+            if objs["image_size"] is not None:
+                raise
+            rows.append(Row(size.name, "-", None, note=str(e)))
+            continue
+        origins.append(f"image_size={size.name}: {origin}")
+        collate = Collator(processor, family, objs["prompt"], True, layout)
+        for row in rows_data:
+            batch = collate([row])
+            facts = family.image_facts(processor, SimpleNamespace(config=config), row_images(row, layout), batch)
+            sequence = int(batch["attention_mask"].sum())
+            rows.append(Row(size.name, str(row["id"]), facts, sequence, activation_bytes(config, facts, sequence, b, vision_trains)))
+    return rows, origins
+
+
+def _pixels(pairs: list[list[int]]) -> str:
+    return " + ".join(f"{h}x{w}" for h, w in pairs)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def table(rows: list[Row], batch_size: int) -> str:
+    header = ["image_size", "example", "input px (HxW)", "processed px", "tiles", "image tok", "text tok", "sequence", "act/sample*", f"act/batch of {batch_size}*"]
+    lines = []
+    for r in rows:
+        if r.facts is None:
+            lines.append([r.size, r.example, f"cannot: {r.note}"])
+            continue
+        f = r.facts
+        lines.append([r.size, r.example, _pixels(f.input_pixels), _pixels(f.processed_pixels), "+".join(map(str, f.tiles)), str(f.image_tokens),
+                      str(r.sequence - f.image_tokens), str(r.sequence), _mib(r.activation_bytes), _mib(r.activation_bytes * batch_size)])
+    full = [line for line in lines if len(line) == len(header)]
+    widths = [max(len(x[i]) for x in [header, *full]) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
+    out = [fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(line) if len(line) == len(header) else "  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]), line[2]]) for line in lines]
+    return "\n".join(out)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="inspect")
+def main(cfg: DictConfig) -> None:
+    try:
+        objs = validate(cfg)
+        dsd, _ = get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=cfg.num_workers)
+        test = dsd["test"]
+        rows_data = list(test.select(range(min(cfg.examples, len(test)))))
+        rows, origins = inspect(objs, cfg.paths.models_dir, rows_data)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    t = objs["trainer"]
+    precision, _ = precision_bytes(t.precision, t.device)
+    print(f"model={objs['model'].name} data={objs['data'].name} layout={objs['data'].layout.value} prompt={objs['prompt'].name} lora={objs['lora'].name}")
+    for line in origins:
+        print(f"  {line}")
+    print(table(rows, t.batch_size))
+    print(f"* an estimate of the activations kept for backward at {precision.value}, not a measurement: "
+          "L*s*(8h+4i)*b + s*V*(b+4) [+ vision tower where it trains] (the formula: vlmqc/inspect.py, README)")
+
+
+def cli() -> None:
+    """Compose and validate first, so a config error exits 2 naming the key (Hydra's own exits 1)."""
+    sys.argv[1:] = quote_numeric_options(sys.argv[1:])  # image_size=448: the option named 448
+    try:
+        check_command_line("inspect", sys.argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()
