@@ -71,7 +71,7 @@ class Row:
     example: str
     facts: ImageFacts | None
     sequence: int = 0
-    activation_bytes: int = 0
+    activation_bytes: int | None = 0  # None: the model's shapes are not known (an offline preset without text_config)
     note: str = ""  # why a size cannot be shown
 
 
@@ -153,7 +153,10 @@ def inspect(objs: dict, models_dir: str, rows_data: list[dict]) -> tuple[list[Ro
             batch = collate([row])
             facts = family.image_facts(processor, SimpleNamespace(config=config), row_images(row, layout), batch)
             sequence = int(batch["attention_mask"].sum())
-            rows.append(Row(size.name, str(row["id"]), facts, sequence, activation_bytes(config, facts, sequence, b, vision_trains)))
+            # a preset built offline knows the model's shapes only if its facts carry config.json's text_config;
+            # the family's default config would be some other model's
+            shaped = objs["model"].path is None or os.path.isdir(objs["model"].path) or "text_config" in objs["model"].processor
+            rows.append(Row(size.name, str(row["id"]), facts, sequence, activation_bytes(config, facts, sequence, b, vision_trains) if shaped else None))
     return rows, origins
 
 
@@ -161,8 +164,8 @@ def _pixels(pairs: list[list[int]]) -> str:
     return " + ".join(f"{h}x{w}" for h, w in pairs)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
 def table(rows: list[Row], batch_size: int) -> str:
@@ -174,7 +177,7 @@ def table(rows: list[Row], batch_size: int) -> str:
             continue
         f = r.facts
         lines.append([r.size, r.example, _pixels(f.input_pixels), _pixels(f.processed_pixels), "+".join(map(str, f.tiles)), str(f.image_tokens),
-                      str(r.sequence - f.image_tokens), str(r.sequence), _mib(r.activation_bytes), _mib(r.activation_bytes * batch_size)])
+                      str(r.sequence - f.image_tokens), str(r.sequence), _mib(r.activation_bytes), _mib(None if r.activation_bytes is None else r.activation_bytes * batch_size)])
     full = [line for line in lines if len(line) == len(header)]
     widths = [max(len(x[i]) for x in [header, *full]) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
@@ -201,7 +204,8 @@ def main(cfg: DictConfig) -> None:
         print(f"  {line}")
     print(table(rows, t.batch_size))
     print(f"* an estimate of the activations kept for backward at {precision.value}, not a measurement: "
-          "L*s*(8h+4i)*b + s*V*(b+4) [+ vision tower where it trains] (the formula: vlmqc/inspect.py, README)")
+          "L*s*(8h+4i)*b + s*V*(b+4) [+ vision tower where it trains] (the formula: vlmqc/inspect.py, README)"
+          + ("; n/a: the preset's model.processor carries no text_config (config.json's shapes)" if any(r.facts and r.activation_bytes is None for r in rows) else ""))
 
 
 def cli() -> None:

@@ -46,31 +46,6 @@ class Llava(Family):
         ip.size = {"height": size, "width": size}
         ip.do_center_crop = False  # the whole image, not its centre square
 
-    def offline_processor(self, facts: dict):
-        """Facts: ``image_size`` (the CLIP tower's square input), ``patch_size``; the published
-        processor resizes the shortest edge and centre-crops, as here."""
-        from transformers import CLIPVisionConfig, LlavaConfig, LlavaProcessor
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-        size, patch = facts["image_size"], facts["patch_size"]
-        tokenizer = offline.tokenizer(1024, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN})
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True)
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=patch,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
-            image_token=IMAGE_TOKEN,
-        )
-        config = LlavaConfig(
-            vision_config=CLIPVisionConfig(image_size=size, patch_size=patch),
-            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-            vision_feature_select_strategy="default",
-        )
-        return processor, config
-
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         size = size or cfg.tiny.native_size
         # the key as before the models package: existing tiny models are reused

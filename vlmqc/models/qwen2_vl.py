@@ -153,19 +153,23 @@ class Qwen2VL(Family):
     def offline_processor(self, facts: dict):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        unknown = sorted(set(facts) - set(FACTS))
+        # the processor's keys as preprocessor_config.json publishes them, and the text_config /
+        # vision_config shapes of config.json that vlmqc.inspect's memory estimate reads
+        shapes = ("text_config", "vision_config")
+        unknown = sorted(set(facts) - set(FACTS) - set(shapes))
         if unknown:
-            raise ConfigError(f"model.processor: {', '.join(unknown)} unknown to the {self.name} family; it reads {', '.join(FACTS)}")
+            raise ConfigError(f"model.processor: {', '.join(unknown)} unknown to the {self.name} family; it reads {', '.join((*FACTS, *shapes))}")
         # every Qwen-VL processor is Qwen2-VL's image processor with the checkpoint's patch, merge and budget
-        image_processor = Qwen2VLImageProcessorPil(**{k: dict(v) if k == "size" else v for k, v in facts.items()})
+        image_processor = Qwen2VLImageProcessorPil(**{k: dict(v) if k == "size" else v for k, v in facts.items() if k not in shapes})
         tok = tokenizer(1024, self.template)
         processor = self.images_only(image_processor=image_processor, tokenizer=tok, chat_template=self.template)
         vision = {
+            **dict(facts.get("vision_config", {})),
             "patch_size": image_processor.patch_size,
             "spatial_merge_size": image_processor.merge_size,
             "temporal_patch_size": image_processor.temporal_patch_size,
         }
-        return processor, self.config_class(vision_config=vision, **token_ids(tok))
+        return processor, self.config_class(text_config=dict(facts.get("text_config", {})), vision_config=vision, **token_ids(tok))
 
     def image_facts(self, processor, model, images, batch) -> ImageFacts:
         # pixel_values are flattened patches; image_grid_thw is each image's patch grid
@@ -222,34 +226,3 @@ class Qwen2VL(Family):
             initializer_range=t.init_std,
         )
         return ModelConfig(name="tiny_qwen2_vl", random=self.name, qwen2_vl=shape)
-
-    def offline_processor(self, facts: dict):
-        # facts, as preprocessor_config.json publishes them: patch_size, merge_size,
-        # temporal_patch_size, min_pixels, max_pixels (Qwen2-VL-2B-Instruct: 14, 2, 2, 3136 = 56 x 56,
-        # 12845056 = 3584 x 3584); and the text_config / vision_config shapes (config.json) the
-        # memory estimate reads. Image tokens: (h / 28) x (w / 28) of the image resized to multiples
-        # of 28 within the budget.
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        tokenizer = offline.tokenizer(
-            1024, TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
-        )
-        tokenizer.chat_template = TEMPLATE
-        image_processor = Qwen2VLImageProcessorPil(
-            size={"shortest_edge": facts["min_pixels"], "longest_edge": facts["max_pixels"]},
-            patch_size=facts["patch_size"],
-            temporal_patch_size=facts.get("temporal_patch_size", 2),
-            merge_size=facts["merge_size"],
-        )
-        processor = _ImagesOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=TEMPLATE)
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in TOKENS}
-        vision = {**facts.get("vision_config", {}), "patch_size": facts["patch_size"], "spatial_merge_size": facts["merge_size"]}
-        config = Qwen2VLConfig(
-            text_config=facts.get("text_config", {}),
-            vision_config=vision,
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
-        )
-        return processor, config
