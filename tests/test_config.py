@@ -295,3 +295,10 @@ def test_run_and_launch_validate_every_group_before_touching_anything(tmp_path):
             entry()
     assert json.loads((run_dir / "summary.json").read_text()) == {"status": "completed"}
     assert not (tmp_path / "env-cache").exists()  # launch generated no dataset
+
+
+def test_a_prompt_without_two_image_wording_is_refused_only_for_the_separate_layout(tmp_path):
+    # a prompt recorded before layouts existed has no pair_separate: it still loads (rescore, predict)
+    validated(tmp_path, "data=pair_round", "model=qwen2_vl_2b_random", "prompt.pair_separate=null")
+    with pytest.raises(ConfigError, match=r"^prompt.pair_separate=None: required by data.layout=separate"):
+        validated(tmp_path, "data=pair_round", "data.layout=separate", "model=qwen2_vl_2b_random", "prompt.pair_separate=null")

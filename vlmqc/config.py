@@ -225,7 +225,9 @@ class PromptConfig:
 
     name: str = MISSING
     pair: str = MISSING  # instruction for a reference/candidate pair (and the custom task)
-    pair_separate: str = MISSING  # the same, the pair given as two images (data.layout=separate)
+    # the same, the pair given as two images (data.layout=separate); optional so that the prompt of a
+    # run recorded before layouts existed still loads (rescore, predict), required by that layout
+    pair_separate: str | None = None
     diff: str = MISSING  # instruction for the concentrated-anomaly image
     star: str = MISSING  # instruction for the star task
     format: AnswerFormat = AnswerFormat.text
@@ -238,7 +240,8 @@ class PromptConfig:
     defect_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        for key in ("pair", "pair_separate", "diff", "star", "answer_pass", "answer_star"):
+        _check(self.pair_separate is None or bool(self.pair_separate.strip()), "pair_separate", self.pair_separate, "must not be empty (or null)")
+        for key in ("pair", "diff", "star", "answer_pass", "answer_star"):
             _check(bool(getattr(self, key).strip()), key, getattr(self, key), "must not be empty")
         unknown = sorted(set(self.defect_names) - {t.value for t in DefectType})
         _check(not unknown, "defect_names", unknown, f"unknown defect type(s); known: {', '.join(t.value for t in DefectType)}")
@@ -642,6 +645,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     from vlmqc import models  # here: the families' checks, without loading a model
 
     models.check(model, size, data.layout)
+    if data.layout is Layout.separate and "prompt" in objs:
+        _check(objs["prompt"].pair_separate is not None, "prompt.pair_separate", None,
+               f"required by data.layout=separate: the {objs['prompt'].name} prompt has no wording for a pair given as two images")
     if app is InspectAppConfig and model.path is not None and not os.path.isdir(model.path):
         # no checkpoint on disk: the processor is built offline from the preset's published facts
         _check(model.family in models.families(), "model.family", model.family, f"must name the family of {model.path} to inspect it without its files (families: {', '.join(sorted(models.families()))})")

@@ -50,7 +50,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from vlmqc.config import AnswerFormat, PromptConfig
+from vlmqc.config import AnswerFormat, ConfigError, PromptConfig
 from vlmqc.labels import DEFECT_NAMES, POSITIONS, DefectType, Task, Verdict
 
 # Bump whenever parse_answer reads any answer differently: a run's facts record the version that
@@ -66,6 +66,8 @@ def instruction(cfg: PromptConfig, task: str, images: int = 1) -> str:
     gets the pair's, and a pair given as two images (data.layout=separate) gets ``pair_separate``."""
     task = Task(task)
     if task in (Task.pair, Task.custom):
+        if images == 2 and cfg.pair_separate is None:
+            raise ConfigError(f"prompt.pair_separate: the {cfg.name} prompt has no wording for a pair given as two images; set it, or use data.layout=stacked")
         return cfg.pair_separate if images == 2 else cfg.pair
     return getattr(cfg, task.value)
 
