@@ -72,7 +72,7 @@ def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_
     report = Path(out.stdout.strip())
     assert report == sweep / "report" / "report.html"
     text = report.read_text()
-    rows = re.findall(r'<tr class="row-(\w+)" data-dir="([^"]+)"', text)
+    rows = re.findall(r'<tr class="row-(\w+)[^"]*" data-dir="([^"]+)"', text)  # a row may also be marked below-chance
     assert sorted(status for status, _ in rows) == ["completed", "completed", "completed", "failed"]
     assert {Path(d).name for _, d in rows} == set(summaries(sweep))
     (failed,) = [r for r in summaries(sweep).values() if r["status"] == "failed"]
