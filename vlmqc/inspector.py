@@ -178,7 +178,9 @@ class Inspector:
                 raise InspectorError(f"reference {ref_name}: the trial's star task shows one image, without a reference")
             return {**row, "image": cand}
         if ref is not None and ref.size != cand.size:
-            raise InspectorError(f"reference {ref_name} is {ref.width}x{ref.height} pixels, the candidate {name} {cand.width}x{cand.height}: a pair must be of one size")
+            raise InspectorError(
+                f"reference {ref_name} is {ref.width}x{ref.height} pixels, the candidate {name} {cand.width}x{cand.height}: a pair must be of one size"
+            )
         if task is Task.custom:
             if ref is None:
                 return {**row, "image": cand}
@@ -190,7 +192,9 @@ class Inspector:
         if ref is None:  # an already stacked pair: split at the gap the pair task puts between equal halves
             top = (cand.height - gap) // 2
             if top < 1 or 2 * top + gap != cand.height:
-                raise InspectorError(f"candidate {name} ({cand.width}x{cand.height}) is not a stacked pair of two equal boards {gap} pixels apart; give its reference")
+                raise InspectorError(
+                    f"candidate {name} ({cand.width}x{cand.height}) is not a stacked pair of two equal boards {gap} pixels apart; give its reference"
+                )
             stacked, stack = cand, {"top": top, "gap": gap}
             ref, cand = stacked.crop((0, 0, stacked.width, top)), stacked.crop((0, top + gap, stacked.width, stacked.height))
         else:
@@ -235,15 +239,25 @@ class Inspector:
         out = []
         for start in range(0, len(candidates), batch_size):
             began = time.perf_counter()
-            rows = [self.row(c, r, i) for c, r, i in zip(candidates[start : start + batch_size], references[start : start + batch_size], ids[start : start + batch_size], strict=True)]
+            rows = [
+                self.row(c, r, i)
+                for c, r, i in zip(candidates[start : start + batch_size], references[start : start + batch_size], ids[start : start + batch_size], strict=True)
+            ]
             answers = predict(self.model, self.processor, self.family, self.trial.prompt, rows, len(rows), t.max_new_tokens, layout)
             seconds = (time.perf_counter() - began) / len(rows)
             for a in answers:
                 p = a["parsed"]
-                out.append({
-                    "id": a["id"], "verdict": p.verdict, "defects": [{"position": pos, "type": typ} for pos, typ in p.defects],
-                    "target": p.target, "answer": a["text"], "parsed": p.ok, "seconds": round(seconds, 4),
-                })
+                out.append(
+                    {
+                        "id": a["id"],
+                        "verdict": p.verdict,
+                        "defects": [{"position": pos, "type": typ} for pos, typ in p.defects],
+                        "target": p.target,
+                        "answer": a["text"],
+                        "parsed": p.ok,
+                        "seconds": round(seconds, 4),
+                    }
+                )
             if on_batch is not None:
                 on_batch(len(rows))
         return out

@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     if not items:
         return 0
     with tqdm(total=len(items), desc="predicting", unit="image", file=sys.stderr) as bar:
-        answers = inspector.predict([i["image"] for i in items], [i["reference"] for i in items], args.batch_size, ids=[str(i["image"]) for i in items], on_batch=bar.update)
+        answers = inspector.predict(
+            [i["image"] for i in items], [i["reference"] for i in items], args.batch_size, ids=[str(i["image"]) for i in items], on_batch=bar.update
+        )
     rows = []
     for item, a in zip(items, answers, strict=True):
         row = {"image": str(item["image"]), "reference": str(item["reference"]) if item["reference"] else None, **{k: v for k, v in a.items() if k != "id"}}
@@ -208,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if labelled:
         task = trial.task.value
         examples = [{"id": str(item["image"]), "task": task, **item["labels"]} for item, _ in labelled]
-        parsed = [Parsed(verdict=a["verdict"], defects=tuple((d["position"], d["type"]) for d in a["defects"]), target=a["target"], ok=a["parsed"], text=a["answer"]) for _, a in labelled]
+        parsed = [
+            Parsed(verdict=a["verdict"], defects=tuple((d["position"], d["type"]) for d in a["defects"]), target=a["target"], ok=a["parsed"], text=a["answer"])
+            for _, a in labelled
+        ]
         metrics = {f"eval/{k}": v for k, v in score(examples, parsed).items()}
         path = args.out.with_name(args.out.stem + ".metrics.json")
         write_json(path, {"run": str(args.run), "rows": len(labelled), "metrics": metrics})
