@@ -203,3 +203,17 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, 
         assert all(n in out.stderr for n in named), (named, error)
         assert "Traceback" not in out.stderr
         assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_full_fine_tuning_trial_answers_with_its_own_model_folder(tmp_path_factory):
+    from peft import PeftModel
+
+    from vlmqc.inspector import Inspector
+
+    run_dir = train(tmp_path_factory.mktemp("full"), "lora=full")
+    assert not (run_dir / "adapter").exists()
+    rows, test, _ = recorded(run_dir)
+    inspector = Inspector.load(run_dir, device="cpu")
+    assert not isinstance(inspector.model, PeftModel)
+    got = inspector.predict([r["image"] for r in test], ids=[r["id"] for r in test])
+    assert [g["answer"] for g in got] == [r.prediction for r in rows]
