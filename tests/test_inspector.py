@@ -16,10 +16,9 @@ from vlmqc.records import read_predictions, read_summary
 
 pytestmark = pytest.mark.slow  # each trains a tiny trial, or uses one
 
+SIZES = ["data.train_size=24", "data.test_size=8"]  # synthetic data's; a custom folder's are its own
 SHRINK = [
     "logger=none",
-    "data.train_size=24",
-    "data.test_size=8",
     "trainer.max_steps=6",
     "trainer.logging_steps=2",
     "trainer.save_steps=6",
@@ -29,8 +28,8 @@ SHRINK = [
 ]
 
 
-def train(tmp: Path, *overrides: str) -> Path:
-    out = run_app(tmp, "vlmqc.train", f"hydra.run.dir={tmp / 'run'}", *SHRINK, *overrides)
+def train(tmp: Path, *overrides: str, sizes: list[str] = SIZES) -> Path:
+    out = run_app(tmp, "vlmqc.train", f"hydra.run.dir={tmp / 'run'}", *SHRINK, *sizes, *overrides)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "run"
 
@@ -217,3 +216,23 @@ def test_full_fine_tuning_trial_answers_with_its_own_model_folder(tmp_path_facto
     assert not isinstance(inspector.model, PeftModel)
     got = inspector.predict([r["image"] for r in test], ids=[r["id"] for r in test])
     assert [g["answer"] for g in got] == [r.prediction for r in rows]
+
+
+def test_custom_trial_stacks_each_rows_reference_as_its_data_did(pair_trial, tmp_path_factory, tmp_path):
+    # a custom folder made of the pair trial's boards: candidate and reference files per row
+    _, test, summary = recorded(pair_trial)
+    train_rows = list(store.load(Path(summary["facts"]["dataset_path"]))["train"])
+    folder = tmp_path / "custom"
+    lines = []
+    for split, rows in (("train", train_rows), ("test", test)):
+        write_pairs(folder / split, rows, lambda r: halves(r["image"], r["meta"]))
+        lines += [{**json.loads(line), "split": split} for line in (folder / split / "metadata.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["file"], line["reference"] = f"{line['split']}/{line['file']}", f"{line['split']}/{line['reference']}"
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run_dir = train(tmp_path_factory.mktemp("custom"), "data=custom", f"data.path={folder}", sizes=[])
+    rows, _, _ = recorded(run_dir)
+    assert [r.id for r in rows] == [f"test/{r['id']}.png" for r in test]
+    out = predict_cli(tmp_path, str(run_dir), str(folder / "test" / "metadata.jsonl"), "--out", str(tmp_path / "p.jsonl"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [g["answer"] for g in rows_of(tmp_path / "p.jsonl")] == [r.prediction for r in rows]
