@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_app
 from PIL import Image
 
@@ -193,7 +194,10 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, 
         ([str(pair_trial), str(tmp_path / "cand.png"), "--reference", str(tmp_path / "small-ref.png")], [str(tmp_path / "small-ref.png"), "size"]),
         ([str(pair_trial), str(tmp_path / "meta" / "metadata.jsonl")], [f"{tmp_path / 'meta' / 'metadata.jsonl'}:2", "no image"]),
         ([str(star_trial), str(tmp_path / "cand.png"), "--reference", str(tmp_path / "cand.png")], ["star task"]),
+        ([str(star_trial), str(tmp_path / "cand.png"), "--merge", str(tmp_path / "meta")], ["--merge", str(tmp_path / "meta"), "not an empty folder"]),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([str(star_trial), str(tmp_path / "cand.png"), "--device", "cuda"], ["'cuda'", "no CUDA device"]))
     for args, named in cases:
         out_file = tmp_path / "out" / "p.jsonl"
         out = predict_cli(tmp_path, *args, "--out", str(out_file))

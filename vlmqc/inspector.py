@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlmqc.config import DATA_SCHEMAS, ConfigError, DiffConfig, ImageSizeConfig, LoraConfig, ModelConfig, PromptConfig, TrainerConfig, to_object
+from vlmqc.config import DATA_SCHEMAS, ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, PromptConfig, TrainerConfig, to_object
 from vlmqc.data import board, custom, diff, synth
 from vlmqc.labels import Task
 from vlmqc.models import load as load_model
@@ -142,6 +142,8 @@ class Inspector:
         trial = Trial.read(run_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise InspectorError(f"device {device!r}: no CUDA device is visible")
         layout = trial.data.layout
         if trial.full:
             model, processor, family, _ = load_model(replace(trial.model, path=str(trial.weights)), trial.image_size, trial.models_dir, device, layout)
@@ -158,7 +160,7 @@ class Inspector:
 
     # ------------------------------------------------------------------------------ inputs
 
-    def row(self, candidate: ImageInput, reference: ImageInput | None = None, id: str = "") -> dict:
+    def row(self, candidate: ImageInput, reference: ImageInput | None = None, name: str = "") -> dict:
         """The dataset row a candidate makes for this trial, as training built its rows.
 
         ``reference=None`` means the candidate is shown as it is: an already stacked pair
@@ -170,7 +172,7 @@ class Inspector:
         task, data = self.trial.task, self.trial.data
         cand = open_image(candidate, "candidate")
         ref = open_image(reference, "reference") if reference is not None else None
-        name = id or _name(candidate, 0)
+        name = name or _name(candidate, 0)
         ref_name = _name(reference, 0) if not isinstance(reference, Image.Image) else f"the reference of {name}"
         row = {"id": name, "task": task.value, "source_image": None, "meta": "{}"}
         if task is Task.star:
@@ -200,7 +202,6 @@ class Inspector:
         else:
             stacked, stack = synth.stack(ref, cand, gap), {"top": ref.height, "gap": gap}
         if task is Task.diff:
-            assert isinstance(data, DiffConfig)
             if cand.width != data.render.width:
                 raise InspectorError(f"candidate {name} is {cand.width} pixels wide: the diff trial's boards are data.render.width={data.render.width}")
             return {**row, "image": diff.concentrate(ref, cand, board.Geometry(data.render.width), data.diff).image}

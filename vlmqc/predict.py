@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"reference {args.reference}: file not found")
         if args.input is not None and not args.input.exists():
             raise InputError(f"{args.input}: not found")
+        if args.merge is not None and args.merge.exists() and (not args.merge.is_dir() or any(args.merge.iterdir())):
+            raise InputError(f"--merge {args.merge}: already exists and is not an empty folder; the merged checkpoint needs a new one")
+        if args.out.is_dir():
+            raise InputError(f"--out {args.out}: is a folder; name the predictions file")
         items = _inputs(args.input, args.reference, trial.task.value) if args.input is not None else []
         inspector = Inspector.load(args.run, args.device)
         for item in tqdm(items, desc="checking", unit="image", file=sys.stderr, disable=len(items) < 2):
