@@ -103,7 +103,7 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
             if picked not in by_id:
                 raise UploadError(f"no test image {picked!r} in this trial")
             with Image.open(by_id[picked]["path"]) as img:
-                return img.convert("RGB"), None, f"test image {picked}"  # stored stacked, as in training
+                return img.convert("RGB"), None, picked  # stored stacked, as in training
         if "candidate" not in files:
             raise UploadError("no candidate image: choose a file to upload, or one of the trial's test images")
         candidate = read_image(files["candidate"].read(), "candidate")
@@ -124,6 +124,7 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
         marked, note = marks.mark(candidate, marks.positions_of(result))
         return {
             "source": source,
+            "truth": by_id[source]["truth"] if source in by_id and request.form.get("example") else None,
             "verdict": result.get("verdict"),
             "defects": result.get("defects") or [],
             "target": result.get("target"),
@@ -133,7 +134,7 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
             "positions": marks.positions_of(result),
             "mark_note": note,
             "candidate_image": data_url(marked),
-            "reference_image": data_url(reference) if reference is not None else None,
+            "reference_image": data_url(marks.mark(reference, [])[0]) if reference is not None else None,  # enlarged alike
         }
 
     def page(result: dict | None = None, error: str | None = None, status: int = 200):
