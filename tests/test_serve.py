@@ -127,7 +127,8 @@ def test_bad_uploads_get_a_clear_message_and_nothing_is_spooled_to_disk(server, 
     assert page.status_code == 400 and "not an image Pillow can read" in page.text and "Traceback" not in page.text
     # a file werkzeug would spool to a temporary file (over 500 kB), read in memory instead
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8))
-    assert len(png(noise)) > 10**6 and ask(server, candidate=png(noise)).status_code == 400
+    r = ask(server, candidate=png(noise), reference=png(reference))  # refused after reading, for its size
+    assert len(png(noise)) > 10**6 and r.status_code == 400 and "700 x 700" in r.json()["error"]
     assert sorted(os.listdir(server["tmp"])) == spooled
 
 
