@@ -1,6 +1,24 @@
-"""Batched greedy generation over a dataset: the answers a trial is judged on."""
+"""Batched greedy generation over a dataset: the answers a trial is judged on; and the command
+that answers new images with a completed trial (``vlmqc.inspector``):
+
+    python -m vlmqc.predict <run folder> cand.png --reference ref.png          # one candidate
+    python -m vlmqc.predict <run folder> images/ --reference ref.png            # every image of a folder
+    python -m vlmqc.predict <run folder> data/metadata.jsonl --out preds.jsonl  # custom-data metadata: a reference per row, labels scored
+    python -m vlmqc.predict <run folder> --merge exported/                      # base + adapter as one plain checkpoint
+
+One JSON line per image in ``--out`` (default predictions.jsonl), written at the end, atomically;
+with labels in the metadata, the trial's metrics are printed and written beside it
+(``<out>.metrics.json``). Exit status 2 on bad input (a folder that is not a completed trial, an
+unreadable image, a reference of another size, a metadata line without an image), naming it;
+nothing is written then.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -54,3 +72,151 @@ def predict_sharded(
     dist.all_gather_object(gathered, mine)
     merged = {k: v for part in gathered for k, v in part.items()}
     return [p for k in range(len(batches)) for p in merged[k]]
+
+
+# --- python -m vlmqc.predict ------------------------------------------------------------------------
+
+METADATA_KEYS = {"file", "reference", "verdict", "defects", "answer", "split", "target"}  # custom data's, and a star row's target
+
+
+class InputError(ValueError):
+    """A command-line input that cannot be answered; the message names the file (and line)."""
+
+
+def _images(folder: Path, exclude: set[Path]) -> list[Path]:
+    from PIL import Image
+
+    suffixes = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".") and p.resolve() not in exclude)
+    if not found:
+        raise InputError(f"{folder}: no images in this folder")
+    return found
+
+
+def _metadata(path: Path, task: str, reference: Path | None) -> list[dict]:
+    """The rows of a custom-data metadata.jsonl: image, reference (its own, else ``--reference``)
+    and labels (``None`` where the line gives none). Every problem is reported, with its line."""
+    from vlmqc.config import CustomConfig
+    from vlmqc.data.custom import _labels
+    from vlmqc.labels import POSITIONS
+
+    root, rows, errors = path.parent, [], []
+    cfg = CustomConfig(name="predict", path=str(root))
+    for lineno, text in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").split("\n"), 1):
+        where = f"{path}:{lineno}"
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            errors.append(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            continue
+        if unknown := sorted(set(rec) - METADATA_KEYS):
+            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(METADATA_KEYS))})")
+            continue
+        if not isinstance(rec.get("file"), str) or not rec["file"].strip():
+            errors.append(f"{where}: no image: 'file' must name the image, relative to {root}")
+            continue
+        labels = None
+        if task == "star" and rec.get("target") is not None:
+            if rec["target"] not in POSITIONS:
+                errors.append(f"{where}: unknown target {rec['target']!r} (a position such as C5)")
+            labels = {"verdict": "", "defects": [], "answer": "", "target": rec["target"]}
+        elif rec.get("verdict") is not None or rec.get("answer") is not None:
+            labels = {**_labels(cfg, rec, where, errors), "target": ""}
+        ref = rec.get("reference")
+        rows.append({"image": root / rec["file"], "reference": root / ref if isinstance(ref, str) and ref else reference, "labels": labels, "where": where})
+    if errors:
+        raise InputError("\n  ".join([f"{len(errors)} problem(s) in {path}:", *errors]))
+    if not rows:
+        raise InputError(f"{path}: no images (the file has no JSON lines)")
+    return rows
+
+
+def _inputs(source: Path, reference: Path | None, task: str) -> list[dict]:
+    if source.is_dir():
+        return [{"image": p, "reference": reference, "labels": None, "where": str(p)} for p in _images(source, {reference.resolve()} if reference else set())]
+    if source.suffix == ".jsonl":
+        if not source.is_file():
+            raise InputError(f"{source}: metadata file not found")
+        return _metadata(source, task, reference)
+    return [{"image": source, "reference": reference, "labels": None, "where": str(source)}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vlmqc.predict", description="Answer images with a completed trial, or export it as one checkpoint.")
+    parser.add_argument("run", type=Path, help="the trial's run folder (outputs/runs/<name>)")
+    parser.add_argument("input", type=Path, nargs="?", help="an image, a folder of images, or a custom-data metadata.jsonl")
+    parser.add_argument("--reference", type=Path, help="the passed product every candidate is compared with (a metadata row's own reference wins)")
+    parser.add_argument("--out", type=Path, default=Path("predictions.jsonl"), help="one JSON line per image (default: predictions.jsonl)")
+    parser.add_argument("--batch-size", type=int, help="images per generation batch (default: the trial's trainer.eval_batch_size)")
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--merge", type=Path, metavar="DIR", help="save base + adapter merged, with the processor, as a plain checkpoint in DIR")
+    args = parser.parse_args(argv)
+    if args.input is None and args.merge is None:
+        parser.error("give an input to answer, --merge DIR, or both")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: must be >= 1")
+
+    from tqdm import tqdm
+
+    from vlmqc.evaluate import score
+    from vlmqc.inspector import Inspector, InspectorError, Trial
+    from vlmqc.prompts import Parsed
+    from vlmqc.track import write_atomic, write_json
+
+    try:
+        trial = Trial.read(args.run)  # before anything loads: a folder that is not a completed trial
+        if args.reference is not None and not args.reference.is_file():
+            raise InputError(f"reference {args.reference}: file not found")
+        if args.input is not None and not args.input.exists():
+            raise InputError(f"{args.input}: not found")
+        items = _inputs(args.input, args.reference, trial.task.value) if args.input is not None else []
+        inspector = Inspector.load(args.run, args.device)
+        for item in tqdm(items, desc="checking", unit="image", file=sys.stderr, disable=len(items) < 2):
+            try:
+                inspector.check(item["image"], item["reference"])
+            except InspectorError as e:
+                raise InputError(f"{item['where']}: {e}" if item["where"] != str(item["image"]) else str(e)) from None
+    except (InspectorError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.merge is not None:
+        try:
+            print(f"merged checkpoint: {inspector.merge(args.merge)}", file=sys.stderr)
+        except InspectorError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if not items:
+        return 0
+    with tqdm(total=len(items), desc="predicting", unit="image", file=sys.stderr) as bar:
+        answers = inspector.predict([i["image"] for i in items], [i["reference"] for i in items], args.batch_size, ids=[str(i["image"]) for i in items], on_batch=bar.update)
+    rows = []
+    for item, a in zip(items, answers, strict=True):
+        row = {"image": str(item["image"]), "reference": str(item["reference"]) if item["reference"] else None, **{k: v for k, v in a.items() if k != "id"}}
+        if item["labels"] is not None:
+            row["labels"] = item["labels"]
+        rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    print(f"{len(rows)} prediction(s): {args.out}", file=sys.stderr)
+    labelled = [(item, a) for item, a in zip(items, answers, strict=True) if item["labels"] is not None]
+    if labelled:
+        task = trial.task.value
+        examples = [{"id": str(item["image"]), "task": task, **item["labels"]} for item, _ in labelled]
+        parsed = [Parsed(verdict=a["verdict"], defects=tuple((d["position"], d["type"]) for d in a["defects"]), target=a["target"], ok=a["parsed"], text=a["answer"]) for _, a in labelled]
+        metrics = {f"eval/{k}": v for k, v in score(examples, parsed).items()}
+        path = args.out.with_name(args.out.stem + ".metrics.json")
+        write_json(path, {"run": str(args.run), "rows": len(labelled), "metrics": metrics})
+        for k, v in metrics.items():
+            print(f"{k} = {v:.4f}")
+        print(f"metrics of {len(labelled)} labelled row(s): {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -267,16 +267,22 @@ def _open(path: Path) -> Image.Image:
         return rgb(ImageOps.exif_transpose(im))
 
 
+def stack_pair(reference: Image.Image, candidate: Image.Image) -> tuple[Image.Image, dict]:
+    """The reference (scaled to the candidate's width) on top of the candidate, and where the
+    pair splits (``{"top", "gap"}``): how a custom row with a reference is shown, in training
+    and in ``vlmqc.inspector``."""
+    ref = reference.resize((candidate.width, max(1, round(reference.height * candidate.width / reference.width))), Image.BICUBIC)
+    gap = max(2, candidate.width // 100)
+    return stack(ref, candidate, gap=gap), {"top": ref.height, "gap": gap}
+
+
 def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
     rel = str(e.file.relative_to(root))
     source = None
     meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
     if e.reference is not None and cfg.stack_reference:
-        cand, ref = _open(e.file), _open(e.reference)
-        ref = ref.resize((cand.width, max(1, round(ref.height * cand.width / ref.width))), Image.BICUBIC)
-        gap = max(2, cand.width // 100)
-        image = store.encode(stack(ref, cand, gap=gap), "PNG")  # WebP stops at 16383 pixels
-        meta["stack"] = {"top": ref.height, "gap": gap}  # where data.layout=separate splits the pair
+        pair, meta["stack"] = stack_pair(_open(e.reference), _open(e.file))  # where data.layout=separate splits the pair
+        image = store.encode(pair, "PNG")  # WebP stops at 16383 pixels
     else:
         image = _as_stored(e.file)
         if e.reference is not None:
