@@ -63,7 +63,7 @@ def expected(trial, pair) -> dict:
 def server(trial, tmp_path_factory):
     """The page, as a user starts it, on a free port; its own TMPDIR, to see it stays empty."""
     tmp = tmp_path_factory.mktemp("server-tmp")
-    proc = run_app(trial.parent, "vlmqc.serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
+    proc = run_app(trial.parent, "vlmqc.predict", "--serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -143,6 +143,11 @@ def test_marks_outline_the_named_cells_only():
     assert xs.max() - xs.min() < 1.5 * (x1 - x0)  # one cell, not a row of them
     unmarked, note = marks.mark(Image.new("RGB", (300, 300)), ["C5"])
     assert "cannot be placed" in note and not np.all(np.asarray(unmarked) == marks.MARK, axis=-1).any()
+
+
+def test_a_folder_that_is_not_a_trial_exits_2_naming_it(tmp_path):
+    done = run_app(tmp_path, "vlmqc.serve", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_only_loopback_is_local():

@@ -1,6 +1,7 @@
 """A local web page for one trial: upload a candidate (and its reference), see the answer.
 
-    python -m vlmqc.serve outputs/runs/<run>                      # http://127.0.0.1:8000/
+    python -m vlmqc.predict --serve outputs/runs/<run>            # http://127.0.0.1:8000/
+    python -m vlmqc.serve outputs/runs/<run>                      # the same
     python -m vlmqc.serve outputs/runs/<run> --port 0             # any free port, printed
     python -m vlmqc.serve outputs/runs/<run> --host 0.0.0.0       # other machines too (a warning)
 

@@ -20,8 +20,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
-    """Load the trial once, then answer the page until interrupted."""
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> int:
+    """Load the trial once, then answer the page until interrupted; 2 (and the error on stderr)
+    when the folder is not a completed trial, as ``python -m vlmqc.predict`` does."""
     from werkzeug.serving import make_server
 
     from vlmqc.inspector import Inspector, InspectorError
@@ -30,7 +31,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
     try:
         inspector = Inspector.load(run_dir, device=device)
     except InspectorError as e:
-        sys.exit(f"vlmqc.serve: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not is_loopback(host):
         log.warning("serving on %s: anyone who can reach this machine can use the page and the model; there is no authentication", host)
     server = make_server(host, port, create_app(inspector, Path(run_dir)), threaded=True)
@@ -42,9 +44,10 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
         pass
     finally:
         server.server_close()
+    return 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlmqc.serve", description="A local web page that answers uploads with a trained trial.")
     parser.add_argument("run_dir", help="a completed trial's folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -52,4 +55,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(args.run_dir, args.host, args.port, args.device)
+    return serve(args.run_dir, args.host, args.port, args.device)
