@@ -5,6 +5,7 @@ that answers new images with a completed trial (``vlmqc.inspector``):
     python -m vlmqc.predict <run folder> images/ --reference ref.png            # every image of a folder
     python -m vlmqc.predict <run folder> data/metadata.jsonl --out preds.jsonl  # custom-data metadata: a reference per row, labels scored
     python -m vlmqc.predict <run folder> --merge exported/                      # base + adapter as one plain checkpoint
+    python -m vlmqc.predict --serve <run folder> [--host 127.0.0.1] [--port 8000]   # a local page (vlmqc.serve)
 
 One JSON line per image in ``--out`` (default predictions.jsonl), written at the end, atomically;
 with labels in the metadata, the trial's metrics are printed and written beside it
@@ -155,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="images per generation batch (default: the trial's trainer.eval_batch_size)")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
     parser.add_argument("--merge", type=Path, metavar="DIR", help="save base + adapter merged, with the processor, as a plain checkpoint in DIR")
+    parser.add_argument("--serve", action="store_true", help="instead: a local web page that answers uploads with the trial (vlmqc.serve)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="with --serve: the port (0 picks a free one)")
     args = parser.parse_args(argv)
+    if args.serve:
+        if args.input is not None or args.merge is not None:
+            parser.error("--serve takes the run folder alone")
+        from vlmqc.serve import serve
+
+        return serve(args.run, args.host, args.port, args.device)
     if args.input is None and args.merge is None:
         parser.error("give an input to answer, --merge DIR, or both")
     if args.batch_size is not None and args.batch_size < 1:

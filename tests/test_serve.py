@@ -1,0 +1,192 @@
+"""The trial's web page: a tiny trained trial served by ``python -m vlmqc.serve`` on a free port,
+asked over HTTP and in headless Chromium, its answers checked against ``Inspector.predict``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from conftest import run_app
+from PIL import Image
+
+from vlmqc.data import board
+from vlmqc.data.synth import pair_gap
+from vlmqc.serve import marks
+from vlmqc.serve.cli import is_loopback
+
+TINY = ["data=pair_mixed", "lora=r4", "data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    run = root / "run"
+    done = run_app(root, "vlmqc.train", *TINY, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def pair(trial) -> tuple[Image.Image, Image.Image]:
+    """A reference and a candidate: the halves of one of the trial's test images, cut where the
+    data code stacked them (its ``stack`` meta is not in the sample, so from the render geometry)."""
+    stacked = Image.open(next((trial / "samples" / "images").glob("*.png"))).convert("RGB")
+    h, gap = board.Geometry(stacked.width).height, pair_gap(stacked.width)
+    assert stacked.height == 2 * h + gap
+    return stacked.crop((0, 0, stacked.width, h)), stacked.crop((0, h + gap, stacked.width, stacked.height))
+
+
+@pytest.fixture(scope="module")
+def expected(trial, pair) -> dict:
+    from vlmqc.inspector import Inspector
+
+    reference, candidate = pair
+    return Inspector.load(trial, device="cpu").predict([candidate], references=[reference])[0]
+
+
+@pytest.fixture(scope="module")
+def server(trial, tmp_path_factory):
+    """The page, as a user starts it, on a free port; its own TMPDIR, to see it stays empty."""
+    tmp = tmp_path_factory.mktemp("server-tmp")
+    proc = run_app(trial.parent, "vlmqc.predict", "--serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if m := re.match(r"vlmqc\.serve: .* on (http://127\.0\.0\.1:\d+/)$", line.strip()):
+            break
+    else:
+        pytest.fail("the server exited: " + "".join(lines)[-3000:])
+    try:
+        yield {"url": m.group(1), "tmp": tmp}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def ask(server, **files) -> requests.Response:
+    return requests.post(server["url"] + "api/predict", files={k: (f"{k}.png", v, "image/png") for k, v in files.items()}, timeout=120)
+
+
+@pytest.mark.slow
+def test_an_upload_answers_as_the_inspector_does(server, pair, expected, trial):
+    reference, candidate = pair
+    before = sorted(p.relative_to(trial) for p in trial.rglob("*"))
+    r = ask(server, candidate=png(candidate), reference=png(reference))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    for key in ("verdict", "defects", "target", "answer", "parsed"):
+        assert got[key] == expected[key], key
+    assert got["seconds"] > 0
+    assert got["positions"] == marks.positions_of(expected)
+    image = Image.open(io.BytesIO(base64.b64decode(got["image"].split(",", 1)[1])))
+    assert image.width == 2 * candidate.width  # the candidate, enlarged for the page
+    assert sorted(p.relative_to(trial) for p in trial.rglob("*")) == before  # nothing written in the run folder
+
+
+@pytest.mark.slow
+def test_the_page_lists_the_trial_and_its_test_images(server, trial):
+    page = requests.get(server["url"], timeout=30)
+    assert page.status_code == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    summary = json.loads((trial / "summary.json").read_text())
+    assert summary["run_name"] in page.text and "pair_mixed" in page.text
+    ids = summary["facts"]["sample_ids"]
+    assert all(f'value="{i}"' in page.text for i in ids)
+    r = requests.post(server["url"], data={"example": ids[0]}, timeout=120)
+    assert r.status_code == 200 and 'id="verdict"' in r.text and 'id="marked"' in r.text
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_a_clear_message_and_nothing_is_spooled_to_disk(server, pair):
+    reference, candidate = pair
+    spooled = sorted(os.listdir(server["tmp"]))
+    cases = [
+        ({"candidate": b"GIF89a but not really"}, 400, "the candidate is not an image Pillow can read"),
+        ({"candidate": png(candidate), "reference": png(reference.resize((100, 50)))}, 400, "the reference is 100 x 50 pixels but the candidate is"),
+        ({"candidate": png(candidate)}, 400, "stacked pair"),  # a pair trial's candidate alone: the inspector's own refusal
+        ({"candidate": b"\0" * (17 * 2**20)}, 413, "larger than 16 MB"),
+    ]
+    for files, status, message in cases:
+        r = ask(server, **files)
+        assert r.status_code == status and message in r.json()["error"], (status, r.text[:300])
+    page = requests.post(server["url"], files={"candidate": ("x.png", b"junk", "image/png")}, timeout=30)
+    assert page.status_code == 400 and "not an image Pillow can read" in page.text and "Traceback" not in page.text
+    # a file werkzeug would spool to a temporary file (over 500 kB), read in memory instead
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8))
+    r = ask(server, candidate=png(noise), reference=png(reference))  # refused after reading, for its size
+    assert len(png(noise)) > 10**6 and r.status_code == 400 and "700 x 700" in r.json()["error"]
+    assert sorted(os.listdir(server["tmp"])) == spooled
+
+
+def test_marks_outline_the_named_cells_only():
+    # a board image drawn by the data code, marked at C5: magenta appears around C5 and nowhere else
+    image = Image.new("RGB", (448, board.Geometry(448).height), (200, 200, 200))
+    marked, note = marks.mark(image, ["C5"])
+    assert note is None
+    ys, xs = np.nonzero(np.all(np.asarray(marked) == marks.MARK, axis=-1))
+    x0, y0, x1, y1 = board.Geometry(marked.width).cell_box(1, 4)
+    assert xs.min() < x0 < xs.max() and xs.min() < x1 < xs.max() and ys.min() < y0 < ys.max() and ys.min() < y1 < ys.max()
+    assert xs.max() - xs.min() < 1.5 * (x1 - x0)  # one cell, not a row of them
+    unmarked, note = marks.mark(Image.new("RGB", (300, 300)), ["C5"])
+    assert "cannot be placed" in note and not np.all(np.asarray(unmarked) == marks.MARK, axis=-1).any()
+
+
+def test_a_folder_that_is_not_a_trial_exits_2_naming_it(tmp_path):
+    done = run_app(tmp_path, "vlmqc.serve", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_only_loopback_is_local():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+@pytest.mark.slow
+# .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
+@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"), reason="needs Chromium at /usr/bin/chromium (Debian package chromium)")
+def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    reference, candidate = pair
+    (tmp_path / "candidate.png").write_bytes(png(candidate))
+    (tmp_path / "reference.png").write_bytes(png(reference))
+    problems, dialogs = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith((server["url"], "data:")) else None)
+            page.goto(server["url"])
+            page.wait_for_load_state("load")
+            page.set_input_files("input[name=candidate]", str(tmp_path / "candidate.png"))
+            page.set_input_files("input[name=reference]", str(tmp_path / "reference.png"))
+            with page.expect_navigation(timeout=120_000):
+                page.click("button[type=submit]")
+            assert page.locator("#verdict").inner_text() == (expected["verdict"] or "unreadable")
+            # control characters (tiny models write NULs) are shown written out, as \x00
+            assert page.locator("#answer").inner_text() == re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", expected["answer"])
+            assert page.eval_on_selector("#marked", "img => img.complete && img.naturalWidth") == 2 * candidate.width
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        finally:
+            browser.close()
+    shutil.copy(tmp_path / "serve.png", "/tmp/vlmqc-serve-screenshot.png")
+    assert problems == [] and dialogs == []
