@@ -129,36 +129,29 @@ class Gemma3(Family):
         patches = t.native_size // t.patch_size
         side = patches // 2 if patches % 2 == 0 else patches  # image tokens per side: patches pooled 2 x 2 where they can be
         processor = _processor(tokenizer, t.native_size, side * side, **PAN_AND_SCAN_DEFAULTS)
-        heads = max(1, t.text_hidden // 16)
-        head_dim = t.text_hidden // heads
+        head_dim = t.text_hidden // offline.text_shape(t)["num_attention_heads"]
         ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in TOKENS}
         config = Gemma3Config(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": t.vision_hidden,
-                "intermediate_size": 4 * t.vision_hidden,
-                "num_hidden_layers": t.vision_layers,
-                "num_attention_heads": max(1, t.vision_hidden // 16),
-                "image_size": t.native_size,
-                "patch_size": t.patch_size,
-                "vision_use_head": False,
-            },
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": t.text_hidden,
-                "intermediate_size": 4 * t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "head_dim": head_dim,
-                "query_pre_attn_scalar": head_dim,
-                "sliding_window": 64,  # shorter than a tiny sequence: the sliding layers really slide
-                "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(t.text_layers)],
-                "initializer_range": t.init_std,
-                "pad_token_id": ids["<pad>"],
-                "bos_token_id": ids["<bos>"],
-                "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
-            },
+            vision_config=offline.vision_shape(
+                t,
+                model_type="siglip_vision_model",
+                image_size=t.native_size,
+                patch_size=t.patch_size,
+                vision_use_head=False,
+                initializer_range=None,
+            ),
+            text_config=offline.text_shape(
+                t,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=None,
+                head_dim=head_dim,
+                query_pre_attn_scalar=head_dim,
+                sliding_window=64,  # shorter than a tiny sequence: the sliding layers really slide
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(t.text_layers)],
+                pad_token_id=ids["<pad>"],
+                bos_token_id=ids["<bos>"],
+                eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            ),
             mm_tokens_per_image=side * side,
             boi_token_index=ids[BOI],
             eoi_token_index=ids[EOI],

@@ -110,31 +110,9 @@ class Idefics3(Family):
         tokenizer = _tokenizer(t.vocab_size)
         tile, scale = t.patch_size * TILE_PATCHES, 2
         processor = _processor(tokenizer, tile, 2 * tile, True, (TILE_PATCHES // scale) ** 2)  # native: up to 2 x 2 tiles
-        heads = max(1, t.text_hidden // 16)
         config = Idefics3Config(
-            vision_config={
-                "hidden_size": t.vision_hidden,
-                "intermediate_size": 4 * t.vision_hidden,
-                "num_hidden_layers": t.vision_layers,
-                "num_attention_heads": max(1, t.vision_hidden // 16),
-                "image_size": tile,
-                "patch_size": t.patch_size,
-                "initializer_range": t.init_std,
-            },
-            text_config={
-                "model_type": "llama",
-                "vocab_size": len(tokenizer),
-                "hidden_size": t.text_hidden,
-                "intermediate_size": 4 * t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "max_position_embeddings": 4096,
-                "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                "initializer_range": t.init_std,
-            },
+            vision_config=offline.vision_shape(t, image_size=tile, patch_size=t.patch_size),
+            text_config=offline.text_shape(t, tokenizer, model_type="llama"),
             scale_factor=scale,
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
             pad_token_id=tokenizer.pad_token_id,

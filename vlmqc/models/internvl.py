@@ -131,24 +131,8 @@ class InternVL(Family):
         processor = _ImagesOnlyProcessor(
             image_processor=_image_processor(TINY_TILE, 1, TINY_MAX_TILES), tokenizer=tokenizer, image_seq_length=tokens_per_tile, chat_template=TEMPLATE
         )
-        heads = max(1, t.text_hidden // 16)
-        text = {
-            "vocab_size": len(tokenizer),
-            "hidden_size": t.text_hidden,
-            "intermediate_size": 4 * t.text_hidden,
-            "num_hidden_layers": t.text_layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads // 2),
-            "max_position_embeddings": 4096,
-            "initializer_range": t.init_std,
-        }
-        vision = {
-            "hidden_size": t.vision_hidden,
-            "intermediate_size": 4 * t.vision_hidden,
-            "num_hidden_layers": t.vision_layers,
-            "num_attention_heads": max(1, t.vision_hidden // 16),
-            "initializer_range": t.init_std,
-        }
+        text = offline.text_shape(t, vocab_size=len(tokenizer))  # its token ids are _config's
+        vision = offline.vision_shape(t)
         config = _config(tokenizer, TINY_TILE, TINY_PATCH, tokens_per_tile, text=text, vision=vision, initializer_range=t.init_std)
         torch.manual_seed(t.seed)
         model = InternVLForConditionalGeneration(config)

@@ -30,6 +30,21 @@ CHAT_TEMPLATE = (
 )
 
 
+def tiny_config(t, size: int, tokenizer):
+    """The LlavaConfig of the tiny model: ``t``'s (model.tiny) sizes, a CLIP tower of ``size``
+    pixels, a Llama text model with ``tokenizer``'s ids (phi3_v's tiny model is this one too)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**offline.vision_shape(t, image_size=size, patch_size=t.patch_size, projection_dim=t.vision_hidden)),
+        text_config=LlamaConfig(**offline.text_shape(t, tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        initializer_range=t.init_std,
+    )
+
+
 class Llava(Family):
     name = "llava"
     model_types = ("llava",)
@@ -52,7 +67,7 @@ class Llava(Family):
         return f"tiny-{size}px-{offline.key({'tiny': asdict(cfg.tiny), 'size': size, 'template': CHAT_TEMPLATE})}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+        from transformers import LlavaForConditionalGeneration, LlavaProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         t = cfg.tiny
@@ -71,36 +86,7 @@ class Llava(Family):
             chat_template=CHAT_TEMPLATE,
             image_token=IMAGE_TOKEN,
         )
-        heads = max(1, t.text_hidden // 16)
-        config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
-                hidden_size=t.vision_hidden,
-                intermediate_size=4 * t.vision_hidden,
-                num_hidden_layers=t.vision_layers,
-                num_attention_heads=max(1, t.vision_hidden // 16),
-                image_size=size,
-                patch_size=t.patch_size,
-                projection_dim=t.vision_hidden,
-                initializer_range=t.init_std,
-            ),
-            text_config=LlamaConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=t.text_hidden,
-                intermediate_size=4 * t.text_hidden,
-                num_hidden_layers=t.text_layers,
-                num_attention_heads=heads,
-                num_key_value_heads=max(1, heads // 2),
-                max_position_embeddings=4096,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                initializer_range=t.init_std,
-            ),
-            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-1,
-            initializer_range=t.init_std,
-        )
+        config = tiny_config(t, size, tokenizer)
         torch.manual_seed(t.seed)
         model = LlavaForConditionalGeneration(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -172,32 +172,9 @@ class LlavaOnevision(Family):
         tile = t.patch_size * TILE_PATCHES
         pinpoints = grid(tile, TINY_GRID)
         processor = _processor(tokenizer, tile, t.patch_size, pinpoints)
-        heads = max(1, t.text_hidden // 16)
         config = LlavaOnevisionConfig(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": t.vision_hidden,
-                "intermediate_size": 4 * t.vision_hidden,
-                "num_hidden_layers": t.vision_layers,
-                "num_attention_heads": max(1, t.vision_hidden // 16),
-                "image_size": tile,
-                "patch_size": t.patch_size,
-                "vision_use_head": False,
-                "initializer_range": t.init_std,
-            },
-            text_config={
-                "model_type": "qwen2",
-                "vocab_size": len(tokenizer),
-                "hidden_size": t.text_hidden,
-                "intermediate_size": 4 * t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "max_position_embeddings": 4096,
-                "pad_token_id": tokenizer.pad_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                "initializer_range": t.init_std,
-            },
+            vision_config=offline.vision_shape(t, model_type="siglip_vision_model", image_size=tile, patch_size=t.patch_size, vision_use_head=False),
+            text_config=offline.text_shape(t, tokenizer, model_type="qwen2", bos_token_id=None),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
             image_grid_pinpoints=pinpoints,

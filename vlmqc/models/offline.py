@@ -1,6 +1,7 @@
-"""What every family's tiny random model is built from, offline: the tokenizer and the atomic build.
+"""What every family's tiny random model is built from, offline: the tokenizer, the shapes, the atomic build.
 
-A family's builder trains ``tokenizer`` with its special tokens, writes a checkpoint into the
+A family's builder trains ``tokenizer`` with its special tokens, sizes its text model and vision
+tower with ``text_shape`` and ``vision_shape`` of ``model.tiny``, writes a checkpoint into the
 folder ``built`` hands it, and keys that folder with ``key`` of what it is built from; nothing
 here needs a network, a GPU or torchvision.
 """
@@ -73,3 +74,45 @@ def tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
     )
     bpe.train_from_iterator(CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **kwargs)
+
+
+def _shape(shape: dict, overrides: dict) -> dict:
+    # an override of None leaves the key out: the config class's own default stands
+    return {k: v for k, v in {**shape, **overrides}.items() if v is not None}
+
+
+def text_shape(t, tokenizer=None, **overrides) -> dict:
+    """The tiny language model's config keys from ``t`` (``model.tiny``): 16-wide heads, half as many
+    key/value heads, a 4x MLP; with ``tokenizer``, its vocabulary size and pad/bos/eos ids.
+    ``overrides`` add or replace keys; None drops one."""
+    heads = max(1, t.text_hidden // 16)
+    shape = {
+        "hidden_size": t.text_hidden,
+        "intermediate_size": 4 * t.text_hidden,
+        "num_hidden_layers": t.text_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
+        "max_position_embeddings": 4096,
+        "initializer_range": t.init_std,
+    }
+    if tokenizer is not None:
+        shape |= {
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+    return _shape(shape, overrides)
+
+
+def vision_shape(t, **overrides) -> dict:
+    """The tiny vision tower's config keys from ``t`` (``model.tiny``): 16-wide heads, a 4x MLP.
+    ``overrides`` add or replace keys (image and patch size are the family's); None drops one."""
+    shape = {
+        "hidden_size": t.vision_hidden,
+        "intermediate_size": 4 * t.vision_hidden,
+        "num_hidden_layers": t.vision_layers,
+        "num_attention_heads": max(1, t.vision_hidden // 16),
+        "initializer_range": t.init_std,
+    }
+    return _shape(shape, overrides)

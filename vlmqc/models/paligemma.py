@@ -85,36 +85,23 @@ class PaliGemma(Family):
             raise ConfigError(f"image_size.size={size}: the tiny paligemma's tower needs a multiple of its patch size ({t.patch_size})")
         tokenizer = _tokenizer(t.vocab_size)
         processor = PaliGemmaProcessor(image_processor=_image_processor(size, (size // t.patch_size) ** 2), tokenizer=tokenizer)
-        heads = max(1, t.text_hidden // 16)
-        head_dim = t.text_hidden // heads
+        head_dim = t.text_hidden // offline.text_shape(t)["num_attention_heads"]
         config = PaliGemmaConfig(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": t.vision_hidden,
-                "intermediate_size": 4 * t.vision_hidden,
-                "num_hidden_layers": t.vision_layers,
-                "num_attention_heads": max(1, t.vision_hidden // 16),
-                "image_size": size,
-                "patch_size": t.patch_size,
-                "vision_use_head": False,
-            },
-            text_config={  # PaliGemma 2: a Gemma 2 text model, sliding-window and full attention layers
-                "model_type": "gemma2",
-                "vocab_size": len(tokenizer),  # with the processor's <loc>/<seg> tokens
-                "hidden_size": t.text_hidden,
-                "intermediate_size": 4 * t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "head_dim": head_dim,
-                "query_pre_attn_scalar": head_dim,
-                "sliding_window": 128,
-                "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(t.text_layers)],
-                "initializer_range": t.init_std,
-                "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-            },
+            vision_config=offline.vision_shape(
+                t, model_type="siglip_vision_model", image_size=size, patch_size=t.patch_size, vision_use_head=False, initializer_range=None
+            ),
+            # PaliGemma 2: a Gemma 2 text model, sliding-window and full attention layers; the
+            # vocabulary with the processor's <loc>/<seg> tokens
+            text_config=offline.text_shape(
+                t,
+                tokenizer,
+                model_type="gemma2",
+                max_position_embeddings=None,
+                head_dim=head_dim,
+                query_pre_attn_scalar=head_dim,
+                sliding_window=128,
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(t.text_layers)],
+            ),
             image_token_index=tokenizer.image_token_id,
             projection_dim=t.text_hidden,
             hidden_size=t.text_hidden,

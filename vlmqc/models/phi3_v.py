@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig
-from vlmqc.models import offline
+from vlmqc.models import llava, offline
 from vlmqc.models.family import Family, ImageFacts
 
 CROP = 336  # the side of an HD crop of the published Phi3VImageProcessor (its CLIP ViT-L/14-336 tower)
@@ -137,7 +137,7 @@ class Phi3V(Family):
         return f"phi3_v-random-{size}px-{offline.key({'tiny': asdict(cfg.tiny), 'size': size, 'template': TEMPLATE, 'code': code})}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+        from transformers import LlavaForConditionalGeneration, LlavaProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         t = cfg.tiny
@@ -155,36 +155,7 @@ class Phi3V(Family):
             num_additional_image_tokens=1,
             image_token="<image>",
         )
-        heads = max(1, t.text_hidden // 16)
-        config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
-                hidden_size=t.vision_hidden,
-                intermediate_size=4 * t.vision_hidden,
-                num_hidden_layers=t.vision_layers,
-                num_attention_heads=max(1, t.vision_hidden // 16),
-                image_size=size,
-                patch_size=t.patch_size,
-                projection_dim=t.vision_hidden,
-                initializer_range=t.init_std,
-            ),
-            text_config=LlamaConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=t.text_hidden,
-                intermediate_size=4 * t.text_hidden,
-                num_hidden_layers=t.text_layers,
-                num_attention_heads=heads,
-                num_key_value_heads=max(1, heads // 2),
-                max_position_embeddings=4096,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                initializer_range=t.init_std,
-            ),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-1,
-            initializer_range=t.init_std,
-        )
+        config = llava.tiny_config(t, size, tokenizer)
         torch.manual_seed(t.seed)
         model = LlavaForConditionalGeneration(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id

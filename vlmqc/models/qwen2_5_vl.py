@@ -46,23 +46,15 @@ class Qwen2_5_VL(Qwen2VL):
     def random_config(self, cfg: ModelConfig, tok):
         """The transformers config of the tiny model, ``cfg.tiny``'s sizes, ``tok``'s token ids."""
         t = cfg.tiny
-        heads = max(1, t.text_hidden // 16)
         window_layers = max(1, t.vision_layers - 1)  # window attention in all blocks but the last, as the real tower mixes both
         return Qwen2_5_VLConfig(
-            text_config={
-                "hidden_size": t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "intermediate_size": 4 * t.text_hidden,
-                "vocab_size": t.vocab_size,
-                "max_position_embeddings": 4096,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},  # sums to head size / 2 (16 / 2)
-                "initializer_range": t.init_std,
-                "bos_token_id": tok.pad_token_id,
-                "eos_token_id": tok.eos_token_id,
-                "pad_token_id": tok.pad_token_id,
-            },
+            text_config=offline.text_shape(
+                t,
+                tok,
+                vocab_size=t.vocab_size,
+                bos_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},  # sums to head size / 2 (16 / 2)
+            ),
             vision_config={
                 "depth": t.vision_layers,
                 "hidden_size": t.vision_hidden,

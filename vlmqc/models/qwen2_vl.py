@@ -209,16 +209,9 @@ class Qwen2VL(Family):
         from vlmqc.config import TinyModelConfig
 
         t = TinyModelConfig()
-        heads = max(1, t.text_hidden // 16)
         shape = Qwen2VLModelConfig(
             text=Qwen2VLTextShape(
-                hidden_size=t.text_hidden,
-                num_hidden_layers=t.text_layers,
-                num_attention_heads=heads,
-                num_key_value_heads=max(1, heads // 2),
-                intermediate_size=4 * t.text_hidden,
-                vocab_size=t.vocab_size,
-                mrope_section=[2, 3, 3],
+                **offline.text_shape(t, vocab_size=t.vocab_size, max_position_embeddings=None, initializer_range=None, mrope_section=[2, 3, 3])
             ),
             vision=Qwen2VLVisionShape(depth=t.vision_layers, embed_dim=t.vision_hidden, num_heads=max(1, t.vision_hidden // 16)),
             tokenizer_vocab_size=t.vocab_size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from transformers import Qwen3VLConfig, Qwen3VLProcessor
 
 from vlmqc.config import ModelConfig
+from vlmqc.models import offline
 from vlmqc.models.qwen2_5_vl import Qwen2_5_VL
 from vlmqc.models.qwen2_vl import token_ids
 
@@ -49,24 +50,16 @@ class Qwen3VL(Qwen2_5_VL):
 
     def random_config(self, cfg: ModelConfig, tok):
         t = cfg.tiny
-        heads = max(1, t.text_hidden // 16)
         return Qwen3VLConfig(
-            text_config={
-                "hidden_size": t.text_hidden,
-                "num_hidden_layers": t.text_layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": max(1, heads // 2),
-                "head_dim": 16,
-                "intermediate_size": 4 * t.text_hidden,
-                "vocab_size": t.vocab_size,
-                "max_position_embeddings": 4096,
+            text_config=offline.text_shape(
+                t,
+                tok,
+                vocab_size=t.vocab_size,
+                bos_token_id=tok.pad_token_id,
+                head_dim=16,
                 # interleaved multimodal rotary frequencies, as published; sums to head_dim / 2
-                "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-                "initializer_range": t.init_std,
-                "bos_token_id": tok.pad_token_id,
-                "eos_token_id": tok.eos_token_id,
-                "pad_token_id": tok.pad_token_id,
-            },
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            ),
             vision_config={
                 "depth": t.vision_layers,
                 "hidden_size": t.vision_hidden,
