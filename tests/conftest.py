@@ -58,3 +58,19 @@ def prompt_option(name: str):
     from vlmqc.config import to_object
 
     return to_object(compose_app("train", [f"prompt={name}"]).prompt, "prompt")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """One folder of tiny models built offline for a test module, shared by its tests."""
+    return tmp_path_factory.mktemp("models")
+
+
+def pair_row(verdict: str = "defective", size: tuple[int, int] = (448, 386), id: str | None = None) -> dict:  # noqa: A002 - the dataset's column name
+    """A pair example as the dataset gives it: a plain image of the stacked pair's size and its
+    labels (one missing terminal at C5 when defective)."""
+    from PIL import Image
+
+    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
+    return {"id": id or f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects,
+            "target": "", "answer": ""}

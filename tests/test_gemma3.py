@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, pair_row, prompt_option
 from PIL import Image
 
 from vlmqc.collate import IGNORE, Collator
@@ -25,8 +25,7 @@ def tiny(tmp_path_factory):
 
 
 def pair(verdict="defective", size=(448, 386)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects, "target": "", "answer": ""}
+    return pair_row(verdict, size)
 
 
 def test_the_label_mask_is_the_answer_and_the_end_of_the_model_turn(tiny):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, pair_row, prompt_option
 from PIL import Image
 
 from vlmqc.collate import IGNORE, Collator
@@ -21,26 +21,12 @@ TOKENS_PER_TILE = (64 // 8) ** 2 // 4  # the tiny tower: 64-pixel tiles, 8-pixel
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
 def tiny(models_dir):
     return load(INTERNVL.tiny_config(), ImageSizeConfig(name="native"), str(models_dir), "cpu")
 
 
 def pair(verdict="defective", size=(448, 386)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {
-        "id": f"t-{verdict}",
-        "task": "pair",
-        "image": Image.new("RGB", size, (120, 130, 140)),
-        "verdict": verdict,
-        "defects": defects,
-        "target": "",
-        "answer": "",
-    }
+    return pair_row(verdict, size)
 
 
 @pytest.mark.parametrize("size, tiles", [(64, 1), (96, 2), (128, 4), (200, 9)])

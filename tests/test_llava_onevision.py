@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, pair_row, prompt_option
 from PIL import Image
 
 from vlmqc.collate import IGNORE, Collator
@@ -19,18 +19,12 @@ FAMILY = families()["llava_onevision"]
 TILE = FAMILY.tiny_config().tiny.patch_size * 4
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
 def tiny(models_dir, size=None):
     return load(FAMILY.tiny_config(), ImageSizeConfig(name=str(size or "native"), size=size), str(models_dir), "cpu", Layout.separate)
 
 
 def pair(verdict="defective", size=(448, 200)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects, "target": "", "answer": ""}
+    return pair_row(verdict, size)
 
 
 def test_the_grid_is_the_published_order():

@@ -17,11 +17,6 @@ def tiny_checkpoint(size, models_dir):
     return random_checkpoint(ModelConfig(name="tiny"), size, models_dir)
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
 def test_tiny_model_is_built_once_and_loads_through_the_auto_classes(models_dir):
     path = tiny_checkpoint(None, models_dir)
     mtime = (path / "model.safetensors").stat().st_mtime_ns

@@ -35,11 +35,6 @@ def rows(tmp_path_factory):
     return dsd
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
 @pytest.mark.parametrize("name, layout", CASES, ids=[f"{n}-{lay.value}" for n, lay in CASES])
 def test_golden_tiny_model_trains_evaluates_and_learns_the_answer_alone(name, layout, rows, models_dir, tmp_path):
     family = families()[name]

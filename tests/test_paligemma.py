@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, pair_row, prompt_option
 from PIL import Image
 
 from vlmqc.collate import IGNORE, Collator
@@ -21,8 +21,7 @@ def tiny(tmp_path_factory):
 
 
 def pair(verdict="defective", size=(448, 386)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects, "target": "", "answer": ""}
+    return pair_row(verdict, size)
 
 
 def test_the_collators_mask_is_the_processors_own_labels_and_token_types_reach_the_model(tiny):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, compose_app, prompt_option
+from conftest import CONF, compose_app, pair_row, prompt_option
 from PIL import Image
 from transformers import AutoModelForCausalLM
 
@@ -26,26 +26,12 @@ PHI = families()["phi3_v"]
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
 def tiny(models_dir):
     return load(PHI.tiny_config(), ImageSizeConfig(name="native"), str(models_dir), "cpu")
 
 
 def pair(verdict="defective", size=(448, 386)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {
-        "id": f"t-{verdict}",
-        "task": "pair",
-        "image": Image.new("RGB", size, (120, 130, 140)),
-        "verdict": verdict,
-        "defects": defects,
-        "target": "",
-        "answer": "",
-    }
+    return pair_row(verdict, size)
 
 
 def test_the_tiny_model_is_remote_code_loaded_from_its_own_files(tiny):

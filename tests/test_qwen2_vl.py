@@ -13,10 +13,9 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, pair_row, prompt_option
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
-from PIL import Image
 from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 from transformers.utils import is_torchvision_available
 
@@ -54,27 +53,13 @@ def preset(*overrides: str) -> ModelConfig:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
 def small(models_dir):
     """The shrunk preset, loaded as a trial loads it: model, processor, folder."""
     return load(preset(*OVERRIDES), ImageSizeConfig(name="native"), str(models_dir), "cpu")
 
 
 def pair(verdict="defective", size=(448, 386)):
-    defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {
-        "id": f"test-{verdict}-{size[1]}",
-        "task": "pair",
-        "image": Image.new("RGB", size, (120, 130, 140)),
-        "verdict": verdict,
-        "defects": defects,
-        "target": "",
-        "answer": "",
-    }
+    return pair_row(verdict, size, id=f"test-{verdict}-{size[1]}")
 
 
 def test_the_preset_is_the_2b_shape_and_its_file_states_the_schema_defaults():

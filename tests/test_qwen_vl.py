@@ -53,11 +53,6 @@ def tokens_of(family, processor, model, images):
     return family.image_facts(processor, model, images, batch)
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("models")
-
-
 @pytest.fixture(scope="module", params=NEW)
 def tiny(request, models_dir):
     family = families()[request.param]
