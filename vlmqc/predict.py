@@ -98,26 +98,13 @@ def _metadata(path: Path, task: str, reference: Path | None) -> list[dict]:
     """The rows of a custom-data metadata.jsonl: image, reference (its own, else ``--reference``)
     and labels (``None`` where the line gives none). Every problem is reported, with its line."""
     from vlmqc.config import CustomConfig
-    from vlmqc.data.custom import _labels
+    from vlmqc.data.custom import _labels, records
     from vlmqc.labels import POSITIONS
 
     root, rows, errors = path.parent, [], []
     cfg = CustomConfig(name="predict", path=str(root))
-    for lineno, text in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").split("\n"), 1):
-        where = f"{path}:{lineno}"
-        if not text.strip():
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            errors.append(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
-            continue
-        if not isinstance(rec, dict):
-            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            continue
-        if unknown := sorted(set(rec) - METADATA_KEYS):
-            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(METADATA_KEYS))})")
-            continue
+    # utf-8-sig and \n alone, as custom data reads its metadata
+    for _, where, rec in records(path, path.read_text(encoding="utf-8-sig", errors="replace").split("\n"), METADATA_KEYS, errors):
         if not isinstance(rec.get("file"), str) or not rec["file"].strip():
             errors.append(f"{where}: no image: 'file' must name the image, relative to {root}")
             continue

@@ -173,6 +173,29 @@ def _labels(cfg: CustomConfig, rec: dict, where: str, errors: list[str]) -> dict
     return labels
 
 
+def records(path: Path, lines: list[str], keys: set[str], errors: list[str]) -> Iterator[tuple[int, str, dict]]:
+    """``(line number, "file:line", record)`` for each line of a metadata file that is a JSON object
+    with only ``keys``; every other non-blank line is reported in ``errors``, with its line.
+    The one reader of metadata lines: custom data's, and ``python -m vlmqc.predict``'s."""
+    for lineno, text in enumerate(lines, 1):
+        where = f"{path}:{lineno}"
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            errors.append(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            continue
+        unknown = sorted(set(rec) - keys)
+        if unknown:
+            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(keys))})")
+            continue
+        yield lineno, where, rec
+
+
 def read(cfg: CustomConfig) -> Source:
     """Validate the folder and its metadata; raise CustomDataError listing every problem."""
     root = Path(cfg.path).expanduser()
@@ -194,22 +217,7 @@ def read(cfg: CustomConfig) -> Source:
         lines = raw.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         raise CustomDataError(f"{meta}: not UTF-8 text ({e})") from None
-    for lineno, text in enumerate(lines, 1):
-        where = f"{meta}:{lineno}"
-        if not text.strip():
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            errors.append(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
-            continue
-        if not isinstance(rec, dict):
-            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            continue
-        unknown = sorted(set(rec) - KEYS)
-        if unknown:
-            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(KEYS))})")
-            continue
+    for lineno, where, rec in records(meta, lines, KEYS, errors):
         if "file" not in rec:
             errors.append(f"{where}: missing required key 'file'")
             continue
