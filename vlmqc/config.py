@@ -720,6 +720,22 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
+def run_checked(app: str, main, quote_numeric: bool = True) -> None:
+    """An app's ``cli()``: every config of the command line (each trial of a ``-m`` sweep) is
+    composed and validated before Hydra starts ``main``, so a config error exits 2 naming the key
+    on stderr (Hydra's own report exits 1). ``quote_numeric``: ``image_size=448`` names the option."""
+    import sys
+
+    if quote_numeric:
+        sys.argv[1:] = quote_numeric_options(sys.argv[1:])
+    try:
+        check_command_line(app, sys.argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
 def check_command_line(config_name: str, argv: list[str]) -> int:
     """Compose and ``validate`` the config of every trial a command line will run, before Hydra
     runs any; returns how many were checked, raises ``ConfigError`` naming the key.

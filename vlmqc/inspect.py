@@ -55,7 +55,7 @@ from transformers import AutoConfig
 
 from vlmqc import models
 from vlmqc.collate import Collator
-from vlmqc.config import CONF_DIR, ConfigError, ImageSizeConfig, LoraTarget, Precision, check_command_line, quote_numeric_options, validate
+from vlmqc.config import CONF_DIR, ConfigError, ImageSizeConfig, LoraTarget, Precision, run_checked, validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
 from vlmqc.models.family import ImageFacts
@@ -209,14 +209,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Compose and validate first, so a config error exits 2 naming the key (Hydra's own exits 1)."""
-    sys.argv[1:] = quote_numeric_options(sys.argv[1:])  # image_size=448: the option named 448
-    try:
-        check_command_line("inspect", sys.argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    """``python -m vlmqc.inspect``: a config error exits 2 naming the key."""
+    run_checked("inspect", main)
 
 
 if __name__ == "__main__":

@@ -526,15 +526,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """``python -m vlmqc.train``: every trial's config is composed and validated before Hydra
-    starts any, so a config error exits 2 naming the key (Hydra's own report would exit 1)."""
-    sys.argv[1:] = schema.quote_numeric_options(sys.argv[1:])
-    try:
-        schema.check_command_line("train", sys.argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    """``python -m vlmqc.train``: a config error exits 2 naming the key, before any trial starts."""
+    schema.run_checked("train", main)
 
 
 if __name__ == "__main__":

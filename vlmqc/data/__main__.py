@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vlmqc.config import ConfigError, PairConfig, check_command_line, validate
+from vlmqc.config import ConfigError, PairConfig, run_checked, validate
 from vlmqc.data import get_dataset, report, store
 from vlmqc.data.custom import CustomDataError
 
@@ -48,14 +48,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Every config of the command line (each one of a ``-m`` sweep) is composed and validated
-    before Hydra starts, so a config error exits 2 naming the key (Hydra's own report exits 1)."""
-    try:
-        check_command_line("data_app", sys.argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    """``python -m vlmqc.data``: a config error (in any config of a ``-m`` sweep) exits 2 naming the key."""
+    run_checked("data_app", main, quote_numeric=False)
 
 
 if __name__ == "__main__":
