@@ -199,6 +199,7 @@ def hf_args(args_cls, s: Setup, out: Path, batch: int, steps: int, checkpointing
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # kept between epochs, as a tuned run would: restarting them costs seconds
         remove_unused_columns=False,  # the collators need the raw rows
         include_num_input_tokens_seen="non_padding",
         **{name: checkpointing},
