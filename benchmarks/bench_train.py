@@ -34,8 +34,8 @@ memory = torch.cuda.max_memory_allocated, reset per recipe, the previous recipe'
 MFU = model FLOPs per token x tokens/s / peak FLOP/s (``--peak-tflops``, else from the GPU's
 name: 989 TFLOP/s dense bf16 for an H100 SXM). Model FLOPs per token are counted on the check
 rows, one example at a time (no padding): every linear layer's 2 x in x out per row it sees in
-the forward pass; x2 more for activation gradients where a trainable weight ran before it
-(frozen layers below every trainable one get none), x2 more for its weight gradient where the
+the forward pass; as much again for its activation gradient where a trainable weight ran before
+it (frozen layers below every trainable one get none), as much again for its weight gradient where the
 weight trains (LoRA: only the adapters' weights); plus the language model's attention scores,
 4 L s^2 d forward (x3 with its backward) per sequence of s tokens. So full fine-tuning is
 6 N T, LoRA about 4 N T + 6 N_lora T; the vision tower's attention is left out, and recomputation
@@ -412,7 +412,7 @@ def reference(s: Setup) -> tuple[float, float]:
     def linear(module, inputs, _output):
         rows = inputs[0].numel() // module.in_features
         fwd = 2.0 * rows * module.in_features * module.out_features
-        state["flops"] += fwd * (1 + 2 * upstream[module] + 2 * module.weight.requires_grad)
+        state["flops"] += fwd * (1 + upstream[module] + module.weight.requires_grad)
 
     hooks = []
     for m in model.modules():
@@ -557,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         f"reference {ref:.6f} (the model's own loss on vlmqc's answer-only labels, row by row), tolerance {rtol:g} relative: {'FAILED: ' + ', '.join(f'({r.recipe}) {r.loss:.6f}' for r in wrong) if wrong else 'all agree'}"
     )
     print(
-        f"MFU = model FLOPs per token ({flops / 1e9:.3f} GFLOP, counted on the check rows: linear layers' forward 2*in*out per row, x2 for activation "
-        "gradients after the first trainable layer, x2 for trainable weights' gradients; language attention 12*L*s^2*d) x tokens/s / peak "
+        f"MFU = model FLOPs per token ({flops / 1e9:.3f} GFLOP, counted on the check rows: linear layers' forward 2*in*out per row, as much again for "
+        "activation gradients after the first trainable layer and again for trainable weights' gradients; language attention 12*L*s^2*d) x tokens/s / peak "
         f"({peak or 'unknown'} TFLOP/s{'' if peak else '; --peak-tflops to give it'})"
     )
     for r in results:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_train.py"
@@ -64,3 +65,42 @@ def test_a_recipe_that_learns_the_prompt_too_fails_the_check(tmp_path, cache):
     assert "FAILED: (c)" in out.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert not report["loss_check"]["passed"] and report["loss_check"]["failed"] == ["c"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_counts_six_flops_per_weight_and_token(tmp_path, cache, monkeypatch):
+    """The hook count against the textbook formula from the shapes alone: every linear weight of the
+    tiny LLaVA trains, so 6 x its parameters x the rows it sees (CLIP: 197 patches with CLS, the
+    projector 196, the language model every token), plus 12 L s^2 d for the attention."""
+    monkeypatch.setenv("VLMQC_CACHE_DIR", str(cache))
+    bench = load_script()
+    cfg, objs = bench.compose_cfg([*TINY, "trainer.device=cpu", "lora=full", "lora.train_vision=true"])
+    dsd, _ = bench.get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=1, progress=False)
+    rows = [dsd["train"][i] for i in range(2)]
+    s = bench.Setup([], cfg, objs, dsd, "cpu", False, tmp_path, rows)
+    flops, loss = bench.reference(s)
+
+    model, processor, family = bench.fresh_model(s)
+    batch = bench.Collator(processor, family, objs["prompt"], train=True)([rows[0]])
+    lengths = [int(bench.Collator(processor, family, objs["prompt"], train=True)([r])["attention_mask"].sum()) for r in rows]
+    part = {"vision": 0, "projector": 0, "language": 0}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            part["language" if m is model.get_output_embeddings() else family.part(name)] += m.weight.numel()
+    text, vision = model.config.text_config, model.config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    expected = sum(
+        6 * (part["vision"] * (patches + 1) + part["projector"] * patches + part["language"] * n) + 12 * text.num_hidden_layers * n * n * text.hidden_size
+        for n in lengths
+    ) / sum(lengths)
+    assert batch["pixel_values"].shape[-1] == vision.image_size
+    assert flops == pytest.approx(expected, rel=1e-9)
+    assert 4 < loss < 9
