@@ -13,6 +13,9 @@ The published processor takes one prompt a call, so a batch is encoded example b
 padded here. Its tiny model (``model.random=phi3_v``) is remote code too: ``build_random`` writes
 a LLaVA under Phi's model type with the files in ``phi3_v_remote/`` and an ``auto_map`` to them,
 so loading it runs them through ``trust_remote_code`` for real.
+
+``offline_processor`` (``vlmqc.inspect`` on the ``phi3_5_vision`` preset) is the published processor's
+crop and token rules, rebuilt in ``phi3_v_processor.py``: the published one is remote code on the hub.
 """
 
 from __future__ import annotations
