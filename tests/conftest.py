@@ -3,6 +3,7 @@ an app as a user does, in a subprocess."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -74,3 +75,13 @@ def pair_row(verdict: str = "defective", size: tuple[int, int] = (448, 386), id:
     defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
     return {"id": id or f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects,
             "target": "", "answer": ""}
+
+
+def requirement_marks(family) -> list:
+    """A skip mark, with its reason, for a family whose processor needs a package missing here
+    (``Family.requires``: Phi-4's image processor needs torchvision); benchmarks/gpu_families.sh
+    runs those tests on the GPU machine, where it is installed."""
+    missing = [p for p in family.requires if importlib.util.find_spec(p) is None]
+    if not missing:
+        return []
+    return [pytest.mark.skip(reason=f"the {family.name} family's processor needs {', '.join(missing)}, not installed here (benchmarks/gpu_families.sh runs it on the GPU machine)")]

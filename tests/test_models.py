@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option
+from conftest import compose_app, prompt_option, requirement_marks
 from transformers import Trainer, set_seed
 
 from vlmqc.collate import IGNORE, Collator
@@ -24,7 +24,12 @@ from vlmqc.prompts import render_answer
 from vlmqc.train import training_arguments
 
 FAMILIES = sorted(families())
-CASES = [(name, Layout.stacked) for name in FAMILIES] + [(name, Layout.separate) for name in FAMILIES if families()[name].multi_image]
+CASES = [
+    pytest.param(name, layout, id=f"{name}-{layout.value}", marks=requirement_marks(families()[name]))
+    for layout in (Layout.stacked, Layout.separate)
+    for name in FAMILIES
+    if layout is Layout.stacked or families()[name].multi_image
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def rows(tmp_path_factory):
     return dsd
 
 
-@pytest.mark.parametrize("name, layout", CASES, ids=[f"{n}-{lay.value}" for n, lay in CASES])
+@pytest.mark.parametrize("name, layout", CASES)
 def test_golden_tiny_model_trains_evaluates_and_learns_the_answer_alone(name, layout, rows, models_dir, tmp_path):
     family = families()[name]
     model, processor, loaded, _ = load(family.tiny_config(), ImageSizeConfig(name="native"), str(models_dir), "cpu", layout)

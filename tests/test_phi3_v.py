@@ -6,6 +6,7 @@ smoke test (tests/test_models.py) trains and evaluates the same tiny remote-code
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,10 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object, validate
+from vlmqc.data import get_dataset
+from vlmqc.data.layout import images as row_images
+from vlmqc.inspect import inspect, source
 from vlmqc.models import check, families, load
 from vlmqc.predict import predict
 from vlmqc.prompts import render_answer
@@ -129,9 +133,62 @@ def test_the_linear_layers_fall_in_their_parts(tiny):
     assert PHI.part("model.layers.0.self_attn.qkv_proj") == "language" and PHI.part("model.layers.3.mlp.gate_up_proj") == "language"
 
 
-def test_the_preset_alone_trusts_remote_code_among_the_phi3_presets():
+def test_the_preset_alone_trusts_remote_code():
     cfg = to_object(compose_app("train", ["model=phi3_5_vision"]).model, "model")
     assert cfg.path == "microsoft/Phi-3.5-vision-instruct" and cfg.family == "phi3_v" and cfg.trust_remote_code
     assert cfg.processor == {"crop_size": 336, "num_crops": 4, "num_img_tokens": 144}
     remote = {p.stem for p in (CONF / "model").glob("*.yaml") if to_object(compose_app("train", [f"model={p.stem}"]).model, "model").trust_remote_code}
-    assert remote <= {"phi3_5_vision", "phi4_multimodal"} and "phi3_5_vision" in remote
+    assert remote == {"phi3_5_vision"}  # phi4_multimodal is transformers' native port
+
+
+@pytest.mark.parametrize(
+    "size, wh, hd, tiles, tokens",
+    [
+        # worked by hand from the published processing_phi3_v.py: landscape 448 x 386 (ratio 1.16), 4 crops:
+        # scale 2 (2 * ceil(2 / 1.16) = 4), 672 x 579 padded to 672 x 672, 2 x 2 crops + the global view;
+        # (4 + 1) * 144 + 1 + (2 + 1) * 12 image tokens
+        (672, (448, 386), [672, 672], 5, 757),
+        # portrait 300 x 1000, turned: ratio 3.33, scale 3 (3 * ceil(0.9) = 3 <= 4; 4 * ceil(1.2) = 8 > 4),
+        # 1008 x 302 padded to 1008 x 336, turned back: 3 crops down, 1 across
+        (672, (300, 1000), [1008, 336], 4, (3 + 1) * 144 + 1 + (3 + 1) * 12),
+        # 16 crops (image_size=1344): scale 4, 1344 x 1158 padded to 1344 x 1344, 4 x 4 crops
+        (1344, (448, 386), [1344, 1344], 17, 17 * 144 + 1 + 5 * 12),
+        # native: the published num_crops 4
+        (None, (448, 386), [672, 672], 5, 757),
+    ],
+)
+def test_the_presets_offline_processor_follows_the_published_hd_rules(size, wh, hd, tiles, tokens):
+    cfg = to_object(compose_app("train", ["model=phi3_5_vision"]).model, "model")
+    family, processor, config, origin = source(cfg, ImageSizeConfig(name=str(size or "native"), size=size), "unused")
+    assert family is PHI and "built offline" in origin
+    image = Image.new("RGB", wh)
+    batch = PHI.encode(processor, ["Is it defective?"], [[image]], ["The bottom product passed."], "right")
+    facts = PHI.image_facts(processor, SimpleNamespace(config=config), [image], batch)
+    assert batch["image_sizes"].tolist() == [hd] and facts.tiles == [tiles] and facts.image_tokens == tokens
+    assert batch["pixel_values"].shape == (1, (size or 672) ** 2 // 336**2 + 1, 3, 336, 336)  # padded to num_crops + 1 views
+    assert facts.processed_pixels == [[336, 336]]
+
+
+def test_the_offline_processor_refuses_facts_that_are_not_the_published_crops():
+    with pytest.raises(ConfigError, match="336-pixel crops of 144 tokens, not 448 and 144"):
+        PHI.offline_processor({"crop_size": 448, "num_crops": 4, "num_img_tokens": 144})
+
+
+def test_inspects_table_agrees_with_the_real_processor_on_the_tiny_model(models_dir, tmp_path):
+    cfg = compose_app("inspect", ["data=pair_round", "data.train_size=8", "data.test_size=4", "image_size=native"])
+    cfg.paths.output_dir = "."
+    objs = validate(cfg)  # with the default tiny LLaVA, which takes one image: the layout and model are set after
+    objs["model"], objs["data"] = PHI.tiny_config(), dataclasses.replace(objs["data"], layout=Layout.separate)
+    dsd, _ = get_dataset(objs["data"], tmp_path, num_workers=1, progress=False)
+    rows = list(dsd["test"])[:2]
+    table, _ = inspect(objs, str(models_dir), rows)
+    _, processor, _, _ = load(PHI.tiny_config(), objs["image_size"], str(models_dir), "cpu", Layout.separate)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    for row, shown in zip(rows, table, strict=True):
+        images = row_images(row, Layout.separate)
+        # the remote-code processor itself, on the example's text and images
+        out = processor(text=PHI.text(processor, "Q", len(images), "A"), images=images, return_tensors="pt")
+        assert shown.facts.input_pixels == [[im.height, im.width] for im in images]
+        assert shown.facts.image_tokens == int((out["input_ids"] == image_id).sum()) == 2 * (224 // 16) ** 2
+        assert shown.facts.tiles == [1, 1] and shown.facts.processed_pixels == [list(out["pixel_values"].shape[-2:])] * 2
+        assert shown.sequence == Collator(processor, PHI, objs["prompt"], True, Layout.separate)([row])["input_ids"].shape[1]

@@ -29,7 +29,7 @@ from vlmqc.models.family import Family, ImageFacts
 __all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "random_checkpoint", "resolve_dtype"]
 
 # one module per family, each defining one Family subclass; imported on first use, not at import time
-FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v")
+FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v", "phi4_multimodal")
 
 _families: dict[str, Family] = {}
 

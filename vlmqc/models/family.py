@@ -39,6 +39,9 @@ class Family:
     name: ClassVar[str]  # model.random=<name> builds its tiny model; errors name the family by it
     model_types: ClassVar[tuple[str, ...]]  # config.json model_type values this family loads
     multi_image: ClassVar[bool] = False  # several images in one user turn (data.layout=separate)
+    # packages its processor needs beyond vlmqc's own (Phi-4's image processor exists only with
+    # torchvision); its tiny model and offline processor are refused where one is missing
+    requires: ClassVar[tuple[str, ...]] = ()
     # module-name regexes of a part, tried in this order (a projector inside the vision tower, like
     # Qwen2-VL's visual.merger, is matched before the tower); no match: "other" (all_linear only)
     parts: ClassVar[dict[str, str]] = {

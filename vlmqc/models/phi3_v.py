@@ -13,6 +13,9 @@ The published processor takes one prompt a call, so a batch is encoded example b
 padded here. Its tiny model (``model.random=phi3_v``) is remote code too: ``build_random`` writes
 a LLaVA under Phi's model type with the files in ``phi3_v_remote/`` and an ``auto_map`` to them,
 so loading it runs them through ``trust_remote_code`` for real.
+
+``offline_processor`` (``vlmqc.inspect`` on the ``phi3_5_vision`` preset) is the published processor's
+crop and token rules, rebuilt in ``phi3_v_processor.py``: the published one is remote code on the hub.
 """
 
 from __future__ import annotations
@@ -131,6 +134,22 @@ class Phi3V(Family):
     def tiny_config(self) -> ModelConfig:
         return ModelConfig(name=f"tiny_{self.name}", random=self.name, trust_remote_code=True)
 
+    def offline_processor(self, facts: dict):
+        """Facts (conf/model/phi3_5_vision.yaml): ``crop_size`` (336), ``num_crops``, ``num_img_tokens``
+        (144 a crop). The published remote-code processor's rules, rebuilt in phi3_v_processor.py; the
+        config is a bare one: this family's facts read nothing from it."""
+        from transformers import PretrainedConfig
+
+        from vlmqc.models import phi3_v_processor as published
+
+        if (facts["crop_size"], facts["num_img_tokens"]) != (published.CROP, published.TOKENS_PER_CROP):
+            raise ConfigError(
+                f"model.processor: the published Phi-3-vision processor has {published.CROP}-pixel crops of {published.TOKENS_PER_CROP} tokens, "
+                f"not {facts['crop_size']} and {facts['num_img_tokens']}"
+            )
+        processor = published.Phi3VProcessor(published.Phi3VImageProcessor(facts["num_crops"]), _published_tokenizer())
+        return processor, PretrainedConfig()
+
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         size = size or cfg.tiny.native_size
         code = {f: (REMOTE / f).read_text() for f in REMOTE_FILES}
@@ -181,3 +200,9 @@ class Phi3V(Family):
 
 def _edit_json(file: Path, **values) -> None:
     file.write_text(json.dumps({**json.loads(file.read_text()), **values}, indent=2))
+
+
+def _published_tokenizer():
+    tokenizer = offline.tokenizer(1024, TOKENS, bos_token="<s>", eos_token="<|end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = TEMPLATE
+    return tokenizer
