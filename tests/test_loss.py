@@ -14,7 +14,7 @@ import torch
 from conftest import pair_row, prompt_option, run_app
 from transformers import Trainer, TrainingArguments
 
-from vlmqc.collate import IGNORE, Collator
+from vlmqc.collate import IGNORE, Collator, sequence_lengths
 from vlmqc.config import ImageSizeConfig, LoraConfig, LossMode, ModelConfig
 from vlmqc.loss import AnswerOnlyTrainer, answer_span, trainer_class
 from vlmqc.models import adapt, families, load
@@ -44,8 +44,16 @@ def model_and_batches(models_dir, name: str, lora: LoraConfig):
 
 
 def trainer(cls, model, tmp_path, accumulation: int = 2) -> Trainer:
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, gradient_accumulation_steps=accumulation, per_device_train_batch_size=2,
-                             report_to="none", remove_unused_columns=False, label_names=["labels"], disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=2,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        disable_tqdm=True,
+    )
     return cls(model=model, args=args)
 
 
@@ -138,8 +146,19 @@ def first_loss(run_dir) -> float:
 
 @pytest.mark.slow
 def test_a_trial_records_the_same_first_loss_on_either_path(tmp_path):
-    common = ["logger=none", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.eval_before=false", "trainer.eval_limit=4",
-              "trainer.samples=0", "trainer.batch_size=4", "trainer.grad_accum=2", "data.train_size=32", "data.test_size=8"]
+    common = [
+        "logger=none",
+        "trainer.max_steps=4",
+        "trainer.logging_steps=1",
+        "trainer.eval_before=false",
+        "trainer.eval_limit=4",
+        "trainer.samples=0",
+        "trainer.batch_size=4",
+        "trainer.grad_accum=2",
+        "data.train_size=32",
+        "data.test_size=8",
+        "trainer.group_by_length=true",
+    ]
     summaries = {}
     for mode in ("full", "answer_only"):
         result = run_app(tmp_path, "vlmqc.train", *common, f"trainer.loss={mode}", f"hydra.run.dir=outputs/{mode}")
@@ -150,10 +169,44 @@ def test_a_trial_records_the_same_first_loss_on_either_path(tmp_path):
     assert answer_only == pytest.approx(full, rel=1e-5)
 
 
-@pytest.mark.parametrize(("override", "key"), [("trainer.loss=fast", "trainer.loss"), ("trainer.compile_mode=turbo", "trainer.compile_mode"),
-                                               ("trainer.compile_mode=max-autotune", "trainer.compile_mode")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.loss=fast", "trainer.loss"),
+        ("trainer.compile_mode=turbo", "trainer.compile_mode"),
+        ("trainer.compile_mode=max-autotune", "trainer.compile_mode"),
+    ],
+)
 def test_a_bad_value_exits_2_naming_the_key(tmp_path, override, key):
     result = run_app(tmp_path, "vlmqc.train", override, "logger=none")
     assert result.returncode == 2, result.stderr[-2000:]
     assert key in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_sequence_lengths_are_the_collated_lengths(models_dir):
+    """group_by_length's lengths, from one collated row per kind, against every row collated."""
+    import datasets
+
+    _, processor, family, _ = load(FAMILIES["qwen2_vl"], ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    star = {"id": "s", "task": "star", "image": pair_row().get("image").resize((448, 190)), "verdict": "", "defects": [], "target": "U3", "answer": ""}
+    two = {**pair_row("defective", id="two"), "defects": [{"position": "C5", "type": "missing"}, {"position": "U1", "type": "bent"}]}
+    rows_ = [pair_row("defective", id="a"), pair_row("pass", id="b"), star, two, pair_row("pass", size=(448, 300), id="c")]
+    dataset = datasets.Dataset.from_list([{**r, "meta": "{}"} for r in rows_]).cast_column("image", datasets.Image())
+    collate = Collator(processor, family, prompt_option("long"), train=True)
+    exact = [int(collate([dataset[i]])["attention_mask"].sum()) for i in range(len(dataset))]
+    assert len(set(exact)) >= 4, exact  # the rows differ in image tokens and in answers
+    assert sequence_lengths(collate, dataset) == exact
+
+
+def test_the_switches_reach_the_training_arguments(tmp_path):
+    from conftest import compose_app
+
+    from vlmqc.config import to_object
+    from vlmqc.train import training_arguments
+
+    t = to_object(compose_app("train", ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "trainer.group_by_length=true"]).trainer, "trainer")
+    args = training_arguments(t, tmp_path, "cpu")
+    assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (True, "reduce-overhead", "group_by_length")
+    args = training_arguments(to_object(compose_app("train").trainer, "trainer"), tmp_path, "cpu")
+    assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (False, None, "random")

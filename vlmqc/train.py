@@ -41,7 +41,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
 from vlmqc import gpus, resume
-from vlmqc.collate import Collator
+from vlmqc.collate import Collator, sequence_lengths
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
@@ -314,14 +314,17 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
+        train_set, eval_set, collator = dsd["train"], test, Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
+        if t.group_by_length:  # the Trainer's length-grouped samplers (train and eval loss) read a length column
+            train_set, eval_set = (d.add_column("length", sequence_lengths(collator, d)) for d in (train_set, eval_set))
         trainer_cls, loss_path = trainer_class(t.loss, model)
         facts["loss"] = loss_path.value  # the path that runs: answer_only falls back to full where the model cannot keep some logits
         trainer = trainer_cls(
             model=model,
             args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
-            train_dataset=dsd["train"],
-            eval_dataset=test,
-            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=collator,
             callbacks=[trial, stopper],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
