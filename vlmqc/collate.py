@@ -10,7 +10,11 @@ written is the family's (``Family.encode``), the same for every family here.
 
 from __future__ import annotations
 
+import io
+import json
+
 import torch
+from PIL import Image
 
 from vlmqc.config import Layout, PromptConfig
 from vlmqc.data.layout import images as row_images
@@ -47,3 +51,29 @@ class Collator:
             labels[i, :n] = IGNORE
         batch["labels"] = labels
         return batch
+
+
+def sequence_lengths(collator: Collator, dataset) -> list[int]:
+    """Each row's training sequence length, prompt, image tokens and answer, for
+    ``trainer.group_by_length`` (transformers' LengthGroupedSampler reads it as the ``length`` column).
+
+    Collating every row would decode and process every image before training starts; instead one
+    row of each kind (task, image size, pair geometry: what sets the prompt and image tokens) is
+    collated, and the others differ from it by their answers' token counts. Exact unless the
+    tokenizer merges across the prompt/answer boundary, which the label mask already refuses.
+    """
+    import datasets
+
+    headers = dataset.select_columns(["image", "meta"] if "meta" in dataset.column_names else ["image"]).cast_column("image", datasets.Image(decode=False))
+    answers = dataset.remove_columns([c for c in ("image", "source_image") if c in dataset.column_names])
+    tokenizer = getattr(collator.processor, "tokenizer", collator.processor)
+    counts = [len(ids) for ids in tokenizer([render_answer(collator.prompt, row) for row in answers], add_special_tokens=False)["input_ids"]]
+    base: dict[tuple, int] = {}  # kind -> its sequence length less its answer's tokens
+    lengths = []
+    for i, (header, row) in enumerate(zip(headers, answers, strict=True)):
+        size = Image.open(io.BytesIO(header["image"]["bytes"])).size if header["image"]["bytes"] else header["image"]["path"]  # the header alone
+        kind = (row["task"], size, json.dumps(json.loads(header.get("meta") or "{}").get("stack")))
+        if kind not in base:
+            base[kind] = int(collator([dataset[i]])["attention_mask"].sum()) - counts[i]
+        lengths.append(base[kind] + counts[i])
+    return lengths

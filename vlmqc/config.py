@@ -422,6 +422,15 @@ class Precision(str, enum.Enum):
     fp16 = "fp16"
 
 
+class LossMode(str, enum.Enum):
+    full = "full"  # the model's own forward: logits at every position, then the loss (vlmqc/loss.py)
+    answer_only = "answer_only"  # the output head and the cross-entropy at the answer positions only
+
+
+# torch.compile's modes (torch.compile(mode=...)); null: its default
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainerConfig:
     epochs: float = 3.0
@@ -449,6 +458,10 @@ class TrainerConfig:
     save_total_limit: int = 2
     resume: bool = True  # re-running a trial resumes from its last checkpoint; a completed trial is not run again
     gradient_checkpointing: bool = False
+    loss: LossMode = LossMode.full  # answer_only: the same loss and gradients, logits at the answer positions only (vlmqc/loss.py)
+    compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
+    compile_mode: str | None = None  # torch.compile's mode (COMPILE_MODES); null: its default; only with compile=true
+    group_by_length: bool = False  # batches of similar sequence length, less padding (Trainer's LengthGroupedSampler)
     eval_before: bool = True  # evaluate the base model first, as the study did
     eval_every: int = 0  # also evaluate by generation every N steps (0: before and after training only)
     eval_batch_size: int = 16
@@ -491,6 +504,8 @@ class TrainerConfig:
         )
         for key in ("eval_every", "eval_limit", "samples"):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
+        _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"must be null or one of {', '.join(COMPILE_MODES)}")
+        _check(self.compile or self.compile_mode is None, "compile_mode", self.compile_mode, "applies only with trainer.compile=true")
 
 
 @dataclass

@@ -37,17 +37,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
 from vlmqc import gpus, resume
-from vlmqc.collate import Collator
+from vlmqc.collate import Collator, sequence_lengths
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
 from vlmqc.data.custom import CustomDataError
 from vlmqc.data.layout import images as row_images
 from vlmqc.evaluate import chance, prior_answers, score
 from vlmqc.lock import RunLock
+from vlmqc.loss import trainer_class
 from vlmqc.models import adapt, load, parameter_counts, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
@@ -206,6 +207,9 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         # workers again every epoch would cost more than the steps themselves
         dataloader_persistent_workers=t.dataloader_workers > 0,
         **{CHECKPOINTING: t.gradient_checkpointing},
+        torch_compile=t.compile,
+        torch_compile_mode=t.compile_mode if t.compile else None,  # a mode alone would turn compiling on
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator needs the raw rows: image, labels, task
         label_names=["labels"],
@@ -310,12 +314,17 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
-        trainer = Trainer(
+        train_set, eval_set, collator = dsd["train"], test, Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
+        if t.group_by_length:  # the Trainer's length-grouped samplers (train and eval loss) read a length column
+            train_set, eval_set = (d.add_column("length", sequence_lengths(collator, d)) for d in (train_set, eval_set))
+        trainer_cls, loss_path = trainer_class(t.loss, model)
+        facts["loss"] = loss_path.value  # the path that runs: answer_only falls back to full where the model cannot keep some logits
+        trainer = trainer_cls(
             model=model,
             args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
-            train_dataset=dsd["train"],
-            eval_dataset=test,
-            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=collator,
             callbacks=[trial, stopper],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
