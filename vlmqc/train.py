@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
-from vlmqc import gpus, resume
+from vlmqc import gpus, preprocess, resume
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -310,12 +310,21 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
+        args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None)
+        train_data, collator = dsd["train"], Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
+        facts["preprocess"] = {"mode": t.preprocess.value}
+        if t.preprocess is schema.Preprocess.once:
+            # rank 0 encodes (or finds the cache) first, the other ranks then load its cache
+            with args.main_process_first(desc="preprocess"):
+                train_data, collator, facts["preprocess"] = preprocess.prepare(
+                    train_data, data_path, processor, family, objs["prompt"], data_cfg.layout, t.preprocess_pixels, args.bf16, num_workers=cfg.num_workers
+                )
         trainer = Trainer(
             model=model,
-            args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
-            train_dataset=dsd["train"],
+            args=args,
+            train_dataset=train_data,
             eval_dataset=test,
-            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout),
+            data_collator=collator,
             callbacks=[trial, stopper],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
