@@ -42,7 +42,9 @@ def loaded(models_dir):
 def dataset(tmp_path_factory):
     """pair_mixed, 12 training examples: a real cached dataset and its folder."""
     cache = tmp_path_factory.mktemp("data")
-    dsd, path = get_dataset(data_config(compose_app("train", ["data=pair_mixed", "data.train_size=12", "data.test_size=4"])), cache, num_workers=1, progress=False)
+    dsd, path = get_dataset(
+        data_config(compose_app("train", ["data=pair_mixed", "data.train_size=12", "data.test_size=4"])), cache, num_workers=1, progress=False
+    )
     return dsd, path
 
 
@@ -50,7 +52,11 @@ def ragged_rows() -> list[dict]:
     """Rows of three sizes and two tasks (noise images: every pixel matters), so that text lengths,
     tiles and image patches differ within the batch and the padding is exercised."""
     rng = np.random.default_rng(0)
-    rows = [pair_row("defective", (448, 386), "a"), pair_row("pass", (448, 190), "b"), {**pair_row("pass", (300, 500), "c"), "task": "star", "verdict": "", "defects": [], "target": "U3"}]
+    rows = [
+        pair_row("defective", (448, 386), "a"),
+        pair_row("pass", (448, 190), "b"),
+        {**pair_row("pass", (300, 500), "c"), "task": "star", "verdict": "", "defects": [], "target": "U3"},
+    ]
     for r in rows:
         r["image"] = Image.fromarray(rng.integers(0, 256, (r["image"].height, r["image"].width, 3), dtype=np.uint8))
     return rows
@@ -74,7 +80,9 @@ def test_stacked_examples_are_the_collators_batch(loaded, name):
     assert (got["attention_mask"].sum(1) < got["attention_mask"].shape[1]).any(), "the rows differ in length: padding is tested"
 
 
-@pytest.mark.parametrize("name, layout", [("llava", Layout.stacked), ("qwen2_vl", Layout.stacked), ("qwen2_vl", Layout.separate), ("idefics3", Layout.separate)])
+@pytest.mark.parametrize(
+    "name, layout", [("llava", Layout.stacked), ("qwen2_vl", Layout.stacked), ("qwen2_vl", Layout.separate), ("idefics3", Layout.separate)]
+)
 def test_the_cached_training_split_gives_the_collators_batches_loss_and_gradients(loaded, dataset, name, layout):
     """Built through the cache (Arrow, read back), in batches of 4: the same batch as the Collator,
     and one training step's loss and every gradient the same."""
@@ -136,7 +144,9 @@ def test_bf16_pixels_are_the_same_computation_under_bf16_autocast(loaded, datase
     model, processor, family = loaded("llava")
     dsd, path = dataset
     prompt = prompt_option("short")
-    train, encoded, fact = preprocess.prepare(dsd["train"], path, processor, family, prompt, Layout.stacked, PixelStorage.bf16, bf16_training=True, num_workers=1, progress=False)
+    train, encoded, fact = preprocess.prepare(
+        dsd["train"], path, processor, family, prompt, Layout.stacked, PixelStorage.bf16, bf16_training=True, num_workers=1, progress=False
+    )
     assert fact["pixels"] == "bf16"
     plain = Collator(processor, family, prompt, train=True)
     rows = [0, 1, 2, 3]
@@ -198,8 +208,14 @@ def test_a_bad_value_exits_2_naming_the_key(tmp_path, overrides, key):
 @pytest.mark.parametrize(
     "overrides, rule",
     [
-        (["trainer.preprocess=once", "trainer.preprocess_pixels=bf16", "trainer.precision=fp32"], "trainer.preprocess_pixels='bf16': is the same computation only when training in bf16"),
-        (["trainer.preprocess=once", "trainer.preprocess_pixels=bf16", "trainer.device=cpu"], "trainer.preprocess_pixels='bf16': is the same computation only when training in bf16"),
+        (
+            ["trainer.preprocess=once", "trainer.preprocess_pixels=bf16", "trainer.precision=fp32"],
+            "trainer.preprocess_pixels='bf16': is the same computation only when training in bf16",
+        ),
+        (
+            ["trainer.preprocess=once", "trainer.preprocess_pixels=bf16", "trainer.device=cpu"],
+            "trainer.preprocess_pixels='bf16': is the same computation only when training in bf16",
+        ),
     ],
 )
 def test_validate_names_the_key(overrides, rule):
@@ -207,8 +223,19 @@ def test_validate_names_the_key(overrides, rule):
         validate(compose_app("train", overrides))
 
 
-SHORT = ["logger=none", "data=pair_mixed", "data.train_size=16", "data.test_size=4", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.logging_steps=1",
-         "trainer.eval_before=false", "trainer.samples=0", "trainer.eval_batch_size=4", "trainer.save_steps=100"]
+SHORT = [
+    "logger=none",
+    "data=pair_mixed",
+    "data.train_size=16",
+    "data.test_size=4",
+    "trainer.max_steps=4",
+    "trainer.batch_size=4",
+    "trainer.logging_steps=1",
+    "trainer.eval_before=false",
+    "trainer.samples=0",
+    "trainer.eval_batch_size=4",
+    "trainer.save_steps=100",
+]
 
 
 def losses(run: Path) -> list[float]:

@@ -829,6 +829,7 @@ NON_COMPUTING_KEYS = (
     "paths.models_dir",
     "num_workers",
     "trainer.eval_batch_size",
+    "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)
 )
 if not OmegaConf.has_resolver("vlmqc.non_computing_keys"):
     OmegaConf.register_new_resolver("vlmqc.non_computing_keys", lambda: list(NON_COMPUTING_KEYS))

@@ -111,7 +111,9 @@ def encode_row(collator: Collator, row: dict, pixels: PixelStorage) -> bytes:
     batch = collator([row])
     for key, value in batch.items():
         if not isinstance(value, torch.Tensor):
-            raise ConfigError(f"trainer.preprocess=once: the {collator.family.name} family's processor returns {key} as {type(value).__name__}, not a tensor; use trainer.preprocess=step")
+            raise ConfigError(
+                f"trainer.preprocess=once: the {collator.family.name} family's processor returns {key} as {type(value).__name__}, not a tensor; use trainer.preprocess=step"
+            )
     if pixels is PixelStorage.bf16 and PIXELS in batch:
         batch[PIXELS] = batch[PIXELS].to(torch.bfloat16)
     return save_tensors({k: v.contiguous() for k, v in batch.items()})
@@ -120,13 +122,22 @@ def encode_row(collator: Collator, row: dict, pixels: PixelStorage) -> bytes:
 def _tokenizer_digest(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    text += json.dumps({"special": tokenizer.special_tokens_map, "pad": tokenizer.pad_token_id, "template": getattr(tokenizer, "chat_template", None)}, sort_keys=True, default=str)
+    text += json.dumps(
+        {"special": tokenizer.special_tokens_map, "pad": tokenizer.pad_token_id, "template": getattr(tokenizer, "chat_template", None)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cache_key(data_path: Path, processor, family, prompt: PromptConfig, layout: Layout, pixels: PixelStorage) -> str:
     """Hash of everything that changes an encoded example."""
-    sources = [Path(__file__), Path(inspect.getfile(Collator)), Path(inspect.getfile(type(family))), *map(Path, {inspect.getfile(c) for c in type(family).__mro__ if c is not object})]
+    sources = [
+        Path(__file__),
+        Path(inspect.getfile(Collator)),
+        Path(inspect.getfile(type(family))),
+        *map(Path, {inspect.getfile(c) for c in type(family).__mro__ if c is not object}),
+    ]
     sources += [Path(prompts.__file__), Path(layouts.__file__)]
     spec = {
         "version": VERSION,
@@ -168,7 +179,9 @@ def check(train: datasets.Dataset, collator: Collator, encoded: EncodedCollator,
         want[PIXELS] = want[PIXELS].to(torch.bfloat16).float()  # what bf16 storage keeps: compared exactly as that
     name = collator.family.name
     if want.keys() != got.keys():
-        raise ConfigError(f"trainer.preprocess=once: the {name} family's batches hold {sorted(want)}, its stacked examples {sorted(got)}; use trainer.preprocess=step")
+        raise ConfigError(
+            f"trainer.preprocess=once: the {name} family's batches hold {sorted(want)}, its stacked examples {sorted(got)}; use trainer.preprocess=step"
+        )
     for key, w in want.items():
         g = got[key]
         if w.shape != g.shape or w.dtype != g.dtype or not torch.equal(w, g):
@@ -219,4 +232,8 @@ def prepare(
         raise RuntimeError(f"{path}: {len(encoded_train)} encoded examples for {len(train)} training examples")
     seconds = round(time.perf_counter() - start, 3)
     log.info("preprocess: %d examples ready in %.1f s (%s)", len(encoded_train), seconds, "reused" if reused else "built")
-    return encoded_train, encoded, {"mode": "once", "path": str(path), "reused": reused, "seconds": seconds, "examples": len(encoded_train), "pixels": pixels.value}
+    return (
+        encoded_train,
+        encoded,
+        {"mode": "once", "path": str(path), "reused": reused, "seconds": seconds, "examples": len(encoded_train), "pixels": pixels.value},
+    )
