@@ -431,6 +431,16 @@ class LossMode(str, enum.Enum):
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+class Preprocess(str, enum.Enum):
+    step = "step"  # the processor runs on every row at every step, in the collator
+    once = "once"  # the training split is encoded once before training and cached (vlmqc/preprocess.py)
+
+
+class PixelStorage(str, enum.Enum):
+    fp32 = "fp32"  # the processor's float32 pixels, exactly
+    bf16 = "bf16"  # half the disk and memory; the same computation only when training in bf16 (vlmqc/preprocess.py)
+
+
 @dataclass
 class TrainerConfig:
     epochs: float = 3.0
@@ -452,6 +462,8 @@ class TrainerConfig:
     lr_reference_batch: int = 8  # the effective batch that trainer.lr was chosen for
     ddp_find_unused_parameters: bool = False  # true only for a model whose trainable parameters are not all used in every step
     dataloader_workers: int = 0  # processes that collate batches (images -> tensors) while the GPU computes
+    preprocess: Preprocess = Preprocess.step  # once: encode the training split once, cached; step: in the collator, every step
+    preprocess_pixels: PixelStorage = PixelStorage.fp32  # how preprocess=once stores pixel_values; bf16 only for bf16 training
     seed: int = 0
     logging_steps: int = 5
     save_steps: int = 50
@@ -506,6 +518,11 @@ class TrainerConfig:
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
         _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"must be null or one of {', '.join(COMPILE_MODES)}")
         _check(self.compile or self.compile_mode is None, "compile_mode", self.compile_mode, "applies only with trainer.compile=true")
+        if self.preprocess_pixels is PixelStorage.bf16:
+            _check(self.preprocess is Preprocess.once, "preprocess_pixels", "bf16", "stores encoded pixels: it needs trainer.preprocess=once")
+            # the rest (a GPU that runs bf16, a family whose first use of the pixels is a bf16 conv) is known at run time: vlmqc/preprocess.py
+            _check(self.precision in (Precision.auto, Precision.bf16) and self.device != "cpu", "preprocess_pixels", "bf16",
+                   "is the same computation only when training in bf16: set trainer.precision=bf16 (or auto on a GPU that has it), or use fp32")
 
 
 @dataclass
@@ -827,6 +844,7 @@ NON_COMPUTING_KEYS = (
     "paths.models_dir",
     "num_workers",
     "trainer.eval_batch_size",
+    "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)
 )
 if not OmegaConf.has_resolver("vlmqc.non_computing_keys"):
     OmegaConf.register_new_resolver("vlmqc.non_computing_keys", lambda: list(NON_COMPUTING_KEYS))

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
-from vlmqc import gpus, resume
+from vlmqc import gpus, preprocess, resume
 from vlmqc.collate import Collator, sequence_lengths
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -314,16 +314,27 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
-        train_set, eval_set, collator = dsd["train"], test, Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
+        args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None)
+        train_data, eval_data, collator = dsd["train"], test, Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
         if t.group_by_length:  # the Trainer's length-grouped samplers (train and eval loss) read a length column
-            train_set, eval_set = (d.add_column("length", sequence_lengths(collator, d)) for d in (train_set, eval_set))
+            train_data, eval_data = (d.add_column("length", sequence_lengths(collator, d)) for d in (train_data, eval_data))
+        facts["preprocess"] = {"mode": t.preprocess.value}
+        if t.preprocess is schema.Preprocess.once:
+            # rank 0 encodes (or finds the cache) first, the other ranks then load its cache
+            with args.main_process_first(desc="preprocess"):
+                lengths = train_data["length"] if t.group_by_length else None
+                train_data, collator, facts["preprocess"] = preprocess.prepare(
+                    train_data, data_path, processor, family, objs["prompt"], data_cfg.layout, t.preprocess_pixels, args.bf16, num_workers=cfg.num_workers
+                )
+                if lengths is not None:  # the encoded rows' own lengths: the grouping sampler reads this column
+                    train_data = train_data.add_column("length", lengths)
         trainer_cls, loss_path = trainer_class(t.loss, model)
         facts["loss"] = loss_path.value  # the path that runs: answer_only falls back to full where the model cannot keep some logits
         trainer = trainer_cls(
             model=model,
-            args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
-            train_dataset=train_set,
-            eval_dataset=eval_set,
+            args=args,
+            train_dataset=train_data,
+            eval_dataset=eval_data,
             data_collator=collator,
             callbacks=[trial, stopper],
         )

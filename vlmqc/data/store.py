@@ -114,9 +114,9 @@ CHUNK = 25  # examples per Arrow file: fixed, so the files do not depend on the 
 
 
 def _write_chunk(job) -> int:
-    rows_of, task, path = job
+    rows_of, task, path, features = job
     n = 0
-    with ArrowWriter(features=FEATURES, path=str(path)) as writer:
+    with ArrowWriter(features=features, path=str(path)) as writer:
         for row in rows_of(task):
             writer.write(row)
             n += 1
@@ -151,10 +151,19 @@ class WorkerDied(RuntimeError):
     """A worker process was killed while it generated a chunk; nothing was cached."""
 
 
-def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iterable[dict]], info: dict, num_workers: int = 2, progress: bool = True) -> datasets.DatasetDict:
+def build(
+    final: Path,
+    splits: dict[str, list],
+    rows_of: Callable[[object], Iterable[dict]],
+    info: dict,
+    num_workers: int = 2,
+    progress: bool = True,
+    features: datasets.Features = FEATURES,
+) -> datasets.DatasetDict:
     """Write every split, chunk by chunk in worker processes, then publish ``final`` in one rename.
 
-    ``splits`` maps a split to its chunk tasks; ``rows_of(task)`` yields a chunk's rows. Workers
+    ``splits`` maps a split to its chunk tasks; ``rows_of(task)`` yields a chunk's rows, of
+    ``features`` (a dataset's by default; vlmqc/preprocess.py writes encoded examples). Workers
     write their own Arrow files, so images never travel between processes. ``rows_of`` must be
     importable by name (a module-level function): workers do not share the caller's memory.
     """
@@ -165,8 +174,8 @@ def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iter
     pool = None
     try:
         start = time.perf_counter()
-        jobs = [(rows_of, task, tmp / f"{split}-{k:05d}.arrow") for split, tasks in splits.items() for k, task in enumerate(tasks)]
-        bar = tqdm(total=info.get("examples"), desc=f"generating {info['name']}", unit="img", disable=not progress, file=sys.stderr)
+        jobs = [(rows_of, task, tmp / f"{split}-{k:05d}.arrow", features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
+        bar = tqdm(total=info.get("examples"), desc=f"{info.get('verb', 'generating')} {info['name']}", unit="img", disable=not progress, file=sys.stderr)
         if num_workers > 1 and len(jobs) > 1:
             pool = ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=_context())
             done = (f.result() for f in as_completed([pool.submit(_write_chunk, job) for job in jobs]))
@@ -177,7 +186,7 @@ def build(final: Path, splits: dict[str, list], rows_of: Callable[[object], Iter
                 bar.update(n)
         except BrokenProcessPool as e:
             raise WorkerDied(
-                f"generating dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
+                f"{info.get('verb', 'generating')} dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
                 f"nothing was cached. Retry with fewer workers (num_workers={num_workers}) or more memory."
             ) from e
         bar.close()

@@ -42,6 +42,9 @@ class Family:
     # packages its processor needs beyond vlmqc's own (Phi-4's image processor exists only with
     # torchvision); its tiny model and offline processor are refused where one is missing
     requires: ClassVar[tuple[str, ...]] = ()
+    # trainer.preprocess_pixels=bf16 allowed: the vision tower's first op on pixel_values is a conv
+    # that bf16 autocast runs in bf16, so pixels stored in bf16 are the same computation (vlmqc/preprocess.py)
+    bf16_pixels: ClassVar[bool] = False
     # module-name regexes of a part, tried in this order (a projector inside the vision tower, like
     # Qwen2-VL's visual.merger, is matched before the tower); no match: "other" (all_linear only)
     parts: ClassVar[dict[str, str]] = {

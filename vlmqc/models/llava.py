@@ -49,6 +49,7 @@ class Llava(Family):
     name = "llava"
     model_types = ("llava",)
     multi_image = False  # LLaVA-1.5 was trained on one image per conversation
+    bf16_pixels = True  # CLIPVisionEmbeddings: pixel_values.to(weight dtype), then the patch conv, bf16 under autocast
     parts = {"projector": r"multi_modal_projector", "vision": r"vision_tower", "language": r"language_model"}
 
     def set_image_size(self, processor, model, size: int) -> None:
