@@ -175,6 +175,17 @@ def test_bf16_pixels_are_refused_where_they_would_change_the_computation(loaded,
         preprocess.prepare(dsd["train"], path, processor, family, prompt_option("short"), Layout.stacked, PixelStorage.bf16, bf16_training=True, num_workers=1)
 
 
+def test_auto_pixels_are_bf16_only_where_bf16_is_the_same_computation(loaded, dataset):
+    """trainer.preprocess_pixels=auto: bf16 for bf16 training of a family that allows it, else fp32."""
+    dsd, path = dataset
+    for name, bf16_training, want in (("llava", True, "bf16"), ("llava", False, "fp32"), ("qwen2_vl", True, "fp32")):
+        _, processor, family = loaded(name)
+        *_, fact = preprocess.prepare(
+            dsd["train"], path, processor, family, prompt_option("short"), Layout.stacked, PixelStorage.auto, bf16_training=bf16_training, num_workers=1, progress=False
+        )
+        assert fact["pixels"] == want, (name, bf16_training)
+
+
 def test_a_family_whose_batches_differ_is_refused_naming_it(loaded):
     """A processor whose batch is not its examples stacked (here: one that centres the pixels on
     the batch's mean) is caught by the check before anything is cached."""

@@ -439,6 +439,7 @@ class Preprocess(str, enum.Enum):
 class PixelStorage(str, enum.Enum):
     fp32 = "fp32"  # the processor's float32 pixels, exactly
     bf16 = "bf16"  # half the disk and memory; the same computation only when training in bf16 (vlmqc/preprocess.py)
+    auto = "auto"  # bf16 where it is the same computation (bf16 training, a family whose pixels first meet a bf16 conv), else fp32
 
 
 @dataclass
@@ -845,6 +846,7 @@ NON_COMPUTING_KEYS = (
     "num_workers",
     "trainer.eval_batch_size",
     "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)
+    "trainer.preprocess_pixels",  # the same computation: bf16 only where the first use of the pixels is a bf16 op (vlmqc/preprocess.py)
 )
 if not OmegaConf.has_resolver("vlmqc.non_computing_keys"):
     OmegaConf.register_new_resolver("vlmqc.non_computing_keys", lambda: list(NON_COMPUTING_KEYS))

@@ -206,6 +206,8 @@ def prepare(
     """The encoded training split (built, or loaded from the cache), its collator, and the fact
     the run records: ``{"mode": "once", "path", "reused", "seconds", "examples", "pixels"}``."""
     start = time.perf_counter()
+    if pixels is PixelStorage.auto:
+        pixels = PixelStorage.bf16 if bf16_training and family.bf16_pixels else PixelStorage.fp32
     if pixels is PixelStorage.bf16 and not (bf16_training and family.bf16_pixels):
         why = f"the {family.name} family's first use of pixel_values is not known to be a bf16 conv" if bf16_training else "this trial does not train in bf16"
         raise ConfigError(f"trainer.preprocess_pixels=bf16: {why}, so bf16 pixels would change the computation; use trainer.preprocess_pixels=fp32")
