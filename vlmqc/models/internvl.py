@@ -10,7 +10,9 @@ one tile is refused.
 
 Its tiny model (``model.random=internvl``) is a real ``InternVLForConditionalGeneration`` with
 random weights, the offline tokenizer with InternVL's image tokens and a chat template in its
-format, and the PIL image processor (no torchvision).
+format, and the PIL image processor (built without torchvision; where torchvision is installed,
+``AutoProcessor`` loads it as ``InternVLProcessor``, with the torchvision image processor and a video
+processor: ``offline.save_processor``).
 """
 
 from __future__ import annotations
@@ -119,7 +121,14 @@ class InternVL(Family):
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every resolution: the tile budget is the processor's
-        spec = {"tiny": asdict(cfg.tiny), "tile": TINY_TILE, "patch": TINY_PATCH, "max_tiles": TINY_MAX_TILES, "template": TEMPLATE}
+        spec = {
+            "tiny": asdict(cfg.tiny),
+            "tile": TINY_TILE,
+            "patch": TINY_PATCH,
+            "max_tiles": TINY_MAX_TILES,
+            "template": TEMPLATE,
+            "processor_files": offline.PROCESSOR_FILES,
+        }
         return f"internvl-random-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
@@ -139,7 +148,7 @@ class InternVL(Family):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(path)
-        processor.save_pretrained(path)
+        offline.save_processor(processor, path, "InternVLProcessor")
 
     def offline_processor(self, facts: dict):
         """Facts (conf/model/internvl3_1b.yaml): ``tile_size``, ``patch_size``, ``downsample_ratio``,

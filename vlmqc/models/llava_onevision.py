@@ -14,7 +14,6 @@ number of tiles; the tile itself is the tower's, fixed). The published grid is 6
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -162,7 +161,8 @@ class LlavaOnevision(Family):
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every image_size: the grid is set at load, in the processor and the config
-        return f"llava_onevision-tiny-{offline.key({'tiny': asdict(cfg.tiny), 'template': TEMPLATE, 'tile_patches': TILE_PATCHES, 'grid': TINY_GRID})}"
+        spec = {"tiny": asdict(cfg.tiny), "template": TEMPLATE, "tile_patches": TILE_PATCHES, "grid": TINY_GRID, "processor_files": offline.PROCESSOR_FILES}
+        return f"llava_onevision-tiny-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
         from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
@@ -187,10 +187,7 @@ class LlavaOnevision(Family):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(path)
-        processor.save_pretrained(path)
-        # the published checkpoint's class, so that AutoProcessor (with torchvision) assembles it too
-        saved = json.loads((path / "processor_config.json").read_text())
-        (path / "processor_config.json").write_text(json.dumps({**saved, "processor_class": "LlavaOnevisionProcessor"}, indent=2))
+        offline.save_processor(processor, path, "LlavaOnevisionProcessor")
 
     def offline_processor(self, facts: dict):
         """Facts: ``tile`` (the tower's image_size), ``patch_size``, ``grid`` (tiles a side of the

@@ -3,7 +3,8 @@
 A family's builder trains ``tokenizer`` with its special tokens, sizes its text model and vision
 tower with ``text_shape`` and ``vision_shape`` of ``model.tiny``, writes a checkpoint into the
 folder ``built`` hands it, and keys that folder with ``key`` of what it is built from; nothing
-here needs a network, a GPU or torchvision.
+here needs a network, a GPU or torchvision. ``save_processor`` writes a processor built without its
+video half so that ``AutoProcessor`` assembles the whole one from it where torchvision is installed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,26 @@ def built(final: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# the layout save_processor writes, in the cache key of the models saved by it: a folder saved the
+# earlier way (the image processor nested, a subclass's name) does not load where torchvision is
+PROCESSOR_FILES = "published"
+
+
+def save_processor(processor, path: Path, processor_class: str) -> None:
+    """``processor`` (a subclass without the video processor, which transformers builds only with
+    torchvision) in the files of a published checkpoint of ``processor_class``: its own keys and that
+    class in processor_config.json, the image processor in preprocessor_config.json, the tokenizer and
+    chat template. Where torchvision is installed, ``AutoProcessor`` then assembles ``processor_class``
+    with its video processor built from preprocessor_config.json, as transformers does for a checkpoint
+    without video_preprocessor_config.json; a subclass's name, or the image processor nested in
+    processor_config.json (where the video processor is not looked for), would fail to load there."""
+    processor.save_pretrained(path)
+    processor.image_processor.save_pretrained(path)
+    own = json.loads((path / "processor_config.json").read_text())
+    own.pop("image_processor")
+    (path / "processor_config.json").write_text(json.dumps({**own, "processor_class": processor_class}, indent=2, sort_keys=True) + "\n")
 
 
 def tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
