@@ -29,7 +29,7 @@ import torch
 import transformers
 from hydra import compose, initialize_config_dir
 
-from vlmqc.config import validate
+from vlmqc.config import quote_numeric_options, validate
 from vlmqc.data import get_dataset
 from vlmqc.models import load
 from vlmqc.predict import predict
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rows and every batch size must be >= 1")
 
     with initialize_config_dir(version_base="1.3", config_dir=os.path.abspath(CONF)):
-        cfg = compose("train", overrides=["logger=none", "paths.output_dir=.", *args.overrides])
+        cfg = compose("train", overrides=["logger=none", "paths.output_dir=.", *quote_numeric_options(args.overrides)])
     objs = validate(cfg)
     data_cfg, t = objs["data"], objs["trainer"]
     max_new_tokens = args.max_new_tokens or t.max_new_tokens
