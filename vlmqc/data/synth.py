@@ -124,22 +124,34 @@ def _clean_board(width: int, scale: int, look: int, shape: Shape) -> Image.Image
     return img
 
 
+@functools.lru_cache(maxsize=32)
+def _clean_board_reduced(width: int, scale: int, look: int, shape: Shape) -> Image.Image:
+    """The clean board at output size: every reference, and every candidate that passes, starts
+    here. Shared, so never drawn on: the pose and the lighting return new images."""
+    img = _clean_board(width, scale, look, shape)
+    return img.reduce(scale) if scale > 1 else img
+
+
 def render_board(cfg: SynthConfig, look: int, shape: Shape, rng, defects: dict | None = None, marks=()) -> tuple[Image.Image, nuisance.Draw]:
     """One board photo: terminals, defects, marks, then pose, lighting, blur, noise, coordinates."""
     geom, scale, colours = board.Geometry(cfg.render.width), cfg.render.supersample, board.LOOKS[look]
-    img = _clean_board(cfg.render.width, scale, look, shape).copy()
-    draw = ImageDraw.Draw(img)
-    for (row, col), defect in (defects or {}).items():
-        # a cell's drawing never leaves its box, so clearing the box and redrawing it gives
-        # the same pixels as drawing the defective board from scratch
-        draw.rectangle([v * scale for v in geom.cell_box(row, col)], fill=colours.board)
-        board.draw_cell(draw, geom, scale, row, col, shape, colours, defect)
-    for kind, colour, (row, col), (jx, jy), angle in marks:
-        cx, cy = geom.cell_center(row, col)
-        c = geom.cell
-        board.draw_mark(draw, (cx + jx * c) * scale, (cy + jy * c) * scale, c * scale, kind, colour, angle)
+    if defects or marks:
+        img = _clean_board(cfg.render.width, scale, look, shape).copy()
+        draw = ImageDraw.Draw(img)
+        for (row, col), defect in (defects or {}).items():
+            # a cell's drawing never leaves its box, so clearing the box and redrawing it gives
+            # the same pixels as drawing the defective board from scratch
+            draw.rectangle([v * scale for v in geom.cell_box(row, col)], fill=colours.board)
+            board.draw_cell(draw, geom, scale, row, col, shape, colours, defect)
+        for kind, colour, (row, col), (jx, jy), angle in marks:
+            cx, cy = geom.cell_center(row, col)
+            c = geom.cell
+            board.draw_mark(draw, (cx + jx * c) * scale, (cy + jy * c) * scale, c * scale, kind, colour, angle)
+        img = img.reduce(scale) if scale > 1 else img
+    else:
+        img = _clean_board_reduced(cfg.render.width, scale, look, shape)
     d = nuisance.draw(cfg.nuisance, rng, geom.cell)
-    img = nuisance.pose(img, d, scale, colours.background)
+    img = nuisance.pose(img, d, 1, colours.background)  # reduced above
     img = nuisance.photometric(img, d, rng)
     board.draw_coordinates(img, geom)
     return img, d
