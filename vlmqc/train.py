@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
-from vlmqc import gpus, resume
+from vlmqc import features, gpus, resume
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -310,15 +310,19 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         records.update(facts=facts, chance=levels, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
+        args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None)
+        # the frozen image path's features, once per image (vlmqc/features.py); None when off
+        cache = features.enable(model, family, processor, t.vision_cache, cfg.paths.features_dir, "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", device)
         trainer = Trainer(
             model=model,
-            args=training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None),
+            args=args,
             train_dataset=dsd["train"],
             eval_dataset=test,
-            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout),
-            callbacks=[trial, stopper],
+            data_collator=Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout, image_keys=bool(cache and cache.active)),
+            callbacks=[trial, stopper, *([cache.callback()] if cache else [])],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
+        facts["vision_cache"] = features.facts(cache)  # whether it is used; its hits once trained
         if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
             facts["gpu"] = torch.cuda.get_device_name(trainer.args.device)
             facts["gpu_uuid"] = str(torch.cuda.get_device_properties(trainer.args.device).uuid)
@@ -333,6 +337,8 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
         if trial.evaluated_step != trainer.state.global_step:  # eval_every may have just done it (the same answer on every rank)
             trainer.evaluate()
+        facts["vision_cache"] = features.facts(cache)
+        records.update(facts=facts)
         if rank == 0:  # one writer: every rank holds the same weights (DDP), and two would write one folder at once
             model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
             processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
