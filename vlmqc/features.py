@@ -36,6 +36,7 @@ batches), per epoch too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -195,6 +196,8 @@ class FeatureCache:
         return args, kwargs
 
     def wrap(self, original):
+        # wraps: its signature is the original's, which generate() (transformers 5.2x) reads to pass it pixel_values
+        @functools.wraps(original)
         def get_image_features(*args, **kwargs):
             keys, self.pending = self.pending, None
             if not self.active or keys is None:
