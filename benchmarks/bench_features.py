@@ -55,15 +55,20 @@ def rows(n: int, seed: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def step_time(model, batch: dict, device: str) -> float:
+def timed(fn, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}).loss.backward()
+    fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
+
+
+def step_time(model, batch: dict, device: str) -> float:
+    seconds = timed(lambda: model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}).loss.backward(), device)
+    model.zero_grad(set_to_none=True)
+    return seconds
 
 
 def main() -> None:
@@ -76,7 +81,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "vlmqc-bench-models"))
     args = ap.parse_args()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
-        cfg = compose("train", overrides=["model=qwen2_vl_2b_random", f"image_size={args.image_size}", "prompt=short", *([] if args.full else SCALED)])
+        cfg = compose("train", overrides=["model=qwen2_vl_2b_random", f"image_size='{args.image_size}'", "prompt=short", *([] if args.full else SCALED)])
     model_cfg, size, prompt = to_object(cfg.model, "model"), to_object(cfg.image_size, "image_size"), to_object(cfg.prompt, "prompt")
     model, processor, family, _ = load(model_cfg, ImageSizeConfig(name=size.name, size=size.size), args.models_dir, args.device)
     torch.manual_seed(0)
@@ -93,15 +98,27 @@ def main() -> None:
     print(f"# {'Qwen2-VL-2B shape' if args.full else 'Qwen2-VL-2B scaled'}: {total / 1e6:.1f} M parameters, image path {vision / 1e6:.1f} M; "
           f"batch {args.batch}, {tokens} tokens a sample ({image_tokens} image tokens), {model.dtype}")  # fmt: skip
 
-    plain = {i: {k: v for k, v in b.items() if k != features.KEY} for i, b in enumerate(batches)}
-    step_time(model, plain[0], args.device)  # warm-up
-    off = [step_time(model, plain[i], args.device) for i in range(1, args.steps + 1)]
     precision = "bf16" if model.dtype == torch.bfloat16 else "fp32"
     with tempfile.TemporaryDirectory() as folder:
         features.enable(model, family, processor, "memory", folder, precision, args.device)
-        step_time(model, batches[0], args.device)  # the first training call runs the tower with autograd, as the check
-        miss = [step_time(model, batches[i], args.device) for i in range(1, args.steps + 1)]
-        hit = [step_time(model, batches[i], args.device) for i in range(1, args.steps + 1)]
+        # a batch without keys takes transformers' own path (off); the modes alternate step by step,
+        # so a machine whose load changes (shared cores) weighs on each alike
+        step_time(model, {k: v for k, v in batches[0].items() if k != features.KEY}, args.device)  # warm-up
+        step_time(model, batches[0], args.device)  # the first call with keys runs the tower with autograd, as the check
+        off, miss, hit = [], [], []
+        for b in batches[1:]:
+            off.append(step_time(model, {k: v for k, v in b.items() if k != features.KEY}, args.device))
+            miss.append(step_time(model, b, args.device))
+            hit.append(step_time(model, b, args.device))
+    # the tower alone: a frozen tower records no graph even with autograd on (nothing in it requires
+    # grad), so without autograd it costs about the same; the step's saving is the hits' skipped tower
+    inner = model.get_base_model().model
+    pixels, grid = batches[1]["pixel_values"].to(args.device), batches[1]["image_grid_thw"].to(args.device)
+    tower = {}
+    for name, mode in (("autograd", torch.enable_grad), ("no_grad", torch.no_grad)):
+        with mode():
+            tower[name] = statistics.median(timed(lambda: inner.get_image_features(pixels, grid), args.device) for _ in range(3))
+    print(f"# the image path alone on one batch: {tower['autograd']:.3f} s with autograd on, {tower['no_grad']:.3f} s without")
     print(f"{'mode':<6} {'step_s (median)':>15} {'vs off':>7}")
     base = statistics.median(off)
     for name, times in (("off", off), ("miss", miss), ("hit", hit)):
