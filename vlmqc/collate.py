@@ -18,6 +18,7 @@ from PIL import Image
 
 from vlmqc.config import Layout, PromptConfig
 from vlmqc.data.layout import images as row_images
+from vlmqc.features import attach_keys
 from vlmqc.prompts import instruction, render_answer
 
 IGNORE = -100  # the label value cross-entropy skips
@@ -25,10 +26,12 @@ IGNORE = -100  # the label value cross-entropy skips
 
 class Collator:
     """Rows -> a padded batch. ``train=True``: prompt + answer with labels, padded on the right;
-    ``train=False``: the prompt alone, padded on the left, ready for ``generate``."""
+    ``train=False``: the prompt alone, padded on the left, ready for ``generate``.
+    ``image_keys``: each image's key for the vision feature cache (vlmqc/features.py) in the batch."""
 
-    def __init__(self, processor, family, prompt: PromptConfig, train: bool, layout: Layout = Layout.stacked):
+    def __init__(self, processor, family, prompt: PromptConfig, train: bool, layout: Layout = Layout.stacked, image_keys: bool = False):
         self.processor, self.family, self.prompt, self.train, self.layout = processor, family, prompt, train, layout
+        self.image_keys = image_keys
 
     def __call__(self, examples: list[dict]) -> dict:
         images = [row_images(ex, self.layout) for ex in examples]
@@ -50,7 +53,7 @@ class Collator:
                 )
             labels[i, :n] = IGNORE
         batch["labels"] = labels
-        return batch
+        return attach_keys(batch, images) if self.image_keys else batch
 
 
 def sequence_lengths(collator: Collator, dataset) -> list[int]:

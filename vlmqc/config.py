@@ -442,6 +442,12 @@ class PixelStorage(str, enum.Enum):
     auto = "auto"  # bf16 where it is the same computation (bf16 training, a family whose pixels first meet a bf16 conv), else fp32
 
 
+class VisionCache(str, enum.Enum):
+    off = "off"  # the vision tower runs every step, as transformers runs it
+    memory = "memory"  # frozen tower without autograd, its features cached per image for the trial's later epochs
+    disk = "disk"  # and on disk (paths.features_dir), for the other trials of a sweep and reruns
+
+
 @dataclass
 class TrainerConfig:
     epochs: float = 3.0
@@ -481,6 +487,7 @@ class TrainerConfig:
     eval_limit: int = 0  # evaluate on the first N test examples (0: all)
     max_new_tokens: int = 48
     samples: int = 16  # inference samples logged per evaluation, always the same test ids
+    vision_cache: VisionCache = VisionCache.off  # frozen image features computed once per image (vlmqc/features.py)
 
     def effective_batch(self, world_size: int) -> int:
         return self.batch_size * world_size * self.grad_accum
@@ -544,6 +551,7 @@ class LoggerConfig:
 class PathsConfig:
     cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
     models_dir: str = MISSING  # models built offline (model.random=<family>: vlmqc/models)
+    features_dir: str = MISSING  # frozen vision features (trainer.vision_cache=disk), keyed by a fingerprint of the image path
     output_dir: str = MISSING
 
 
@@ -843,6 +851,8 @@ NON_COMPUTING_KEYS = (
     "logger.tags",
     "paths.cache_dir",
     "paths.models_dir",
+    "paths.features_dir",
+    "trainer.vision_cache",  # the same features, computed once (tests/test_features.py checks the equivalence)
     "num_workers",
     "trainer.eval_batch_size",
     "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)

@@ -46,6 +46,7 @@ from vlmqc.collate import IGNORE, Collator
 from vlmqc.config import ConfigError, Layout, PixelStorage, PromptConfig
 from vlmqc.data import layout as layouts
 from vlmqc.data import store
+from vlmqc.features import KEY
 
 log = logging.getLogger("vlmqc.preprocess")
 
@@ -97,7 +98,10 @@ class EncodedCollator:
                 # stored in bf16 (trainer.preprocess_pixels=bf16): back to float32, exactly, so the
                 # model gets the dtype the processor gives; why this is the same computation: encode_row
                 e[PIXELS] = e[PIXELS].float()
-        return stack(encoded, self.pad_id)
+        batch = stack(encoded, self.pad_id)
+        if KEY in rows[0]:  # the vision feature cache's keys, computed once from the images (vlmqc/train.py)
+            batch[KEY] = [k for row in rows for k in row[KEY]]
+        return batch
 
 
 def encode_row(collator: Collator, row: dict, pixels: PixelStorage) -> bytes:

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
-from vlmqc import gpus, preprocess, resume
+from vlmqc import features, gpus, preprocess, resume
 from vlmqc.collate import Collator, sequence_lengths
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -315,19 +315,25 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
 
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
         args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None)
-        train_data, eval_data, collator = dsd["train"], test, Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout)
+        # the frozen image path's features, once per image (vlmqc/features.py); None when off
+        cache = features.enable(model, family, processor, t.vision_cache, cfg.paths.features_dir, "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", device)
+        image_keys = bool(cache and cache.active)
+        train_data, eval_data = dsd["train"], test
+        collator = Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout, image_keys=image_keys)
         if t.group_by_length:  # the Trainer's length-grouped samplers (train and eval loss) read a length column
             train_data, eval_data = (d.add_column("length", sequence_lengths(collator, d)) for d in (train_data, eval_data))
         facts["preprocess"] = {"mode": t.preprocess.value}
         if t.preprocess is schema.Preprocess.once:
             # rank 0 encodes (or finds the cache) first, the other ranks then load its cache
             with args.main_process_first(desc="preprocess"):
-                lengths = train_data["length"] if t.group_by_length else None
+                extra = {c: train_data[c] for c in ("length",) if c in train_data.column_names}
+                if image_keys:  # the encoded rows carry their images' feature-cache keys (the images are not decoded again per step)
+                    extra[features.KEY] = features.row_keys(train_data, data_cfg.layout)
                 train_data, collator, facts["preprocess"] = preprocess.prepare(
                     train_data, data_path, processor, family, objs["prompt"], data_cfg.layout, t.preprocess_pixels, args.bf16, num_workers=cfg.num_workers
                 )
-                if lengths is not None:  # the encoded rows' own lengths: the grouping sampler reads this column
-                    train_data = train_data.add_column("length", lengths)
+                for column, values in extra.items():
+                    train_data = train_data.add_column(column, values)
         trainer_cls, loss_path = trainer_class(t.loss, model)
         facts["loss"] = loss_path.value  # the path that runs: answer_only falls back to full where the model cannot keep some logits
         trainer = trainer_cls(
@@ -336,9 +342,10 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             train_dataset=train_data,
             eval_dataset=eval_data,
             data_collator=collator,
-            callbacks=[trial, stopper],
+            callbacks=[trial, stopper, *([cache.callback()] if cache else [])],
         )
         facts["distributed_backend"] = gpus.distributed_backend()
+        facts["vision_cache"] = features.facts(cache)  # whether it is used; its hits once trained
         if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
             facts["gpu"] = torch.cuda.get_device_name(trainer.args.device)
             facts["gpu_uuid"] = str(torch.cuda.get_device_properties(trainer.args.device).uuid)
@@ -353,6 +360,8 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             raise NonFiniteLoss(f"non-finite training loss at step {trial.nonfinite_step}")
         if trial.evaluated_step != trainer.state.global_step:  # eval_every may have just done it (the same answer on every rank)
             trainer.evaluate()
+        facts["vision_cache"] = features.facts(cache)
+        records.update(facts=facts)
         if rank == 0:  # one writer: every rank holds the same weights (DDP), and two would write one folder at once
             model.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
             processor.save_pretrained(run_dir / ("model" if objs["lora"].full else "adapter"))
