@@ -340,12 +340,18 @@ def trl_recipe(s: Setup, batch: int, checkpointing: bool, args) -> Result:
 def vlmqc_loss(s: Setup, d: Setup) -> float:
     """Recipe (d)'s check: vlmqc's Collator and the Trainer as train.py builds it (its
     ``training_arguments``), from the config with --vlmqc-overrides applied (``d``)."""
+    import dataclasses
+
+    from vlmqc.loss import trainer_class
     from vlmqc.train import training_arguments
 
     model, processor, family = fresh_model(d)
-    t = d.objs["trainer"]
+    # no evaluation in the check (a recipe like experiment=base/scratch evaluates every N steps, and
+    # the Trainer refuses that without an eval set); the trainer class is train.py's (trainer.loss)
+    t = dataclasses.replace(d.objs["trainer"], eval_every=0)
     collator = Collator(processor, family, d.objs["prompt"], train=True, layout=d.objs["data"].layout)
-    trainer = Trainer(model=model, args=training_arguments(t, d.work / "d-check", d.device), train_dataset=d.dsd["train"], data_collator=collator)
+    cls, _ = trainer_class(t.loss, model)
+    trainer = cls(model=model, args=training_arguments(t, d.work / "d-check", d.device), train_dataset=d.dsd["train"], data_collator=collator)
     return check_loss(trainer, collator, s.check_rows, min(t.batch_size, len(s.check_rows)), s.bf16)
 
 
