@@ -157,6 +157,7 @@ def test_validate_instantiates_every_group_of_the_train_app(tmp_path):
         ("trainer.seed=-1", "trainer.seed=-1"),
         ("trainer.rdzv_port=70000", "trainer.rdzv_port=70000"),
         ("trainer.dataloader_workers=-1", "trainer.dataloader_workers=-1"),
+        ("trainer.eval_workers=-1", "trainer.eval_workers=-1"),
         ("num_workers=-1", "num_workers=-1"),
         ("lora.dropout=nan", "lora.dropout=nan"),
         ("model.tiny.patch_size=0", "model.tiny.patch_size=0"),

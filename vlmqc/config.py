@@ -484,6 +484,7 @@ class TrainerConfig:
     eval_before: bool = True  # evaluate the base model first, as the study did
     eval_every: int = 0  # also evaluate by generation every N steps (0: before and after training only)
     eval_batch_size: int = 16
+    eval_workers: int = 0  # processes that collate evaluation batches while the model generates (0: in the main process)
     eval_limit: int = 0  # evaluate on the first N test examples (0: all)
     max_new_tokens: int = 48
     samples: int = 16  # inference samples logged per evaluation, always the same test ids
@@ -507,6 +508,7 @@ class TrainerConfig:
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         _check(1 <= self.rdzv_port <= 65535, "rdzv_port", self.rdzv_port, "must be a TCP port, 1 to 65535")
         _check(self.dataloader_workers >= 0, "dataloader_workers", self.dataloader_workers, "must be >= 0")
+        _check(self.eval_workers >= 0, "eval_workers", self.eval_workers, "must be >= 0")
         _between(self.lr, "lr", 0, low_open=True)
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")  # nan fails too
         _between(self.weight_decay, "weight_decay", 0)
@@ -855,6 +857,7 @@ NON_COMPUTING_KEYS = (
     "trainer.vision_cache",  # the same features, computed once (tests/test_features.py checks the equivalence)
     "num_workers",
     "trainer.eval_batch_size",
+    "trainer.eval_workers",  # the same batches, collated elsewhere (tests/test_predict_batched.py checks the answers)
     "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)
     "trainer.preprocess_pixels",  # the same computation: bf16 only where the first use of the pixels is a bf16 op (vlmqc/preprocess.py)
 )

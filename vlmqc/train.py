@@ -135,7 +135,9 @@ class Trial(TrainerCallback):
             self._emit(metrics, state.global_step)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        preds = predict_sharded(model, self.processor, self.family, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens, self.layout)
+        preds = predict_sharded(
+            model, self.processor, self.family, self.prompt, self.test_rows, self.t.eval_batch_size, self.t.max_new_tokens, self.layout, self.t.eval_workers
+        )
         self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
         if not state.is_world_process_zero:
             return
