@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,9 @@ from PIL import Image
 
 from vlmqc import features
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig
+from vlmqc.config import ImageSizeConfig, Layout, LoraConfig, LoraTarget, ModelConfig, PixelStorage
 from vlmqc.models import adapt, families, load
+from vlmqc.preprocess import EncodedCollator, encode_row
 
 FAMILIES = ["llava", "qwen2_vl"]
 
@@ -190,3 +192,40 @@ def test_a_trial_hits_in_its_second_epoch_and_the_next_trial_of_the_sweep_reuses
     assert again["fingerprint"] == facts["fingerprint"]
     assert again["epochs"] == [{"hits": 8, "misses": 0}, {"hits": 8, "misses": 0}]
     assert again["disk_hits"] == 12 and again["disk_writes"] == 0
+
+
+def test_encoded_rows_carry_the_collators_image_keys(models_dir):
+    """trainer.preprocess=once with the cache: the encoded rows' key column (features.row_keys,
+    added as vlmqc/train.py adds it, through Arrow) gives EncodedCollator's batch the keys, in the
+    order, that Collator(image_keys=True) gives the raw rows, and the same tensors."""
+    _, processor, family = adapted("llava", models_dir)
+    examples = [*rows(), {**pair_row("pass", (448, 190), "c"), "task": "star", "verdict": "", "defects": [], "target": "U3"}]
+    plain = Collator(processor, family, prompt_option("short"), train=True)
+    encoded = datasets.Dataset.from_dict({"tensors": [encode_row(plain, r, PixelStorage.fp32) for r in examples]})
+    encoded = encoded.add_column(features.KEY, features.row_keys(examples, Layout.stacked))
+    got = EncodedCollator(plain)([encoded[i] for i in range(len(examples))])
+    want = batch(processor, family, examples)
+    assert got[features.KEY] == want[features.KEY] and len(set(want[features.KEY])) == 3  # three different images
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want if k != features.KEY)
+
+
+def train_losses(run) -> list[float]:
+    return [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+
+
+@pytest.mark.slow
+def test_a_trial_with_preprocess_once_and_the_memory_cache_hits_in_epoch_2_and_trains_as_without_them(tmp_path):
+    """The two levers together, in a real trial (LoRA on the language model): epoch 2 takes every
+    image's features from memory, and the training losses are those of the trial with both off."""
+    both = [*TRIAL[:-1], "trainer.eval_before=false", "trainer.preprocess=once", "trainer.vision_cache=memory"]
+    on = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'on'}", *both)
+    assert on.returncode == 0, on.stderr[-3000:]
+    facts = json.loads((tmp_path / "on" / "summary.json").read_text())["facts"]
+    assert facts["preprocess"]["mode"] == "once" and facts["vision_cache"]["used"]
+    assert facts["vision_cache"]["epochs"] == [{"hits": 0, "misses": 8}, {"hits": 8, "misses": 0}]
+    off = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'off'}", *TRIAL[:-1], "trainer.eval_before=false")
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["facts"]["vision_cache"] == {"mode": "off", "used": False}
+    assert len(train_losses(tmp_path / "off")) == 4
+    assert train_losses(tmp_path / "on") == train_losses(tmp_path / "off")  # the first log's loss, and those of epoch 2, from cached features
