@@ -62,11 +62,10 @@ def predict(
     model.eval()
     out = []
     try:
-        batches = _batches(collate, rows, batch_size, workers)
-        for start in range(0, len(rows), batch_size):
+        for start, collated in zip(range(0, len(rows), batch_size), _batches(collate, rows, batch_size, workers), strict=True):
             chunk = rows[start : start + batch_size]
             # image inputs (whatever a family's processor names them) in the model's precision
-            batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in next(batches).items()}
+            batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in collated.items()}
             tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
             texts = processor.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for row, text in zip(chunk, texts, strict=True):

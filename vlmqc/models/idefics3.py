@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig
 from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
@@ -117,10 +115,7 @@ class Idefics3(Family):
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
             pad_token_id=tokenizer.pad_token_id,
         )
-        torch.manual_seed(t.seed)
-        model = Idefics3ForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(Idefics3ForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         processor.save_pretrained(path)
 

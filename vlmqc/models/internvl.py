@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from transformers import InternVLProcessor
 from transformers.utils import is_torchvision_available
 
@@ -143,10 +142,7 @@ class InternVL(Family):
         text = offline.text_shape(t, vocab_size=len(tokenizer))  # its token ids are _config's
         vision = offline.vision_shape(t)
         config = _config(tokenizer, TINY_TILE, TINY_PATCH, tokens_per_tile, text=text, vision=vision, initializer_range=t.init_std)
-        torch.manual_seed(t.seed)
-        model = InternVLForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(InternVLForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         offline.save_processor(processor, path, "InternVLProcessor")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from vlmqc.config import ConfigError, ModelConfig
 from vlmqc.models import offline
 from vlmqc.models.family import Family
@@ -88,10 +86,7 @@ class Llava(Family):
             image_token=IMAGE_TOKEN,
         )
         config = tiny_config(t, size, tokenizer)
-        torch.manual_seed(t.seed)
-        model = LlavaForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(LlavaForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         processor.save_pretrained(path)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from transformers import LlavaOnevisionProcessor
 
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig
@@ -182,10 +181,7 @@ class LlavaOnevision(Family):
             vision_feature_layer=-1,
             vision_aspect_ratio="anyres_max_9",
         )
-        torch.manual_seed(t.seed)
-        model = LlavaOnevisionForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(LlavaOnevisionForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         offline.save_processor(processor, path, "LlavaOnevisionProcessor")
 

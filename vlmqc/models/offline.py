@@ -62,6 +62,18 @@ def built(final: Path, build: Callable[[Path], None]) -> Path:
     return final
 
 
+def random_model(cls, config, seed: int, tokenizer):
+    """A tiny model of ``cls`` with random weights from ``seed``, generating with the tokenizer's
+    pad and end tokens: what every family's ``build_random`` saves."""
+    import torch
+
+    torch.manual_seed(seed)
+    built_model = cls(config)
+    built_model.generation_config.pad_token_id = tokenizer.pad_token_id
+    built_model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return built_model
+
+
 # the layout save_processor writes, in the cache key of the models saved by it: a folder saved the
 # earlier way (the image processor nested, a subclass's name) does not load where torchvision is
 PROCESSOR_FILES = "published"

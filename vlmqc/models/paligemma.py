@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from vlmqc.config import ConfigError, ModelConfig
 from vlmqc.models import offline
 from vlmqc.models.family import Family
@@ -108,10 +106,7 @@ class PaliGemma(Family):
             vocab_size=len(tokenizer),
         )
         config.initializer_range = t.init_std
-        torch.manual_seed(t.seed)
-        model = PaliGemmaForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(PaliGemmaForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         processor.save_pretrained(path)
 

@@ -175,10 +175,7 @@ class Phi3V(Family):
             image_token="<image>",
         )
         config = llava.tiny_config(t, size, tokenizer)
-        torch.manual_seed(t.seed)
-        model = LlavaForConditionalGeneration(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(LlavaForConditionalGeneration, config, t.seed, tokenizer)
         # saved under Phi's model type, so the weights keep the names the remote class loads (a
         # llava model type would save them in LLaVA's legacy layout, which only llava maps back)
         model.config.model_type = "phi3_v"

@@ -172,10 +172,7 @@ class Phi4Multimodal(Family):
             vision_config=offline.vision_shape(t, image_size=CROP, crop_size=CROP, patch_size=PATCH, image_token_id=processor.image_token_id),
             audio_config={**TINY_AUDIO, "audio_token_id": processor.audio_token_id},
         )
-        torch.manual_seed(t.seed)
-        model = Phi4MultimodalForCausalLM(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model = offline.random_model(Phi4MultimodalForCausalLM, config, t.seed, tokenizer)
         model.save_pretrained(path)
         processor.save_pretrained(path)
 
