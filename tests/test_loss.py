@@ -175,10 +175,13 @@ def test_a_trial_records_the_same_first_loss_on_either_path(tmp_path):
         ("trainer.loss=fast", "trainer.loss"),
         ("trainer.compile_mode=turbo", "trainer.compile_mode"),
         ("trainer.compile_mode=max-autotune", "trainer.compile_mode"),
+        ("trainer.liger=maybe", "trainer.liger"),
+        ("trainer.liger=true trainer.loss=answer_only", "trainer.liger"),
+        ("trainer.liger=true trainer.device=cpu", "trainer.liger"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_key(tmp_path, override, key):
-    result = run_app(tmp_path, "vlmqc.train", override, "logger=none")
+    result = run_app(tmp_path, "vlmqc.train", *override.split(), "logger=none")
     assert result.returncode == 2, result.stderr[-2000:]
     assert key in result.stderr
     assert not (tmp_path / "outputs").exists()
@@ -210,3 +213,53 @@ def test_the_switches_reach_the_training_arguments(tmp_path):
     assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (True, "reduce-overhead", "group_by_length")
     args = training_arguments(to_object(compose_app("train").trainer, "trainer"), tmp_path, "cpu")
     assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (False, None, "random")
+
+
+def test_liger_is_refused_where_it_cannot_run(tmp_path):
+    """device=auto on a machine without CUDA: known only at run time, refused before training, naming the key."""
+    from conftest import compose_app
+
+    from vlmqc.config import ConfigError, to_object
+    from vlmqc.train import training_arguments
+
+    t = to_object(compose_app("train", ["trainer.liger=true"]).trainer, "trainer")
+    with pytest.raises(ConfigError, match=r"trainer\.liger=true.*CUDA"):
+        training_arguments(t, tmp_path, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's kernels are Triton: CUDA only")
+def test_liger_gives_the_same_loss_and_gradient_norm(models_dir, tmp_path):
+    """trainer.liger=true (fused RMSNorm, RoPE, SwiGLU, linear+cross-entropy) against the plain path,
+    on the tiny Qwen2-VL in bf16, through the Trainer's own loop (which applies the kernels): the
+    first step's loss and gradient norm, same model, same batch."""
+    pytest.importorskip("liger_kernel")
+    from conftest import compose_app
+
+    from vlmqc.config import to_object
+    from vlmqc.train import training_arguments
+
+    results = {}
+    for liger in (False, True):
+        model, processor, family, _ = load(FAMILIES["qwen2_vl"], ImageSizeConfig(name="native"), str(models_dir), "cuda")
+        torch.manual_seed(0)
+        model = adapt(model, family, LORA)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        overrides = [f"trainer.liger={str(liger).lower()}", "trainer.precision=bf16", "trainer.device=cuda", "trainer.max_steps=1",
+                     "trainer.batch_size=3", "trainer.logging_steps=1", "trainer.save_steps=1000", "trainer.lr=1e-9"]
+        t = to_object(compose_app("train", overrides).trainer, "trainer")
+        trainer = Trainer(model=model, args=training_arguments(t, tmp_path / str(liger), "cuda"), train_dataset=rows("defective", "pass", "pass"),
+                          data_collator=Collator(processor, family, prompt_option("short"), train=True))
+        trainer.train()
+        fused = [m for m in trainer.model.modules() if "liger" in getattr(m.forward, "__module__", "")]
+        assert bool(fused) == liger, "the kernels were applied" if not liger else "liger patched nothing"
+        log = next(e for e in trainer.state.log_history if "loss" in e)
+        results[liger] = (log["loss"], log["grad_norm"])
+        del trainer, model
+        torch.cuda.empty_cache()
+    (plain_loss, plain_norm), (liger_loss, liger_norm) = results[False], results[True]
+    assert plain_loss == pytest.approx(liger_loss, rel=2e-2), results
+    assert plain_norm == pytest.approx(liger_norm, rel=5e-2), results

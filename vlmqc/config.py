@@ -480,6 +480,7 @@ class TrainerConfig:
     loss: LossMode = LossMode.full  # answer_only: the same loss and gradients, logits at the answer positions only (vlmqc/loss.py)
     compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     compile_mode: str | None = None  # torch.compile's mode (COMPILE_MODES); null: its default; only with compile=true
+    liger: bool = False  # Liger Kernel's Triton kernels (TrainingArguments.use_liger_kernel): fused RMSNorm, RoPE, SwiGLU, linear+cross-entropy; CUDA and the liger-kernel package only
     group_by_length: bool = False  # batches of similar sequence length, less padding (Trainer's LengthGroupedSampler)
     eval_before: bool = True  # evaluate the base model first, as the study did
     eval_every: int = 0  # also evaluate by generation every N steps (0: before and after training only)
@@ -528,6 +529,10 @@ class TrainerConfig:
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
         _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"must be null or one of {', '.join(COMPILE_MODES)}")
         _check(self.compile or self.compile_mode is None, "compile_mode", self.compile_mode, "applies only with trainer.compile=true")
+        # liger's fused linear+cross-entropy computes the loss inside the model's forward, without logits: it replaces
+        # loss=answer_only's logits_to_keep path (vlmqc/loss.py), which would pass it arguments it does not take
+        _check(not self.liger or self.loss is LossMode.full, "liger", True, "fuses the output head with the loss (no logits at all): use it with trainer.loss=full, not answer_only")
+        _check(not self.liger or self.device != "cpu", "liger", True, "runs Triton kernels: it needs a CUDA GPU, not trainer.device=cpu")
         if self.preprocess_pixels is PixelStorage.bf16:
             _check(self.preprocess is Preprocess.once, "preprocess_pixels", "bf16", "stores encoded pixels: it needs trainer.preprocess=once")
             # the rest (a GPU that runs bf16, a family whose first use of the pixels is a bf16 conv) is known at run time: vlmqc/preprocess.py

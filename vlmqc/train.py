@@ -172,6 +172,13 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         precision = Precision.bf16 if device == "cuda" and torch.cuda.is_bf16_supported() else Precision.fp32
     if device == "cpu" and precision != Precision.fp32:
         raise ConfigError(f"trainer.precision={precision.value}: mixed precision needs a GPU here; use fp32 or auto")
+    if t.liger:
+        import importlib.util
+
+        if device != "cuda":
+            raise ConfigError("trainer.liger=true: Liger's Triton kernels need a CUDA GPU; this trial runs on the CPU")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("trainer.liger=true: the liger-kernel package is not installed (pip install liger-kernel)")
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
@@ -210,6 +217,7 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         dataloader_persistent_workers=t.dataloader_workers > 0,
         **{CHECKPOINTING: t.gradient_checkpointing},
         torch_compile=t.compile,
+        use_liger_kernel=t.liger,  # transformers patches the model instance with liger's kernels (checked above)
         torch_compile_mode=t.compile_mode if t.compile else None,  # a mode alone would turn compiling on
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
