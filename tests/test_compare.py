@@ -387,9 +387,10 @@ def test_sample_images_are_embedded_only_from_inside_the_run_folder(sweep, tmp_p
 def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is_marked(sweep, tmp_path):
     """Summaries with the base model's evaluation, the dataset's chance levels and the best value's step, beside one without."""
     plain = copy_run(runs(sweep)["json"], tmp_path / "plain")
-    # training evaluates the base model and records chance levels by default: the plain trial is one written without them
+    # training evaluates the base model and records chance levels (and, on pair data, the pixel ceiling) by default: the plain trial is one written without them
     summary = json.loads((plain / "summary.json").read_text())
-    (plain / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in ("baseline", "chance")}))
+    assert summary["ceiling"]["examples"] >= 1  # the sweep's real trial recorded one
+    (plain / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in ("baseline", "chance", "ceiling")}))
     # chance levels flat, and as the run record writes them (the higher guesser's level counts)
     chances = {"above": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.5},
                "at": {"answer": {"pair": "pass"}, "prior": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.375}, "uniform": {"eval/verdict_accuracy": 0.5}}}
@@ -399,6 +400,8 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
         summary["final"]["eval/exact_match"] = final
         summary["best"] |= {"step": 3, "eval/exact_match": 0.7}
         summary |= {"baseline": {"step": 0, "eval/exact_match": 0.125}, "chance": chances[name]}
+        if name == "above":  # the pixel-difference detector's levels, as a trial on pair data records them
+            summary["ceiling"] = {"eval/verdict_accuracy": 0.99, "eval/position_accuracy": 1.0, "verdict_auroc": 0.998, "examples": 12}
         (run / "summary.json").write_text(json.dumps(summary))
     out = cli(*(str(tmp_path / n) for n in ("plain", "above", "at")), "--out", "out", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -411,6 +414,9 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
         assert "step 3" in cells[column(head, "best exact_match")][2]
     assert rows["plain"][column(head, "baseline exact_match")][1]["data-value"] == ""
     assert "chance" not in rows["plain"][column(head, "final exact_match")][2]
+    assert "pixels 0.990" in rows["above"][column(head, "final verdict_accuracy")][2]
+    assert "pixels" not in rows["at"][column(head, "final verdict_accuracy")][2] + rows["plain"][column(head, "final verdict_accuracy")][2]
+    assert "pixels" not in rows["above"][column(head, "final exact_match")][2]  # the detector has no exact match: nothing shown
     (table,) = Tables(text).find(id="trials")
     marked = {Path(attrs["data-dir"]).name for attrs, _ in table["rows"] if "below-chance" in attrs["class"].split()}
     assert marked == {"at"}

@@ -132,6 +132,9 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(sum(t == prior for t in dsd["test"]["target"]) / 12)
     assert summary["summary"]["chance/uniform/eval/position_accuracy"] == pytest.approx(1 / 27)
     assert summary["summary"]["best/step"] in (4, 8) and summary["summary"]["baseline/step"] == 0
+    # star data has no pair to difference: no pixel ceiling
+    assert json.loads((run_dir / "summary.json").read_text())["ceiling"] is None
+    assert not [k for k in summary["summary"] if k.startswith("ceiling/")]
 
 
 def test_the_api_key_is_never_written(completed):
@@ -174,8 +177,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, overrides, key):
 
 def test_pair_data_json_prompt_and_image_size_as_typed_on_the_command_line(tmp_path):
     """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input;
-    pair data is scored with the inspection metrics."""
-    out = trial(tmp_path, "logger=none", "data=pair_mixed", "prompt=json", "lora=r4", "image_size=448", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.samples=2")
+    pair data is scored with the inspection metrics, beside the pixel-difference detector's levels
+    on the same test rows (summary.json and W&B's summary)."""
+    out = trial(tmp_path, "data=pair_mixed", "prompt=json", "lora=r4", "image_size=448", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.samples=2")
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["facts"]["processed_resolution"] == [448, 448] and summary["facts"]["image_tokens_per_sample"] == (448 // 16) ** 2
@@ -185,6 +189,14 @@ def test_pair_data_json_prompt_and_image_size_as_typed_on_the_command_line(tmp_p
         assert f"eval/{key}" in final, key
     samples = [json.loads(x) for x in (tmp_path / "run" / "samples" / "step-000002.jsonl").read_text().splitlines()]
     assert all(json.loads(r["truth"])["verdict"] in ("pass", "defective") for r in samples)
+    ceiling = summary["ceiling"]
+    assert ceiling["examples"] == 12 and set(ceiling) == {"eval/verdict_accuracy", "eval/position_accuracy", "verdict_auroc", "examples"}
+    # the best threshold is at least "all defective" or "all pass", and the synthetic defects are visible in the pixels (experiments/LOG.md, 2026-11-25)
+    defective = sum(json.loads(x)["verdict"] == "defective" for x in (tmp_path / "run" / "predictions" / "step-000002.jsonl").read_text().splitlines())
+    assert ceiling["eval/verdict_accuracy"] >= max(defective, 12 - defective) / 12 and ceiling["eval/verdict_accuracy"] >= 0.9
+    assert 0.9 <= ceiling["verdict_auroc"] <= 1 and 0.9 <= ceiling["eval/position_accuracy"] <= 1
+    wandb_summary = leet(tmp_path / "run", "--summary")["summary"]
+    assert {k: wandb_summary[f"ceiling/{k}"] for k in ceiling if k != "examples"} == pytest.approx({k: v for k, v in ceiling.items() if k != "examples"})
 
 
 class _Interrupt(TrainerCallback):

@@ -232,6 +232,7 @@ class Summary(_Record):
     best_metric: str | None = None
     chance: dict[str, Any] | None = None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}, "constant": {metric: v}}
     diagnosis: dict[str, Any] | None = None  # diagnose(): a flat training loss with answers at chance
+    ceiling: dict[str, Any] | None = None  # the pixel-difference detector on the test rows, no learning (vlmqc.data.report.pixel_ceiling)
     rescored: dict[str, Any] | None = None  # {"parser_version", "schema_version", "time"} after python -m vlmqc.rescore
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 

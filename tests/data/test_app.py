@@ -88,3 +88,16 @@ def test_runs_started_at_once_into_one_output_folder_all_succeed(tmp_path):
         im.load()
         assert im.format == "PNG"
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_pixel_ceiling_fits_its_threshold_and_skips_star_data():
+    import numpy as np
+
+    from vlmqc.config import StarConfig
+    from vlmqc.data.report import _best_threshold_accuracy, pixel_ceiling
+
+    # worked by hand: "> 0.35" separates them; with one pass scoring above the defect, "all pass" is best
+    assert _best_threshold_accuracy(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, True, False, True])) == 1.0
+    assert _best_threshold_accuracy(np.array([0.5, 0.2]), np.array([False, True])) == 0.5
+    assert _best_threshold_accuracy(np.array([0.3, 0.3]), np.array([True, True])) == 1.0  # "all defective": the lowest cut
+    assert pixel_ceiling([{"task": "star"}], StarConfig(name="star")) is None

@@ -72,6 +72,7 @@ class Trial:
     best_step: int | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # the base model's evaluation at step 0
     chance: dict[str, float] = field(default_factory=dict)  # what guessing scores on this dataset
+    ceiling: dict[str, float] = field(default_factory=dict)  # what the pixel-difference detector scores on this trial's test rows, no learning
     plateau: dict | None = None  # the summary's diagnosis when it found the plateau: a flat loss, answers at chance
     label: str = ""  # short and unique among the compared trials: legends and column heads
 
@@ -146,6 +147,8 @@ def load_trial(run_dir: Path, notes: Notes) -> Trial:
         trial.final, trial.best, trial.baseline = _values(summary.final), _values(summary.best), _values(summary.baseline)
         trial.best_step = checked((summary.best or {}).get("step"), int | None, where, "best.step", problems)
         trial.chance = _chance(summary, where, problems)
+        ceiling = checked(summary.ceiling, dict[str, float] | None, where, "ceiling", problems) or {}
+        trial.ceiling = {k: float(v) for k, v in ceiling.items() if k.startswith("eval/")}
         diagnosis = checked(summary.diagnosis, dict | None, where, "diagnosis", problems)
         trial.plateau = diagnosis if diagnosis and diagnosis.get("plateau") is True else None
         notes.extend(path, problems)

@@ -38,6 +38,7 @@ def choose_metric(trials: list[Trial], wanted: str, notes: Notes) -> tuple[str, 
 class MetricCell:
     value: float | None
     chance: float | None  # the trial's dataset's chance level (final column only)
+    ceiling: float | None  # the pixel-difference detector's score on the trial's test rows (final column only)
     step: int | None  # the best value's step (best column only)
     chosen: bool
     below_chance: bool
@@ -52,6 +53,7 @@ def trials_table(trials: list[Trial], swept: list[str], fixed: list[str], metric
             MetricCell(
                 t.metric(kind, m),
                 t.chance.get(m) if kind == "final" else None,
+                t.ceiling.get(m) if kind == "final" else None,
                 t.best_step if kind == "best" and m in t.best else None,
                 m == chosen,
                 kind == "final" and t.below_chance(m),

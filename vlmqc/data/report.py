@@ -128,6 +128,30 @@ def pixel_baseline(ds: datasets.Dataset, cfg: PairConfig) -> dict:
     top = np.array(top)
     return {
         "verdict_auroc": round(_auroc(top[defective], top[~defective]), 4),
+        "verdict_accuracy": round(_best_threshold_accuracy(top, defective), 4),
         "position_accuracy": round(float(np.mean(located)), 4) if located else float("nan"),
         "examples": len(scores_of),
     }
+
+
+def _best_threshold_accuracy(score: np.ndarray, positive: np.ndarray) -> float:
+    """Verdict accuracy of "defective when the highest cell score exceeds t", at the best t for
+    these rows: an upper bound for this detector (the threshold is fitted on what it scores)."""
+    if len(score) == 0:
+        return float("nan")
+    cuts = np.concatenate([[-np.inf], np.unique(score)])  # "> cut": the lowest cut calls everything defective
+    return float(max(((score > c) == positive).mean() for c in cuts))
+
+
+def pixel_ceiling(rows, cfg) -> dict | None:
+    """The pixel-difference detector's scores on a trial's test rows, beside which its metrics are
+    read (summary.json's ``ceiling``, W&B's ``ceiling/...``): what no learning at all gets from
+    the pixels, with two kindnesses a model does not get (the verdict threshold fitted on these
+    rows, the number of defects given for the positions), so it is an upper bound for the
+    detector. None where there is no pair to difference (star, custom data)."""
+    if not isinstance(cfg, PairConfig) or not rows:
+        return None
+    b = pixel_baseline(rows, cfg)
+    values = {"eval/verdict_accuracy": b["verdict_accuracy"], "eval/position_accuracy": b["position_accuracy"], "verdict_auroc": b["verdict_auroc"]}
+    # a level that cannot be computed on these rows (no defective row: no position to find) is left out, as evaluate.score does
+    return {k: v for k, v in values.items() if v == v} | {"examples": b["examples"]}
