@@ -215,6 +215,82 @@ def test_the_switches_reach_the_training_arguments(tmp_path):
     assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (False, None, "random")
 
 
+@pytest.mark.slow
+def test_compile_gives_the_same_loss_and_gradients(models_dir, tmp_path, monkeypatch):
+    """trainer.compile=true against false, through vlmqc's own training_arguments and the Trainer's
+    own loop (which torch.compiles the model in accelerate's prepare, inside train(): calling
+    training_step directly would step the uncompiled model): one step of the tiny LLaVA with LoRA
+    on CPU, inductor backend (transformers' default), fp32, same seed, same perturbed lora_B, same
+    batch. Asserts the compiled run stepped an OptimizedModule and that dynamo traced graphs which
+    inductor compiled (so the test cannot pass vacuously), then the same logged loss and gradient
+    norm and the same gradient of every trainable parameter (taken before the optimizer step).
+    Not checked: compile_mode (its modes matter on CUDA), later steps, the optimizer's update."""
+    import torch._dynamo
+    import torch._inductor.codecache
+    from conftest import compose_app
+    from transformers import TrainerCallback
+
+    from vlmqc.config import to_object
+    from vlmqc.train import training_arguments
+
+    # inductor's caches in tmp_path, not in the shared temp folder: its cache folder, and its
+    # precompiled headers, which it keeps in the default folder whatever TORCHINDUCTOR_CACHE_DIR says.
+    # (Importing torch._dynamo, which importing transformers' Trainer does, already made that default
+    # folder, empty: cache_dir() runs at import; nothing is written there.)
+    cache = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setattr(torch._inductor.codecache, "_HEADER_DIR", str(cache / "precompiled_headers"))
+    monkeypatch.setattr(torch._inductor.codecache, "_HEADER_LOCK_DIR", str(cache / "precompiled_headers" / "locks"))
+
+    class Gradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    _, processor, family, _ = load(FAMILIES["llava"], ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    models = {c: model_and_batches(models_dir, "llava", LORA)[0] for c in (False, True)}
+    start = models[False].state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in models[True].state_dict().items()), "the two copies start equal"
+    results = {}
+    try:
+        for compile_ in (False, True):
+            overrides = [f"trainer.compile={str(compile_).lower()}", "trainer.device=cpu", "trainer.precision=fp32", "trainer.max_steps=1"]
+            overrides += ["trainer.batch_size=2", "trainer.logging_steps=1", "trainer.max_grad_norm=0"]  # no clipping: the raw gradients
+            args = training_arguments(to_object(compose_app("train", overrides).trainer, "trainer"), tmp_path / str(compile_), "cpu")
+            assert (args.torch_compile, args.torch_compile_backend) == ((True, "inductor") if compile_ else (False, None))
+            grads = Gradients()
+            # two answers of different lengths: padding and ignored labels in the batch
+            collate = Collator(processor, family, prompt_option("short"), train=True)
+            trainer = Trainer(model=models[compile_], args=args, train_dataset=rows("defective", "pass"), data_collator=collate, callbacks=[grads])
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            trainer.train()
+            counters = {k: dict(v) for k, v in torch._dynamo.utils.counters.items()}
+            compiled = isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+            assert compiled == compile_, type(trainer.model_wrapped)
+            if compile_:
+                assert trainer.model_wrapped._orig_mod is trainer.model
+                assert counters["stats"]["unique_graphs"] > 0 and counters["frames"]["ok"] > 0, counters.get("stats")
+                assert counters["inductor"]["fxgraph_cache_miss"] > 0, "inductor compiled the graphs (no cache to hit)"
+                assert any(cache.iterdir()), "inductor wrote its cache to tmp_path"
+            else:
+                assert not counters.get("stats"), counters
+            log = next(e for e in trainer.state.log_history if "loss" in e)
+            results[compile_] = (log["loss"], log["grad_norm"], grads.grads)
+    finally:
+        torch._dynamo.reset()  # no compiled code left behind for the tests after this one
+
+    (loss, norm, want), (compiled_loss, compiled_norm, got) = results[False], results[True]
+    assert compiled_loss == pytest.approx(loss, rel=1e-5), results
+    assert compiled_norm == pytest.approx(norm, rel=1e-5), results
+    assert want and all(g.abs().sum() > 0 for g in want.values()), "every trainable parameter gets a gradient"
+    assert got.keys() == want.keys()
+    for n in want:
+        # inductor fuses and reorders the fp32 reductions: measured here, the largest difference is 6e-6
+        # of its tensor's largest entry, and rtol=1e-4 needs atol 4.5e-8 for entries near zero (the
+        # smallest tensor's largest entry is 2.4e-3); loss and gradient norm agree to 3e-7
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")
+
+
 def test_liger_is_refused_where_it_cannot_run(tmp_path):
     """device=auto on a machine without CUDA: known only at run time, refused before training, naming the key."""
     from conftest import compose_app
