@@ -324,11 +324,23 @@ def test_liger_gives_the_same_loss_and_gradient_norm(models_dir, tmp_path):
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.1)
-        overrides = [f"trainer.liger={str(liger).lower()}", "trainer.precision=bf16", "trainer.device=cuda", "trainer.max_steps=1",
-                     "trainer.batch_size=3", "trainer.logging_steps=1", "trainer.save_steps=1000", "trainer.lr=1e-9"]
+        overrides = [
+            f"trainer.liger={str(liger).lower()}",
+            "trainer.precision=bf16",
+            "trainer.device=cuda",
+            "trainer.max_steps=1",
+            "trainer.batch_size=3",
+            "trainer.logging_steps=1",
+            "trainer.save_steps=1000",
+            "trainer.lr=1e-9",
+        ]
         t = to_object(compose_app("train", overrides).trainer, "trainer")
-        trainer = Trainer(model=model, args=training_arguments(t, tmp_path / str(liger), "cuda"), train_dataset=rows("defective", "pass", "pass"),
-                          data_collator=Collator(processor, family, prompt_option("short"), train=True))
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(t, tmp_path / str(liger), "cuda"),
+            train_dataset=rows("defective", "pass", "pass"),
+            data_collator=Collator(processor, family, prompt_option("short"), train=True),
+        )
         trainer.train()
         fused = [m for m in trainer.model.modules() if "liger" in getattr(m.forward, "__module__", "")]
         assert bool(fused) == liger, "the kernels were applied" if not liger else "liger patched nothing"
