@@ -106,3 +106,61 @@ def test_full_fine_tuning_counts_six_flops_per_weight_and_token(tmp_path, cache,
     assert batch["pixel_values"].shape[-1] == vision.image_size
     assert flops == pytest.approx(expected, rel=1e-9)
     assert 4 < loss < 9
+
+
+# ---------------------------------------------------------------------------- benchmarks/bench_scaling.py
+
+SCALING = ROOT / "benchmarks" / "bench_scaling.py"
+SWEEP = ["--device", "cpu", "--steps", "1", "--warmup", "1"]
+
+
+def scaling(tmp_path: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLMQC_CACHE_DIR": str(cache), "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_scaling_sweeps_batch_sizes_with_the_sub_runs_figures(tmp_path, cache):
+    out = tmp_path / "out"
+    got = scaling(tmp_path, cache, *SWEEP, "--batch-sizes", "2", "4", "--image-sizes", "224", "--out", str(out), "--", "model=tiny", "data.train_size=16")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    summary = json.loads((out / "scaling.json").read_text())
+    assert summary["failed"] == [] and summary["recipes"] == ["c", "d"]
+    rows = summary["rows"]
+    assert sorted((r["image_size"], r["batch"], r["recipe"]) for r in rows) == [("224", b, k) for b in (2, 4) for k in "cd"]
+    for r in rows:
+        assert r["ok"] and r["samples_per_second"] > 0 and r["tokens_per_second"] > r["samples_per_second"]
+        # the figures are the sub-run's own: its report.json, where both recipes ran at the sweep's batch
+        report = json.loads((out / f"224-{r['batch']}" / "report.json").read_text())
+        figures = report["recipes"][r["recipe"]]
+        assert figures["batch"] == r["batch"] == r["recipe_batch"]
+        assert (r["samples_per_second"], r["tokens_per_second"], r["peak_memory_gb"], r["mfu"]) == (
+            figures["samples_per_second"], figures["tokens_per_second"], figures["peak_memory_gb"], figures["mfu"],
+        )  # fmt: skip
+        assert "image_size=224" in report["overrides"] and f"trainer.batch_size={r['batch']}" in report["vlmqc_overrides"]
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "224     4 d vlmqc" in got.stdout  # the table
+
+
+@pytest.mark.slow
+def test_scaling_records_a_failed_run_and_keeps_the_others(tmp_path, cache):
+    """image_size=225 is no option of conf/image_size: that run's bench_train fails in Hydra, for real."""
+    out = tmp_path / "out"
+    args = ["--recipes", "c", *SWEEP, "--batch-sizes", "2", "--image-sizes", "224", "225", "--out", str(out), "--", "model=tiny", "data.train_size=16"]
+    got = scaling(tmp_path, cache, *args)
+    assert got.returncode == 1, got.stdout[-3000:] + got.stderr[-3000:]
+    summary = json.loads((out / "scaling.json").read_text())
+    good, bad = sorted(summary["rows"], key=lambda r: r["image_size"])
+    assert (good["image_size"], good["ok"]) == ("224", True) and good["samples_per_second"] > 0
+    assert (bad["image_size"], bad["ok"]) == ("225", False) and "Could not find 'image_size/225'" in bad["error"].splitlines()[0]
+    assert [(f["image_size"], f["batch"]) for f in summary["failed"]] == [("225", 2)]
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "FAILED" in got.stdout and (out / "225-2" / "bench_train.log").is_file()
+
+
+@pytest.mark.parametrize("bad", [["--batch-sizes", "0"], ["--recipes", "c,x"], ["image_size=448"], []])
+def test_scaling_refuses_bad_arguments(tmp_path, bad):
+    args = [*bad, "--out", str(tmp_path / "out")] if bad else []  # [] : --out missing
+    got = subprocess.run([sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert got.returncode == 2, got.stderr
+    assert not (tmp_path / "out").exists()
