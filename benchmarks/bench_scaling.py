@@ -227,8 +227,19 @@ def main(argv: list[str] | None = None) -> int:
             failures.append({"image_size": size, "batch": batch, "error": failure})
         status = "FAILED " + failure.splitlines()[0][:200] if failure else "ok"
         print(f"[{i}/{len(points)}] image_size={size} batch={batch}: {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+        # after every point, so a sweep stopped part-way (a time limit, a lost machine) keeps what it measured
+        write(args, argv, rows, failures, points[i:])
     print()
     print(table(rows))
+    for f in failures:
+        log = args.out / f"{f['image_size']}-{f['batch']}" / "bench_train.log"
+        print(f"\nimage_size={f['image_size']} batch={f['batch']} failed ({log}):\n{f['error']}")
+    print(f"\n{args.out / 'scaling.json'}\n{args.out / 'scaling.png'}")
+    return 1 if failures else 0
+
+
+def write(args, argv: list[str] | None, rows: list[dict], failures: list[dict], pending: list[tuple[str, int]]) -> None:
+    """scaling.json and scaling.png, atomically, for the points run so far (``pending``: not yet run)."""
     summary = {
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "recipes": args.recipes,
@@ -241,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "vlmqc_overrides": args.vlmqc_overrides,
         "rows": rows,
         "failed": failures,
+        "not_run": [{"image_size": s, "batch": b} for s, b in pending],  # empty once the sweep has finished
     }
     tmp = args.out / ".scaling.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
@@ -248,12 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     title = f"bench_train recipes {','.join(args.recipes)}: {' '.join(args.overrides) or '(default overrides)'}"
     if args.vlmqc_overrides:
         title += f"\n(d) {' '.join(args.vlmqc_overrides)}"
+    if pending:
+        title += f"\n(partial: {len(pending)} of the sweep's points not run yet)"
     plot(rows, args.out / "scaling.png", "\n".join(textwrap.wrap(title, 140)))
-    for f in failures:
-        log = args.out / f"{f['image_size']}-{f['batch']}" / "bench_train.log"
-        print(f"\nimage_size={f['image_size']} batch={f['batch']} failed ({log}):\n{f['error']}")
-    print(f"\n{args.out / 'scaling.json'}\n{args.out / 'scaling.png'}")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

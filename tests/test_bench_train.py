@@ -125,7 +125,7 @@ def test_scaling_sweeps_batch_sizes_with_the_sub_runs_figures(tmp_path, cache):
     got = scaling(tmp_path, cache, *SWEEP, "--batch-sizes", "2", "4", "--image-sizes", "224", "--out", str(out), "--", "model=tiny", "data.train_size=16")
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     summary = json.loads((out / "scaling.json").read_text())
-    assert summary["failed"] == [] and summary["recipes"] == ["c", "d"]
+    assert summary["failed"] == [] and summary["not_run"] == [] and summary["recipes"] == ["c", "d"]
     rows = summary["rows"]
     assert sorted((r["image_size"], r["batch"], r["recipe"]) for r in rows) == [("224", b, k) for b in (2, 4) for k in "cd"]
     for r in rows:
@@ -164,3 +164,29 @@ def test_scaling_refuses_bad_arguments(tmp_path, bad):
     got = subprocess.run([sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert got.returncode == 2, got.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_scaling_keeps_the_points_run_when_the_sweep_is_stopped(tmp_path, monkeypatch):
+    """A sweep stopped part-way (a time limit, a lost machine) has already written its finished
+    points: scaling.json names them and the points not run; the plot says it is partial."""
+    spec = importlib.util.spec_from_file_location("bench_scaling_under_test", SCALING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = []
+
+    def fake_run_one(args, size, batch):
+        calls.append((size, batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second point never finishes
+        row = {"image_size": size, "batch": batch, "recipe": "c", "name": "hf-tuned", "run": "x", "ok": True}
+        return [dict(row, samples_per_second=10.0, tokens_per_second=100.0, peak_memory_gb=1.0, mfu=0.1, recipe_batch=batch)], None
+
+    monkeypatch.setattr(module, "run_one", fake_run_one)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        module.main(["--recipes", "c", "--batch-sizes", "2", "4", "8", "--image-sizes", "224", "--out", str(out), "--", "model=tiny"])
+    summary = json.loads((out / "scaling.json").read_text())
+    assert [(r["batch"], r["samples_per_second"]) for r in summary["rows"]] == [(2, 10.0)]
+    assert summary["not_run"] == [{"image_size": "224", "batch": 4}, {"image_size": "224", "batch": 8}]
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))  # written atomically
