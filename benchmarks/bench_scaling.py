@@ -164,7 +164,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, pending: list[tuple[str, int]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,9 +203,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     failed = sorted({(r["image_size"], r["batch"]) for r in rows if not r["ok"]}, key=lambda p: (p[0], p[1]))
     caption = "failed, left out: " + "; ".join(
         f"image_size={s} batch={b} ({','.join(r['recipe'] for r in rows if (r['image_size'], r['batch']) == (s, b) and not r['ok'])})" for s, b in failed
-    ) if failed else "every point ran"  # fmt: skip
+    ) if failed else "every point ran" if not pending else ""  # fmt: skip
+    if pending:  # a sweep stopped part-way: the points it never reached, so a short line is not read as the whole sweep
+        caption = "; ".join(filter(None, [caption, "not run (sweep stopped): " + ", ".join(f"image_size={s} batch={b}" for s, b in pending)]))
     fig.suptitle(title, fontsize="medium")
-    fig.text(0.5, 0.01, "\n".join(textwrap.wrap(caption, 160)), ha="center", va="bottom", fontsize="small", color="tab:red" if failed else "black")
+    fig.text(0.5, 0.01, "\n".join(textwrap.wrap(caption, 160)), ha="center", va="bottom", fontsize="small", color="tab:red" if failed or pending else "black")
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=120, format="png")
@@ -261,8 +263,8 @@ def write(args, argv: list[str] | None, rows: list[dict], failures: list[dict], 
     if args.vlmqc_overrides:
         title += f"\n(d) {' '.join(args.vlmqc_overrides)}"
     if pending:
-        title += f"\n(partial: {len(pending)} of the sweep's points not run yet)"
-    plot(rows, args.out / "scaling.png", "\n".join(textwrap.wrap(title, 140)))
+        title += f" (partial: {len(pending)} of the sweep's points not run)"
+    plot(rows, args.out / "scaling.png", "\n".join(textwrap.wrap(title, 140)), pending)
 
 
 if __name__ == "__main__":
