@@ -14,14 +14,17 @@ to ``--vlmqc-overrides`` (recipe d's batch) and ``image_size=S`` (an option of c
 appended to the overrides after ``--``, which every run and every recipe gets; its folder is
 ``--out``/S-B, with bench_train's report.json and its output in bench_train.log. Each run checks its
 recipes' losses against the reference as bench_train does; a run whose check fails is a failed point.
+A recipe that runs out of memory at a point (bench_train records it and runs the others) is a
+failed row of that point; the other recipes' rows keep their figures.
 
 The figures are bench_train's, read from each report.json: samples/s and tokens/s over the timed
 steps (after ``--warmup``), peak GPU memory (torch.cuda.max_memory_allocated; none on the CPU) and
 MFU (model FLOPs / the GPU's dense bf16 peak; none on the CPU). (b) trl's batch is (c)'s, and (a)
 notebook's is always 1, so those two recipes can be swept but their batch axis is (c)'s.
 
-Written to ``--out``: scaling.json (one row per image size x batch size x recipe: its figures, or
-why it failed), scaling.png (samples/s against batch size, log2 axis, one line per recipe x image
+Written to ``--out`` after every point (atomically, so a sweep stopped part-way keeps what it
+measured; ``not_run`` lists the points it had not reached): scaling.json (one row per image size x
+batch size x recipe: its figures, or why it failed), scaling.png (samples/s against batch size, log2 axis, one line per recipe x image
 size; a second panel of peak memory; failed points left out and named under the figure), and the
 table printed.
 
@@ -100,6 +103,11 @@ def why(rc: int, stdout: str, stderr: str, report: dict | None) -> str:
     stderr, out of memory named) and then the tail of its stderr."""
     if report is not None and not report.get("loss_check", {}).get("passed", True):
         return f"exit {rc}: loss check failed for recipe(s) {','.join(report['loss_check'].get('failed', []))}"
+    if report is not None and report.get("failed_recipes"):  # bench_train ran the others
+        errors = report["failed_recipes"]
+        oom = any("out of memory" in e.lower() or "OutOfMemoryError" in e for e in errors.values())
+        first = next(iter(errors.values())).splitlines()[0][:300]
+        return f"exit {rc}{' (out of memory)' if oom else ''}: recipe(s) {','.join(sorted(errors))} failed: {first}"
     lines = [line for line in stderr.splitlines() if line.strip()] or [line for line in stdout.splitlines() if line.strip()]
     tail = "\n".join(lines[-12:])[-1500:]
     raised = [line for line in lines if EXCEPTION.match(line)]
@@ -131,10 +139,15 @@ def run_one(args, size: str, batch: int) -> tuple[list[dict], str | None]:
         rc, stderr = 1, f"{stderr}\n{out / 'report.json'}: missing"
     failure = why(rc, stdout, stderr, report) if rc != 0 else None
     rows = []
+    # bench_train records a recipe that ran out of memory and runs the others: their figures stand
+    # (the loss check passed for them), the failed recipe's row carries its own error
+    failed_recipes = (report or {}).get("failed_recipes", {}) if (report or {}).get("loss_check", {}).get("passed", False) else {}
     for key in args.recipes:
         row = {"image_size": size, "batch": batch, "recipe": key, "name": RECIPES[key], "run": str(out), "ok": False}
         fig = (report or {}).get("recipes", {}).get(key)
-        if failure is not None:
+        if key in failed_recipes:
+            row["error"] = f"recipe {key}: {failed_recipes[key][:1500]}"
+        elif failure is not None and not (failed_recipes and fig is not None):
             row["error"] = failure
         elif fig is None:
             row["error"] = f"recipe {key} missing from {out / 'report.json'}"

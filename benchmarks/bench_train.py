@@ -41,7 +41,12 @@ weight trains (LoRA: only the adapters' weights); plus the language model's atte
 6 N T, LoRA about 4 N T + 6 N_lora T; the vision tower's attention is left out, and recomputation
 (gradient checkpointing) is not model FLOPs: MFU is conservative.
 
-Exit status: 0, the table printed (and ``--out``/report.json written); 1 the loss check failed; 2 bad arguments.
+A recipe that runs out of GPU memory (or whose vlmqc trial fails) is recorded in report.json's
+``failed_recipes`` with its error, and the other recipes still run: at a batch that only the
+leaner recipe fits, that recipe's figure is the point.
+
+Exit status: 0, the table printed (and ``--out``/report.json written); 1 the loss check failed or a recipe failed (the
+report still written); 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -220,6 +225,11 @@ def timed(trainer: Trainer, timer: Timer, r: Result, warmup: int) -> Result:
     return r
 
 
+class RecipeFailed(RuntimeError):
+    """Recipe (d)'s trial failed (out of memory at this batch, say): recorded like an in-process
+    recipe's out-of-memory error, and the other recipes still run."""
+
+
 def hf_recipe(s: Setup, key: str, batch: int, checkpointing: bool, workers: int, args, fault: bool = False) -> Result:
     """(a) and (c): transformers' Trainer with vlmqc's Collator (the processor called per batch)."""
     model, processor, family = fresh_model(s)
@@ -374,7 +384,7 @@ def vlmqc_recipe(s: Setup, d: Setup, args) -> Result:
     out = subprocess.run(cmd, capture_output=True, text=True)
     (s.work / "d.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
-        sys.exit(f"recipe d: python -m vlmqc.train failed ({out.returncode}), log in {s.work / 'd.log'}:\n{(out.stdout + out.stderr)[-3000:]}")
+        raise RecipeFailed(f"python -m vlmqc.train failed ({out.returncode}), log in {s.work / 'd.log'}:\n{(out.stdout + out.stderr)[-3000:]}")
     rows, problems = read_metrics(run_dir / "metrics.jsonl")
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
@@ -473,6 +483,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense peak for MFU (default: from its name)")
     ap.add_argument("--fault", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS)  # the check's test: that recipe learns the prompt too
+    ap.add_argument("--fault-oom", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS)  # tests: that recipe runs out of memory (a CPU cannot)
     ap.add_argument("--out", type=Path, default=None, help="folder for report.json and the runs (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="vlmqc overrides for every recipe (after --)")
     args = ap.parse_args(argv)
@@ -535,22 +546,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     flops, ref = reference(s)
     free()
-    results = []
+    results, failed = [], {}
     batch_c = None
     for key in sorted(args.recipes, key=lambda k: "cabd".index(k)):  # c first: b takes its batch
         started = time.perf_counter()
-        if key == "a":
-            r = hf_recipe(s, "a", 1, True, 0, args, fault=args.fault == "a")
-        elif key == "c":
-            batch_c = args.batch or (largest_batch(s, args) if device == "cuda" else objs["trainer"].batch_size)
-            r = hf_recipe(s, "c", batch_c, False, workers, args, fault=args.fault == "c")
-        elif key == "b":
-            r = trl_recipe(s, args.trl_batch or batch_c or args.batch or objs["trainer"].batch_size, args.trl_checkpointing == "on", args)
+        try:
+            if key == "a":
+                r = hf_recipe(s, "a", 1, True, 0, args, fault=args.fault == "a")
+            elif key == "c":
+                batch_c = args.batch or (largest_batch(s, args) if device == "cuda" else objs["trainer"].batch_size)
+                if args.fault_oom == "c":
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated: --fault-oom c)")
+                r = hf_recipe(s, "c", batch_c, False, workers, args, fault=args.fault == "c")
+            elif key == "b":
+                r = trl_recipe(s, args.trl_batch or batch_c or args.batch or objs["trainer"].batch_size, args.trl_checkpointing == "on", args)
+            else:
+                r = vlmqc_recipe(s, d, args)
+            if args.fault_oom == key and key != "c":
+                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: --fault-oom {key})")
+        except (torch.OutOfMemoryError, RecipeFailed) as e:
+            # a recipe that does not fit this batch (the point of a batch-size sweep) is a figure too:
+            # recorded, and the other recipes still run; the exit status says one failed
+            failed[key] = f"{type(e).__name__}: {e}"
+            print(f"({key}) {RECIPES[key]}: FAILED ({time.perf_counter() - started:.0f} s): {failed[key].splitlines()[0][:300]}", flush=True)
         else:
-            r = vlmqc_recipe(s, d, args)
-        print(f"({key}) {r.name}: loss {r.loss:.6f}, {r.samples_per_second:.2f} samples/s ({time.perf_counter() - started:.0f} s)", flush=True)
-        results.append(r)
-        free()
+            print(f"({key}) {r.name}: loss {r.loss:.6f}, {r.samples_per_second:.2f} samples/s ({time.perf_counter() - started:.0f} s)", flush=True)
+            results.append(r)
+        free()  # outside the except block, whose exception holds the failed recipe's frames (its model) until the block ends
     results.sort(key=lambda r: r.recipe)
 
     rtol = args.rtol if args.rtol is not None else (2e-2 if bf16 else 1e-4)
@@ -570,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         for n in r.notes:
             print(f"({r.recipe}) {n}")
+    for key, why in failed.items():
+        print(f"({key}) {RECIPES[key]} FAILED: {why}")
     report = {
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "overrides": overrides,
@@ -591,12 +615,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             for r in results
         },
+        "failed_recipes": failed,  # recipe -> its error (out of memory, its trial failed); not in "recipes"
     }
     tmp = work / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=str))
     os.replace(tmp, work / "report.json")
     print(f"\n{work / 'report.json'}")
-    return 1 if wrong else 0
+    return 1 if wrong or failed else 0
 
 
 def versions() -> dict:

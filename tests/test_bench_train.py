@@ -69,6 +69,19 @@ def test_a_recipe_that_learns_the_prompt_too_fails_the_check(tmp_path, cache):
     assert not report["loss_check"]["passed"] and report["loss_check"]["failed"] == ["c"]
 
 
+@pytest.mark.slow
+def test_a_recipe_out_of_memory_is_recorded_and_the_others_still_run(tmp_path, cache):
+    """At a batch only the leaner recipe fits, its figure is the point: (c) runs out of memory
+    (simulated: a CPU cannot), (d) still runs and is reported, the exit status says one failed."""
+    out = bench(tmp_path, cache, "--recipes", "c,d", *FAST, "--fault-oom", "c", "--out", str(tmp_path / "out"), "--", *TINY)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "(c) hf-tuned: FAILED" in out.stdout and "OutOfMemoryError" in out.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["failed_recipes"]) == ["c"] and "out of memory" in report["failed_recipes"]["c"]
+    assert list(report["recipes"]) == ["d"] and report["recipes"]["d"]["samples_per_second"] > 0
+    assert report["loss_check"]["passed"]  # (d) was checked against the reference all the same
+
+
 def load_script():
     spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -190,3 +203,25 @@ def test_scaling_keeps_the_points_run_when_the_sweep_is_stopped(tmp_path, monkey
     assert summary["not_run"] == [{"image_size": "224", "batch": 4}, {"image_size": "224", "batch": 8}]
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))  # written atomically
+
+
+@pytest.mark.slow
+def test_scaling_keeps_the_recipe_that_fits_where_another_runs_out_of_memory(tmp_path, cache, monkeypatch):
+    """A point where (c) runs out of memory (bench_train's test fault) and (d) runs: (c)'s row is
+    failed with its own error, (d)'s keeps its figures, and the point is named as failed."""
+    spec = importlib.util.spec_from_file_location("bench_scaling_oom", SCALING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = module.command
+    monkeypatch.setattr(module, "command", lambda args, size, batch, out: [*plain(args, size, batch, out)[:2], "--fault-oom", "c", *plain(args, size, batch, out)[2:]])
+    monkeypatch.setenv("VLMQC_CACHE_DIR", str(cache))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "out"
+    rc = module.main([*SWEEP, "--batch-sizes", "2", "--image-sizes", "224", "--out", str(out), "--", "model=tiny", "data.train_size=16"])
+    assert rc == 1
+    summary = json.loads((out / "scaling.json").read_text())
+    rows = {r["recipe"]: r for r in summary["rows"]}
+    assert not rows["c"]["ok"] and "out of memory" in rows["c"]["error"]
+    assert rows["d"]["ok"] and rows["d"]["samples_per_second"] > 0 and "error" not in rows["d"]
+    assert [(f["image_size"], f["batch"]) for f in summary["failed"]] == [("224", 2)]
+    assert "(out of memory): recipe(s) c failed" in summary["failed"][0]["error"]
