@@ -95,6 +95,47 @@ def test_cached_path_gives_the_plain_loss_logits_and_gradients_on_misses_and_hit
     assert len(list((tmp_path / "features" / cache.fingerprint).glob("*/*.safetensors"))) == 2
 
 
+def test_the_memory_tier_stays_under_its_bound(models_dir, tmp_path):
+    """trainer.vision_cache_memory_gb bounds the host RAM the cache holds: past it, disk mode
+    reads the features from disk and memory mode computes them again; the loss, logits and
+    gradients are the plain path's either way."""
+    model, processor, family = adapted("llava", models_dir)
+    b = batch(processor, family)
+    plain = step(model, {k: v for k, v in b.items() if k != features.KEY})
+
+    # room for one image's features of the two: the first is kept, the bound is recorded
+    probe = features.enable(model, family, processor, "memory", None, "fp32", "cpu")
+    step(model, b)
+    one = next(iter(probe.memory.values()))
+    size = one.numel() * one.element_size()
+
+    model1, processor1, family1 = adapted("llava", models_dir)  # a fresh model: the probe's hook would take the keys first
+    cache = features.enable(model1, family1, processor1, "memory", None, "fp32", "cpu", memory_gb=1.5 * size / 2**30)
+    calls = tower_calls(model1)
+    assert_same(plain, step(model1, b))
+    assert len(cache.memory) == 1 and cache.memory_bytes == size and cache.memory_full
+    assert_same(plain, step(model1, b))  # one image not kept: the batch is computed again
+    assert cache.stats["train"] == {"hits": 0, "misses": 4} and len(calls) == 2
+    facts = features.facts(cache)
+    assert facts["memory_full"] and facts["memory_bytes"] == size and facts["cached_images"] == 1
+
+    # no memory tier at all, disk mode: every hit is read from disk, nothing is held in memory
+    model2, processor2, family2 = adapted("llava", models_dir)
+    disk = features.enable(model2, family2, processor2, "disk", tmp_path / "features", "fp32", "cpu", memory_gb=0)
+    calls2 = tower_calls(model2)
+    assert_same(plain, step(model2, b))
+    assert_same(plain, step(model2, b))
+    assert disk.stats["train"] == {"hits": 2, "misses": 2} and disk.stats["disk_hits"] == 2 and len(calls2) == 1
+    assert not disk.memory and disk.memory_bytes == 0 and disk.memory_full
+
+
+def test_the_memory_bound_is_validated():
+    from vlmqc.config import ConfigError, TrainerConfig
+
+    with pytest.raises(ConfigError, match="vision_cache_memory_gb"):
+        TrainerConfig(vision_cache_memory_gb=-1)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_evaluation_batches_use_the_cache_without_autograd(name, models_dir, tmp_path):
     model, processor, family = adapted(name, models_dir)

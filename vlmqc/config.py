@@ -490,6 +490,7 @@ class TrainerConfig:
     max_new_tokens: int = 48
     samples: int = 16  # inference samples logged per evaluation, always the same test ids
     vision_cache: VisionCache = VisionCache.off  # frozen image features computed once per image (vlmqc/features.py)
+    vision_cache_memory_gb: float = 8.0  # the in-memory tier's bound (host RAM, GiB); past it images are read from disk (disk) or recomputed (memory)
 
     def effective_batch(self, world_size: int) -> int:
         return self.batch_size * world_size * self.grad_accum
@@ -527,6 +528,7 @@ class TrainerConfig:
         )
         for key in ("eval_every", "eval_limit", "samples"):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
+        _check(self.vision_cache_memory_gb >= 0, "vision_cache_memory_gb", self.vision_cache_memory_gb, "must be >= 0 (GiB of host memory; 0: no in-memory tier)")
         _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"must be null or one of {', '.join(COMPILE_MODES)}")
         _check(self.compile or self.compile_mode is None, "compile_mode", self.compile_mode, "applies only with trainer.compile=true")
         # liger's fused linear+cross-entropy computes the loss inside the model's forward, without logits: it replaces
@@ -860,6 +862,7 @@ NON_COMPUTING_KEYS = (
     "paths.models_dir",
     "paths.features_dir",
     "trainer.vision_cache",  # the same features, computed once (tests/test_features.py checks the equivalence)
+    "trainer.vision_cache_memory_gb",  # where cached features are kept, not what they are
     "num_workers",
     "trainer.eval_batch_size",
     "trainer.eval_workers",  # the same batches, collated elsewhere (tests/test_predict_batched.py checks the answers)

@@ -143,10 +143,16 @@ def fingerprint(base: torch.nn.Module, family, processor, precision: str, device
 class FeatureCache:
     """The wrapped ``get_image_features`` and its store; ``stats`` counts hits and misses."""
 
-    def __init__(self, mode: VisionCache, folder: Path | None, fingerprint: str, spec: dict):
+    def __init__(self, mode: VisionCache, folder: Path | None, fingerprint: str, spec: dict, memory_gb: float = 8.0):
         self.mode, self.fingerprint, self.spec = VisionCache(mode), fingerprint, spec
         self.folder = folder / fingerprint if folder is not None and self.mode is VisionCache.disk else None
         self.memory: dict[str, torch.Tensor] = {}
+        # host RAM is bounded: 20,000 Qwen2-VL-2B images at 448 px are 14 GB of features, per trial. Past the
+        # bound no entry is added (no eviction: which images hit stays predictable); disk mode reads the rest
+        # from disk, memory mode computes them again
+        self.memory_limit = int(memory_gb * 2**30)
+        self.memory_bytes = 0
+        self.memory_full = False
         self.kind: tuple[bool, str] | None = None  # (wrapped in an output object, container): what forward expects back
         self.pending: list[str] | None = None  # the keys of the forward in progress
         self.checked = False  # the first call with autograd on confirmed that nothing trainable feeds the features
@@ -170,14 +176,31 @@ class FeatureCache:
         if self.folder is not None and self._path(key).is_file():
             from safetensors.torch import load_file
 
-            self.memory[key] = load_file(self._path(key))["features"]
+            features = load_file(self._path(key))["features"]
             self.stats["disk_hits"] += 1
-            return self.memory[key]
+            self._keep(key, features)
+            return features
         return None
+
+    def _keep(self, key: str, features: torch.Tensor) -> None:
+        """Into the in-memory tier, while it is under trainer.vision_cache_memory_gb."""
+        size = features.numel() * features.element_size()
+        if self.memory_bytes + size > self.memory_limit:
+            if not self.memory_full:
+                self.memory_full = True
+                log.info(
+                    "vision feature cache: trainer.vision_cache_memory_gb=%g reached after %d images; further images are %s",
+                    self.memory_limit / 2**30,
+                    len(self.memory),
+                    "read from disk" if self.folder is not None else "computed again each time",
+                )
+            return
+        self.memory[key] = features
+        self.memory_bytes += size
 
     def put(self, key: str, features: torch.Tensor) -> None:
         features = features.detach().to("cpu", copy=True).contiguous()
-        self.memory[key] = features
+        self._keep(key, features)
         if self.folder is not None and not self._path(key).is_file():
             from safetensors.torch import save
 
@@ -196,6 +219,7 @@ class FeatureCache:
     def _stop(self, reason: str) -> None:
         self.active, self.reason = False, reason
         self.memory.clear()
+        self.memory_bytes = 0
         log.warning("vision feature cache off: %s", reason)
 
     # ------------------------------------------------------------------ the model's side
@@ -268,6 +292,8 @@ class FeatureCache:
             **{k: v for k, v in self.stats.items()},
             "epochs": self.epochs,
             "cached_images": len(self.memory),
+            "memory_bytes": self.memory_bytes,
+            "memory_full": self.memory_full,  # trainer.vision_cache_memory_gb was reached: later images not kept in memory
         }
 
     def callback(self) -> TrainerCallback:
@@ -294,7 +320,9 @@ class _EpochLog(TrainerCallback):
         )
 
 
-def enable(model: torch.nn.Module, family, processor, mode: VisionCache | str, folder: str | Path | None, precision: str, device: str) -> FeatureCache | None:
+def enable(
+    model: torch.nn.Module, family, processor, mode: VisionCache | str, folder: str | Path | None, precision: str, device: str, memory_gb: float = 8.0
+) -> FeatureCache | None:
     """Cache ``model``'s image features (after ``adapt``), or say in one log line why not.
 
     Returns the cache (its ``active`` is False where it was refused: ``facts`` records why), or
@@ -311,7 +339,7 @@ def enable(model: torch.nn.Module, family, processor, mode: VisionCache | str, f
         log.info("trainer.vision_cache=%s: not used: %s", mode.value, reason)
         return cache
     digest, spec = fingerprint(base, family, processor, precision, device)
-    cache = FeatureCache(mode, Path(folder).expanduser() if folder is not None else None, digest, spec)
+    cache = FeatureCache(mode, Path(folder).expanduser() if folder is not None else None, digest, spec, memory_gb)
     inner = _inner(base)
     inner.get_image_features = cache.wrap(inner.get_image_features)  # an instance attribute: forward's self.get_image_features
     base.register_forward_pre_hook(cache.pre_hook, with_kwargs=True)

@@ -330,7 +330,8 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         trial = Trial(t, objs["prompt"], data_cfg.layout, records, tracker, processor, family, test_rows, sample_ids, cfg.sweep_metric)
         args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and checkpoint is None)
         # the frozen image path's features, once per image (vlmqc/features.py); None when off
-        cache = features.enable(model, family, processor, t.vision_cache, cfg.paths.features_dir, "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", device)
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        cache = features.enable(model, family, processor, t.vision_cache, cfg.paths.features_dir, precision, device, t.vision_cache_memory_gb)
         image_keys = bool(cache and cache.active)
         train_data, eval_data = dsd["train"], test
         collator = Collator(processor, family, objs["prompt"], train=True, layout=data_cfg.layout, image_keys=image_keys)
