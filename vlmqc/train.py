@@ -322,7 +322,7 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         levels = chance(test_rows, prior_answers(list(dsd["train"].select_columns([c for c in ("task", "verdict", "defects", "target", "answer") if c in dsd["train"].column_names]))))
         tracker.summary({f"chance/{k}": v for k, v in levels["prior"].items()} | {f"chance/uniform/{k}": v for k, v in levels["uniform"].items()})
         # the ceiling: what a pixel-difference detector with no learning scores on the same test rows (pair and diff data)
-        ceiling = report.pixel_ceiling(test_rows, data_cfg) if rank == 0 else None
+        ceiling = report.pixel_ceiling(test_rows, data_cfg, data_path) if rank == 0 else None
         if ceiling:
             tracker.summary({f"ceiling/{k}": v for k, v in ceiling.items() if k != "examples"})
         records.update(facts=facts, chance=levels, ceiling=ceiling, config=resolved, wandb={"id": tracker.id, "dir": tracker.dir, "mode": objs["logger"].mode} if tracker.id else None)

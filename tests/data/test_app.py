@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_OPTIONS
+from conftest import DATA_OPTIONS, compose_app
 from PIL import Image
 
 SHRINK = ["data.train_size=12", "data.test_size=9"]
@@ -101,3 +102,29 @@ def test_the_pixel_ceiling_fits_its_threshold_and_skips_star_data():
     assert _best_threshold_accuracy(np.array([0.5, 0.2]), np.array([False, True])) == 0.5
     assert _best_threshold_accuracy(np.array([0.3, 0.3]), np.array([True, True])) == 1.0  # "all defective": the lowest cut
     assert pixel_ceiling([{"task": "star"}], StarConfig(name="star")) is None
+
+
+def test_the_pixel_ceiling_is_kept_beside_the_dataset_for_the_next_trial(tmp_path):
+    """A sweep's trials over the same data compute the ceiling once: the second call reads the
+    file the first wrote (proved by a value only the file holds); other rows are another file;
+    an unreadable file is computed again."""
+    from vlmqc.config import data_config
+    from vlmqc.data import get_dataset
+    from vlmqc.data.report import pixel_ceiling
+
+    cfg = data_config(compose_app("data_app", ["data=pair_round", "data.train_size=2", "data.test_size=6", "paths.output_dir=."]))
+    dsd, data_path = get_dataset(cfg, tmp_path / "cache", num_workers=1, progress=False)
+    rows = list(dsd["test"])
+    first = pixel_ceiling(rows, cfg, data_path)
+    assert first == pixel_ceiling(rows, cfg)  # the same figures as computing them without a cache
+    [kept] = list(data_path.parent.glob(f"{data_path.name}-ceiling-*.json"))
+    assert json.loads(kept.read_text()) == first
+
+    kept.write_text(json.dumps({**first, "examples": -1}))  # only the file says -1
+    assert pixel_ceiling(rows, cfg, data_path)["examples"] == -1
+    assert pixel_ceiling(rows[:3], cfg, data_path)["examples"] == 3  # other rows: computed, a second file
+    assert len(list(data_path.parent.glob(f"{data_path.name}-ceiling-*.json"))) == 2
+
+    kept.write_text("{half a fi")
+    assert pixel_ceiling(rows, cfg, data_path) == first  # unreadable: computed again, and rewritten
+    assert json.loads(kept.read_text()) == first

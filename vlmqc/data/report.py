@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from vlmqc.config import DiffImageConfig, PairConfig
 from vlmqc.data import board, diff, synth
 from vlmqc.labels import POSITIONS, describe
 from vlmqc.track import write_atomic
+
+log = logging.getLogger("vlmqc.data.report")
 
 
 def counts(ds: datasets.Dataset) -> dict[str, Counter]:
@@ -143,15 +147,37 @@ def _best_threshold_accuracy(score: np.ndarray, positive: np.ndarray) -> float:
     return float(max(((score > c) == positive).mean() for c in cuts))
 
 
-def pixel_ceiling(rows, cfg) -> dict | None:
+def pixel_ceiling(rows, cfg, data_path: Path | None = None) -> dict | None:
     """The pixel-difference detector's scores on a trial's test rows, beside which its metrics are
     read (summary.json's ``ceiling``, W&B's ``ceiling/...``): what no learning at all gets from
     the pixels, with two kindnesses a model does not get (the verdict threshold fitted on these
     rows, the number of defects given for the positions), so it is an upper bound for the
-    detector. None where there is no pair to difference (star, custom data)."""
+    detector. None where there is no pair to difference (star, custom data).
+
+    With ``data_path`` (the cached dataset's folder) the scores are kept beside it, keyed by the
+    rows' ids and this module's source, so the trials of a sweep over the same data compute them
+    once (seconds for 300 raw pairs, minutes for a large test split); an unreadable file is
+    computed again."""
     if not isinstance(cfg, PairConfig) or not rows:
         return None
+    path = None
+    if data_path is not None:
+        h = hashlib.sha256(json.dumps([r["id"] for r in rows]).encode())
+        h.update(Path(__file__).read_bytes())  # the detector's code: a changed detector is another ceiling
+        path = Path(data_path).parent / f"{Path(data_path).name}-ceiling-{h.hexdigest()[:16]}.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable (%s); computing the pixel ceiling again", path, e)
     b = pixel_baseline(rows, cfg)
     values = {"eval/verdict_accuracy": b["verdict_accuracy"], "eval/position_accuracy": b["position_accuracy"], "verdict_auroc": b["verdict_auroc"]}
     # a level that cannot be computed on these rows (no defective row: no position to find) is left out, as evaluate.score does
-    return {k: v for k, v in values.items() if v == v} | {"examples": b["examples"]}
+    ceiling = {k: v for k, v in values.items() if v == v} | {"examples": b["examples"]}
+    if path is not None:
+        try:
+            write_atomic(path, json.dumps(ceiling, indent=2).encode())
+        except OSError as e:  # a read-only cache: the trial goes on, the next one computes it again
+            log.warning("%s: not written (%s)", path, e)
+    return ceiling
