@@ -44,8 +44,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench_recipes import RECIPES, parse_recipes  # a sibling module: this folder is on sys.path when the script runs
+
 BENCH_TRAIN = Path(__file__).resolve().parent / "bench_train.py"
-RECIPES = {"a": "notebook", "b": "trl", "c": "hf-tuned", "d": "vlmqc"}  # bench_train's
 # a traceback's last line (torch.OutOfMemoryError: ..., hydra.errors.MissingConfigException: ...) or bench_train's own
 EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b|config error:|recipe [a-d]:)")
 FIGURES = ("samples_per_second", "tokens_per_second", "peak_memory_gb", "mfu")
@@ -73,10 +74,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vlmqc-overrides", default="", help="extra overrides for recipe d only, quoted (trainer.batch_size=B is appended per run)")
     ap.add_argument("overrides", nargs="*", help="vlmqc overrides for every run and recipe (after --); image_size=S is appended per run")
     args = ap.parse_args(argv)
-    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    bad = [r for r in args.recipes if r not in RECIPES]
-    if bad or not args.recipes:
-        ap.error(f"--recipes: {','.join(bad) or 'none'} not among {','.join(RECIPES)}")
+    args.recipes = parse_recipes(ap, args.recipes)
     args.recipes = sorted(set(args.recipes))
     try:
         args.vlmqc_overrides = shlex.split(args.vlmqc_overrides)

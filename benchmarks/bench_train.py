@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from bench_recipes import RECIPES, parse_recipes  # a sibling module: this folder is on sys.path when the script runs
 from hydra import compose, initialize_config_dir
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -78,7 +79,6 @@ from vlmqc.models import adapt, load
 from vlmqc.prompts import instruction, render_answer
 from vlmqc.records import read_metrics
 
-RECIPES = {"a": "notebook", "b": "trl", "c": "hf-tuned", "d": "vlmqc"}
 # dense bf16 tensor-core peaks (NVIDIA's data sheets, without sparsity), by a substring of torch.cuda.get_device_name
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0))
 
@@ -487,10 +487,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="folder for report.json and the runs (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="vlmqc overrides for every recipe (after --)")
     args = ap.parse_args(argv)
-    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    bad = [r for r in args.recipes if r not in RECIPES]
-    if bad or not args.recipes:
-        ap.error(f"--recipes: {','.join(bad) or 'none'} not among {','.join(RECIPES)}")
+    args.recipes = parse_recipes(ap, args.recipes)
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1")
     if args.fault not in (None, "a", "c"):
