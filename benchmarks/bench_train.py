@@ -548,19 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     for key in sorted(args.recipes, key=lambda k: "cabd".index(k)):  # c first: b takes its batch
         started = time.perf_counter()
         try:
+            if key == "c":
+                batch_c = args.batch or (largest_batch(s, args) if device == "cuda" else objs["trainer"].batch_size)
+            if args.fault_oom == key:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: --fault-oom {key})")
             if key == "a":
                 r = hf_recipe(s, "a", 1, True, 0, args, fault=args.fault == "a")
             elif key == "c":
-                batch_c = args.batch or (largest_batch(s, args) if device == "cuda" else objs["trainer"].batch_size)
-                if args.fault_oom == "c":
-                    raise torch.OutOfMemoryError("CUDA out of memory (simulated: --fault-oom c)")
                 r = hf_recipe(s, "c", batch_c, False, workers, args, fault=args.fault == "c")
             elif key == "b":
                 r = trl_recipe(s, args.trl_batch or batch_c or args.batch or objs["trainer"].batch_size, args.trl_checkpointing == "on", args)
             else:
                 r = vlmqc_recipe(s, d, args)
-            if args.fault_oom == key and key != "c":
-                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: --fault-oom {key})")
         except (torch.OutOfMemoryError, RecipeFailed) as e:
             # a recipe that does not fit this batch (the point of a batch-size sweep) is a figure too:
             # recorded, and the other recipes still run; the exit status says one failed
