@@ -550,6 +550,7 @@ class LoggerConfig:
     group: str | None = None  # a sweep sets its id here
     tags: list[str] = field(default_factory=list)
     mode: str = "offline"  # offline (default: no account needed) | online | disabled
+    print_summary: bool = False  # W&B's own history and summary printed when a run finishes (the run folder's summary.json has it either way)
 
     def __post_init__(self):
         _check(self.name in ("wandb", "none"), "name", self.name, "must be wandb or none")
@@ -601,6 +602,7 @@ class TrainAppConfig:
     run_name: str = MISSING  # from the command line's overrides; names the run folder and the W&B run
     sweep_metric: str = "eval/exact_match"  # what a metric-driven sweep optimises and a report sorts by
     num_workers: int = 2  # dataset generation processes
+    quiet: bool = False  # errors only on the console: no progress bars, no log lines (vlmqc/console.py)
 
 
 @dataclass
@@ -864,6 +866,8 @@ NON_COMPUTING_KEYS = (
     "trainer.vision_cache",  # the same features, computed once (tests/test_features.py checks the equivalence)
     "trainer.vision_cache_memory_gb",  # where cached features are kept, not what they are
     "num_workers",
+    "quiet",
+    "logger.print_summary",
     "trainer.eval_batch_size",
     "trainer.eval_workers",  # the same batches, collated elsewhere (tests/test_predict_batched.py checks the answers)
     "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/preprocess.py)

@@ -244,7 +244,7 @@ class Inspector:
                 self.row(c, r, i)
                 for c, r, i in zip(candidates[start : start + batch_size], references[start : start + batch_size], ids[start : start + batch_size], strict=True)
             ]
-            answers = predict(self.model, self.processor, self.family, self.trial.prompt, rows, len(rows), t.max_new_tokens, layout)
+            answers = predict(self.model, self.processor, self.family, self.trial.prompt, rows, len(rows), t.max_new_tokens, layout, progress=False)
             seconds = (time.perf_counter() - began) / len(rows)
             for a in answers:
                 p = a["parsed"]

@@ -52,15 +52,20 @@ def predict(
     max_new_tokens: int,
     layout: Layout = Layout.stacked,
     workers: int = 0,
+    progress: bool = True,
 ) -> list[dict]:
     """One prediction per row, in order: the generated text and what the parser read in it.
-    ``workers`` (trainer.eval_workers): processes that collate the batches; the answers are the same."""
+    ``workers`` (trainer.eval_workers): processes that collate the batches; the answers are the same.
+    ``progress``: a bar of rows done and rows per second on stderr (vlmqc/console.py)."""
+    from vlmqc import console
+
     collate = Collator(processor, family, prompt, train=False, layout=layout)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     was_training = model.training
     model.eval()
     out = []
+    bar = console.progress(len(rows), "evaluating", "row", disable=not progress)
     try:
         for start, collated in zip(range(0, len(rows), batch_size), _batches(collate, rows, batch_size, workers), strict=True):
             chunk = rows[start : start + batch_size]
@@ -70,7 +75,9 @@ def predict(
             texts = processor.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for row, text in zip(chunk, texts, strict=True):
                 out.append({"id": row["id"], "text": text.strip(), "parsed": parse_answer(prompt, text, row["task"])})
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return out
 
@@ -102,7 +109,7 @@ def predict_sharded(
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     ks = list(range(rank, len(batches), world))
-    answers = predict(model, processor, family, prompt, [r for k in ks for r in batches[k]], batch_size, max_new_tokens, layout, workers)
+    answers = predict(model, processor, family, prompt, [r for k in ks for r in batches[k]], batch_size, max_new_tokens, layout, workers, progress=rank == 0)
     mine = {k: answers[i * batch_size : (i + 1) * batch_size] for i, k in enumerate(ks)}
     gathered: list[dict] = [None] * world  # type: ignore[list-item]
     dist.all_gather_object(gathered, mine)

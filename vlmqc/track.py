@@ -67,6 +67,8 @@ class Tracker:
             dir=str(run_dir),
             id=resume_id,
             resume="allow" if resume_id else None,
+            # W&B's 40-line history and summary after every trial of a sweep only when asked for
+            settings=wandb.Settings(quiet=not logger_cfg.print_summary),
         )
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)

@@ -37,10 +37,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from vlmqc import config as schema
-from vlmqc import features, gpus, preprocess, resume
+from vlmqc import console, features, gpus, preprocess, resume
 from vlmqc.collate import Collator, sequence_lengths
 from vlmqc.config import ConfigError, Precision
 from vlmqc.data import get_dataset, report
@@ -52,7 +52,7 @@ from vlmqc.loss import trainer_class
 from vlmqc.models import adapt, load, parameter_counts, random_checkpoint
 from vlmqc.predict import predict_sharded
 from vlmqc.prompts import PARSER_VERSION, instruction, render_answer
-from vlmqc.records import PredictionRow, Records, Sample, sample_image
+from vlmqc.records import PredictionRow, Records, Sample, chance_level, sample_image
 from vlmqc.signals import Interrupted, Signals, StopOnSignal
 from vlmqc.track import Tracker
 
@@ -159,7 +159,7 @@ class Trial(TrainerCallback):
             d = self.records.summary["diagnosis"]
             log.warning("step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance (%.3f): the plateau; "
                         "train longer or with warm-up (experiments/LOG.md)", step, 100 * d["loss_change"], d["metric"], d["value"], d["chance"])
-        log.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
+        log.info("step %d: %s", state.global_step, ", ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(scores.items())))
 
 
 # transformers renamed gradient_checkpointing to activation_checkpointing (5.2x); 5.17 knows only the old name
@@ -310,7 +310,13 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             "sample_ids": sample_ids,
             "parser_version": PARSER_VERSION,
         }
-        log.info("trial %s: %s", cfg.run_name, facts)
+        log.info("%s", console.table(f"trial {cfg.run_name}", {
+            "model": f"{family.name} from {model_path}, {trainable:,} of {total:,} parameters trained",
+            "data": f"{data_cfg.name}: {len(dsd['train']):,} train, {len(test_rows):,} test ({data_path})",
+            "images": f"{seen.input_pixels[0][1]}x{seen.input_pixels[0][0]} pixels in, {seen.processed_pixels[0][1]}x{seen.processed_pixels[0][0]} processed (width x height), {seen.image_tokens} image tokens a sample",
+            "training": f"{device}, batch {facts['effective_batch']}, lr {facts['learning_rate']:g}, {world} process(es)",
+            "run folder": str(run_dir),
+        }))
         resolved = OmegaConf.to_container(cfg, resolve=True)
         # a sweep's trials share a W&B group and carry their overrides as tags, for W&B's own views
         logger = objs["logger"]
@@ -357,8 +363,9 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
             train_dataset=train_data,
             eval_dataset=eval_data,
             data_collator=collator,
-            callbacks=[trial, stopper, *([cache.callback()] if cache else [])],
+            callbacks=[trial, stopper, console.TrainingBar(t.effective_batch(world)), *([cache.callback()] if cache else [])],
         )
+        trainer.remove_callback(PrinterCallback)  # its {'loss': ...} dict every logging step: the bar shows them (vlmqc/console.py)
         facts["distributed_backend"] = gpus.distributed_backend()
         facts["vision_cache"] = features.facts(cache)  # whether it is used; its hits once trained
         if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
@@ -413,6 +420,11 @@ def run(cfg: DictConfig, run_dir: Path, context: dict | None = None, plan: resum
         signals.__exit__()
     if reason:
         log.error("trial %s %s: %s", cfg.run_name, status, reason)
+    elif status == "completed" and records.summary.get("final"):
+        final, levels = records.summary["final"], records.summary.get("chance")
+        shown = ", ".join(f"{k[5:]} {v:.3f}" + (f" (chance {c:.3f})" if (c := chance_level(levels, k)) is not None else "")
+                          for k, v in final.items() if k.startswith("eval/") and k != "eval/loss" and k != "eval/unparseable_rate")
+        log.info("trial completed in %.0f s at step %s: %s; the record: %s", time.time() - started, final.get("step"), shown, records.summary_path)
     return status
 
 
@@ -429,6 +441,7 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict, pl
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir, cfg.run_name = run_dir, run_name
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
+    console.setup(cfg.quiet)
     return run(cfg, Path(run_dir), context, plan)  # the parent's Hydra context and plan: workers have none
 
 
@@ -542,6 +555,7 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         schema.validate(cfg)  # before a GPU is claimed or the run folder's record is touched
+        console.setup(cfg.quiet)
         devices = int(cfg.trainer.devices)
         if os.environ.get("SUBMITIT_EXECUTOR") == "local" and cfg.trainer.device != "cpu" and gpus.visible():
             gpus.claim(devices)  # parallel trials on one machine: each its own GPUs (vlmqc/gpus.py)

@@ -4,6 +4,7 @@ killed mid-build fails the build at once, leaving nothing in the cache."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,46 @@ def test_a_build_started_beside_threads_holding_locks_completes(tmp_path):
         pytest.fail("the build hung: a worker inherited a lock held by one of the parent's threads")
     assert proc.returncode == 0, stderr[-3000:]
     assert stdout.split("\n")[-2] == str(list(range(8)))
+
+
+THREADS_BUILD = """
+import json, sys
+
+import torch  # the caller has torch, as a training process does: the forkserver imports it once
+
+sys.path.insert(0, {tests!r})
+from test_store import tiny_row
+from vlmqc.data import store
+
+
+def rows(task):
+    import os
+
+    import torch
+
+    row = tiny_row(task)
+    row["meta"] = json.dumps({{"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}})
+    yield row
+
+
+if __name__ == "__main__":
+    dsd = store.build(store.Path(sys.argv[1]), {splits!r}, rows, {{"name": "threads", "examples": 8}}, num_workers=2, progress=False)
+    print(json.dumps(sorted({{m for split in dsd.values() for m in split["meta"]}})))
+"""
+
+
+def test_build_workers_run_one_thread_each_and_warn_nothing(tmp_path):
+    """16 workers with torch's default of one thread per core ran 256 threads on 16 cores (issue 21):
+    each worker must run one. Started as ``python -m pkg.module``, as ``python -m vlmqc.train`` is,
+    whose re-run in every worker printed runpy's "found in sys.modules" warning once per worker."""
+    pkg = tmp_path / "threadpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "build.py").write_text(THREADS_BUILD.format(tests=str(Path(__file__).parent), splits=SPLITS))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}  # torch's default: one thread per core
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-m", "threadpkg.build", str(tmp_path / "cache" / "threads-0")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads(m) for m in json.loads(proc.stdout.strip().splitlines()[-1])]
+    assert seen == [{"threads": 1, "omp": "1"}]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
