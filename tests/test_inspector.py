@@ -240,3 +240,32 @@ def test_custom_trial_stacks_each_rows_reference_as_its_data_did(pair_trial, tmp
     out = predict_cli(tmp_path, str(run_dir), str(folder / "test" / "metadata.jsonl"), "--out", str(tmp_path / "p.jsonl"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert [g["answer"] for g in rows_of(tmp_path / "p.jsonl")] == [r.prediction for r in rows]
+
+
+def test_inputs_are_checked_before_the_model_loads(star_trial, tmp_path):
+    """A bad image is named at once (issue 21: 25 s of model loading first, on the tiny model):
+    with the trial's weights made unloadable, the error must still be the image's."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(star_trial, run)
+    for weights in (run / "adapter").glob("adapter_model.*"):
+        weights.write_bytes(b"not weights")  # loading the model would fail
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = predict_cli(tmp_path, str(run), str(bad), "--out", str(tmp_path / "p.jsonl"))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "bad.png" in out.stderr and "unreadable image" in out.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_the_adapter_names_a_portable_base_model(star_trial):
+    """adapter_config.json and the model card name the base model by an id that other machines
+    can resolve, never this machine's cache folder (where the random model was built)."""
+    config = json.loads((star_trial / "adapter" / "adapter_config.json").read_text())
+    summary = json.loads((star_trial / "summary.json").read_text())
+    cache = str(Path(summary["facts"]["model_path"]).parent)
+    base = config["base_model_name_or_path"]
+    assert base == f"vlmqc-random:llava/{Path(summary['facts']['model_path']).name}"
+    assert cache not in (star_trial / "adapter" / "README.md").read_text()
+    assert cache not in json.dumps(config)

@@ -131,7 +131,7 @@ def test_a_half_written_cache_is_rebuilt_not_read(loaded, dataset):
     expected = [train[i]["tensors"] for i in range(len(train))]
     folder = Path(first["path"])
     (folder / "vlmqc.json").unlink()  # as if the build had stopped before its info file was written
-    for arrow in sorted(folder.glob("*.arrow"))[1:]:
+    for arrow in sorted(folder.glob("*/*.arrow"))[1:]:
         arrow.unlink()
     rebuilt, _, fact = preprocess.prepare(dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=1, progress=False)
     assert not fact["reused"] and fact["path"] == first["path"]

@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -25,8 +24,9 @@ _quiet = False
 
 
 def setup(quiet: bool = False) -> None:
-    """The console of an app: libraries' own progress bars and known warnings off (vlmqc draws
-    its own bars and cannot act on those warnings); with ``quiet``, errors only."""
+    """The console of an app: libraries' own progress bars off (vlmqc draws its own); with
+    ``quiet``, errors only. (Warnings vlmqc cannot act on are silenced where they arise:
+    ``vlmqc.models.peft_warnings_off``.)"""
     global _quiet
     _quiet = quiet
     import transformers
@@ -34,9 +34,6 @@ def setup(quiet: bool = False) -> None:
     # "Loading weights" / "Writing model shards": one bar per load and save of a tiny model;
     # vlmqc's own messages say what is loaded and saved
     transformers.utils.logging.disable_progress_bar()
-    # PEFT reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model
-    # (peft_model.py), which warns on every train, predict and serve; neither is ours to change
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)
         for name in ("vlmqc", "transformers", "datasets", "peft", "hydra"):

@@ -36,6 +36,7 @@ from vlmqc.config import DATA_SCHEMAS, ConfigError, ImageSizeConfig, LoraConfig,
 from vlmqc.data import board, custom, diff, synth
 from vlmqc.labels import Task
 from vlmqc.models import load as load_model
+from vlmqc.models import peft_warnings_off
 from vlmqc.predict import predict
 from vlmqc.records import read_summary
 
@@ -126,40 +127,6 @@ class Trial:
     def task(self) -> Task:
         return Task(self.data.task)
 
-
-class Inspector:
-    """A completed trial, loaded: ``predict`` answers images, ``merge`` exports the model."""
-
-    def __init__(self, trial: Trial, model, processor, family, device: str):
-        self.trial, self.model, self.processor, self.family, self.device = trial, model, processor, family, device
-
-    @classmethod
-    def load(cls, run_dir: str | os.PathLike, device: str = "auto") -> Inspector:
-        """The trial's model on ``device`` (``auto``: the GPU when there is one): the base model
-        through its family with the trial's image size, then the adapter, with the processor saved
-        beside it; or the fully fine-tuned model with its processor. ``InspectorError`` when the
-        folder is not a completed trial."""
-        trial = Trial.read(run_dir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise InspectorError(f"device {device!r}: no CUDA device is visible")
-        layout = trial.data.layout
-        if trial.full:
-            model, processor, family, _ = load_model(replace(trial.model, path=str(trial.weights)), trial.image_size, trial.models_dir, device, layout)
-        else:
-            from peft import PeftModel
-
-            base, _, family, _ = load_model(trial.model, trial.image_size, trial.models_dir, device, layout)
-            processor = family.load_processor(str(trial.weights), trial.model.trust_remote_code)  # the trial's own, as saved
-            if trial.image_size.size is not None:
-                family.set_image_size(processor, base, trial.image_size.size)
-            model = PeftModel.from_pretrained(base, str(trial.weights))
-        model.to(device).eval()
-        return cls(trial, model, processor, family, device)
-
-    # ------------------------------------------------------------------------------ inputs
-
     def row(self, candidate: ImageInput, reference: ImageInput | None = None, name: str = "") -> dict:
         """The dataset row a candidate makes for this trial, as training built its rows.
 
@@ -169,7 +136,7 @@ class Inspector:
         reference, the pair is stacked (and cut, for ``data.layout=separate``; made into the
         diff image, for the diff task) exactly as the data code does it.
         """
-        task, data = self.trial.task, self.trial.data
+        task, data = self.task, self.data
         cand = open_image(candidate, "candidate")
         ref = open_image(reference, "reference") if reference is not None else None
         name = name or _name(candidate, 0)
@@ -208,8 +175,51 @@ class Inspector:
         return {**row, "image": stacked, "meta": _meta(stack)}
 
     def check(self, candidate: ImageInput, reference: ImageInput | None = None) -> None:
-        """Raise the ``InspectorError`` that ``predict`` would raise for this input, without a model call."""
+        """Raise the ``InspectorError`` that answering this input would raise; no model needed."""
         self.row(candidate, reference)
+
+
+class Inspector:
+    """A completed trial, loaded: ``predict`` answers images, ``merge`` exports the model."""
+
+    def __init__(self, trial: Trial, model, processor, family, device: str):
+        self.trial, self.model, self.processor, self.family, self.device = trial, model, processor, family, device
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str = "auto") -> Inspector:
+        """The trial's model on ``device`` (``auto``: the GPU when there is one): the base model
+        through its family with the trial's image size, then the adapter, with the processor saved
+        beside it; or the fully fine-tuned model with its processor. ``InspectorError`` when the
+        folder is not a completed trial."""
+        trial = Trial.read(run_dir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise InspectorError(f"device {device!r}: no CUDA device is visible")
+        layout = trial.data.layout
+        if trial.full:
+            model, processor, family, _ = load_model(replace(trial.model, path=str(trial.weights)), trial.image_size, trial.models_dir, device, layout)
+        else:
+            from peft import PeftModel
+
+            base, _, family, _ = load_model(trial.model, trial.image_size, trial.models_dir, device, layout)
+            processor = family.load_processor(str(trial.weights), trial.model.trust_remote_code)  # the trial's own, as saved
+            if trial.image_size.size is not None:
+                family.set_image_size(processor, base, trial.image_size.size)
+            with peft_warnings_off():
+                model = PeftModel.from_pretrained(base, str(trial.weights))
+        model.to(device).eval()
+        return cls(trial, model, processor, family, device)
+
+    # ------------------------------------------------------------------------------ inputs
+
+    def row(self, candidate: ImageInput, reference: ImageInput | None = None, name: str = "") -> dict:
+        """The dataset row a candidate makes for this trial (``Trial.row``)."""
+        return self.trial.row(candidate, reference, name)
+
+    def check(self, candidate: ImageInput, reference: ImageInput | None = None) -> None:
+        """Raise the ``InspectorError`` that ``predict`` would raise for this input, without a model call."""
+        self.trial.row(candidate, reference)
 
     # ------------------------------------------------------------------------------ answers
 

@@ -218,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.is_dir():
             raise InputError(f"--out {args.out}: is a folder; name the predictions file")
         items = _inputs(args.input, args.reference, trial.task.value) if args.input is not None else []
-        inspector = Inspector.load(args.run, args.device)
+        # every input is checked before the model loads: a bad image is named in a second, not after the load
         for item in tqdm(items, desc="checking", unit="image", file=sys.stderr, disable=len(items) < 2):
             try:
-                inspector.check(item["image"], item["reference"])
+                trial.check(item["image"], item["reference"])
             except InspectorError as e:
                 raise InputError(f"{item['where']}: {e}" if item["where"] != str(item["image"]) else str(e)) from None
+        inspector = Inspector.load(args.run, args.device)
     except (InspectorError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def run_folders(path: Path) -> list[Path]:
 
 def _train_answers(dataset_path: str | None) -> dict | None:
     """The prior-only answers learned from the run's cached train split, if it is still there."""
-    if not dataset_path or not any(Path(dataset_path).glob("train-*.arrow")):
+    if not dataset_path or not (Path(dataset_path) / "train" / "state.json").is_file():
         return None
     from vlmqc.data import store
 

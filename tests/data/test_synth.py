@@ -296,3 +296,18 @@ def test_test_split_does_not_depend_on_the_train_size():
     small, large = PairConfig(name="p", train_size=50), PairConfig(name="p", train_size=2000)
     assert synth.plan(small, "test") == synth.plan(large, "test")
     assert synth.render(small, synth.plan(small, "test")[7]) == synth.render(large, synth.plan(large, "test")[7])
+
+
+def test_the_cache_opens_with_datasets_load_from_disk(cache_dir):
+    """The README calls the cache `datasets` Arrow files: any program opens it with the library's
+    own loader, and reads the rows vlmqc reads."""
+    import datasets
+
+    cfg = StarConfig(name="star", **SMALL)
+    dsd, path = get_dataset(cfg, cache_dir, num_workers=2, progress=False)
+    other = datasets.load_from_disk(str(path))
+    assert isinstance(other, datasets.DatasetDict) and list(other) == ["train", "test"]
+    for split in ("train", "test"):
+        assert len(other[split]) == len(dsd[split]) == SMALL[f"{split}_size"]
+        assert other[split]["id"] == dsd[split]["id"] and other[split]["target"] == dsd[split]["target"]
+        assert other[split][0]["image"].tobytes() == dsd[split][0]["image"].tobytes()

@@ -1,7 +1,9 @@
 """The dataset cache: one folder per data config, keyed by a hash, written atomically.
 
 A dataset is a ``datasets.DatasetDict`` (Arrow files, images in an ``Image`` feature) saved
-under ``<cache_dir>/<name>-<key>``. The key hashes the resolved data config, the source of the
+under ``<cache_dir>/<name>-<key>`` in the layout of ``DatasetDict.save_to_disk``, so
+``datasets.load_from_disk(folder)`` opens it (memory-mapped) in any program; ``vlmqc.json``
+beside the splits says how it was made. The key hashes the resolved data config, the source of the
 modules that draw the pixels and the versions of the libraries that encode them, so a cached
 dataset is always the one the current code would generate. A build goes to a temporary
 folder that is renamed into place only when complete: an interrupted build leaves nothing
@@ -199,7 +201,10 @@ def build(
     pool = None
     try:
         start = time.perf_counter()
-        jobs = [(rows_of, task, tmp / f"{split}-{k:05d}.arrow", features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
+        # one Arrow file per chunk, named as save_to_disk names its shards; workers write them directly
+        for split in splits:
+            (tmp / split).mkdir()
+        jobs = [(rows_of, task, tmp / split / _shard(k, len(tasks)), features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
         bar = tqdm(total=info.get("examples"), desc=f"{info.get('verb', 'generating')} {info['name']}", unit="img", disable=not progress, file=sys.stderr)
         if num_workers > 1 and len(jobs) > 1:
             pool = worker_pool(min(num_workers, len(jobs)))
@@ -216,6 +221,7 @@ def build(
             ) from e
         bar.close()
         info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_dataset_dict(tmp, {split: len(tasks) for split, tasks in splits.items()}, features, final.name)
         (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         try:
             os.rename(tmp, final)
@@ -231,12 +237,32 @@ def build(
     return load(final)
 
 
+def _shard(k: int, n: int) -> str:
+    return f"data-{k:05d}-of-{n:05d}.arrow"
+
+
+def _write_dataset_dict(folder: Path, shards: dict[str, int], features: datasets.Features, fingerprint: str) -> None:
+    """The files ``DatasetDict.save_to_disk`` writes beside its shards (``dataset_dict.json``, and
+    each split's ``state.json`` and ``dataset_info.json``), for shards the workers wrote themselves:
+    save_to_disk would copy every image once more through this process."""
+    for split, n in shards.items():
+        state = {
+            "_data_files": [{"filename": _shard(k, n)} for k in range(n)],
+            "_fingerprint": hashlib.sha256(f"{fingerprint}/{split}".encode()).hexdigest()[:16],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (folder / split / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        datasets.DatasetInfo(features=features).write_to_directory(str(folder / split))
+    (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(shards)}))
+
+
 def load(path: Path) -> datasets.DatasetDict:
-    """The cached splits, memory-mapped from their Arrow files."""
-    splits = sorted({p.name.rsplit("-", 1)[0] for p in path.glob("*.arrow")}, key=lambda s: (s != "train", s))
-    return datasets.DatasetDict(
-        {split: datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in sorted(path.glob(f"{split}-*.arrow"))]) for split in splits}
-    )
+    """The cached splits, memory-mapped from their Arrow files (``datasets.load_from_disk``)."""
+    return datasets.load_from_disk(str(path))
 
 
 def read_info(path: Path) -> dict:

@@ -12,9 +12,11 @@ real checkpoint (``model.path=<folder or hub id>``) and a tiny random model buil
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, LoraT
 from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
 
-__all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "random_checkpoint", "resolve_dtype"]
+__all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "peft_warnings_off", "portable_id", "random_checkpoint", "resolve_dtype"]
 
 # one module per family, each defining one Family subclass; imported on first use, not at import time
 FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v", "phi4_multimodal")
@@ -84,6 +86,13 @@ def random_checkpoint(cfg: ModelConfig, size: int | None, models_dir: str | os.P
     return offline.built(Path(models_dir).expanduser() / family.random_folder(cfg, size), lambda path: family.build_random(cfg, size, path))
 
 
+def portable_id(cfg: ModelConfig, path: str) -> str:
+    """The base model's name for other machines: ``model.path`` as the user gave it (a hub id or
+    their folder), or, for a model built offline, ``vlmqc-random:<family>/<folder>``, which the
+    same preset rebuilds anywhere (a cache path would name a folder only this machine has)."""
+    return cfg.path if cfg.path is not None else f"vlmqc-random:{cfg.random}/{Path(path).name}"
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -102,9 +111,22 @@ def load(
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = family.load_model(path, cfg.trust_remote_code, **kwargs)
+    # what a saved adapter names as its base model (adapter_config.json, the model card): the id
+    # the user gave, not this machine's cache folder, so the adapter loads elsewhere
+    model.name_or_path = model.config._name_or_path = portable_id(cfg, path)
     if image_size.size is not None:
         family.set_image_size(processor, model, image_size.size)
     return model, processor, family, path
+
+
+@contextlib.contextmanager
+def peft_warnings_off():
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model
+    (peft_model.py), a FutureWarning on every train, predict and serve that neither vlmqc nor its
+    users can act on; silenced here, where the wrapping happens, and nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def adapt(model: torch.nn.Module, family: Family, cfg: LoraConfig) -> torch.nn.Module:
@@ -124,7 +146,8 @@ def adapt(model: torch.nn.Module, family: Family, cfg: LoraConfig) -> torch.nn.M
     if not targets:
         raise ConfigError(f"lora.target={cfg.target.value}: no linear layer of this model matches")
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
-    return get_peft_model(model, peft_cfg)
+    with peft_warnings_off():
+        return get_peft_model(model, peft_cfg)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
