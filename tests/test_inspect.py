@@ -78,7 +78,7 @@ def test_numbers_agree_with_the_real_processor_on_the_tiny_models(family, size, 
     data = "star" if family == "llava" else "pair_round"
     objs, rows = objs_for(model, image_size, data, tmp_path)
     table, _ = inspect(objs, models_dir, rows[:2])
-    fam, processor, _, _ = source(model, image_size, models_dir)
+    fam, processor, _, _ = source(model, image_size, models_dir, str(tmp_path))
     for row, shown in zip(rows[:2], table, strict=True):
         images = row_images(row, objs["data"].layout)
         # the processor itself, called directly on the example's text and images
@@ -107,7 +107,7 @@ def test_numbers_agree_with_the_real_processor_on_the_tiny_models(family, size, 
 @pytest.mark.parametrize("size", [None, 448])
 def test_qwen2_vl_numbers_follow_the_published_resize_formula(hw, size):
     image_size = ImageSizeConfig(name=str(size or "native"), size=size)
-    fam, processor, config, _ = source(QWEN2_VL_2B, image_size, "unused")
+    fam, processor, config, _ = source(QWEN2_VL_2B, image_size, "unused", "unused")
     image = Image.new("RGB", (hw[1], hw[0]))
     batch = fam.encode(processor, ["Q"], [[image]], ["A"], "right")
     facts = fam.image_facts(processor, type("M", (), {"config": config}), [image], batch)
@@ -182,3 +182,20 @@ def test_a_config_error_exits_2_naming_the_key(args, key, tmp_path):
     out = run_app(tmp_path, "vlmqc.inspect", *args)
     assert out.returncode == 2, out.stderr[-2000:]
     assert key in out.stderr
+
+
+def test_inspect_draws_only_what_it_shows_and_writes_no_model(tmp_path):
+    """The README's own example: Qwen2-VL-2B's shape (4.4 GB of random weights) and one example.
+    inspect needs the processor and the config's shapes, not weights, and the examples it shows,
+    not the dataset: it wrote 4.2 GB to the cache and drew all 800 images (issue 21)."""
+    out = run_app(tmp_path, "vlmqc.inspect", "model=qwen2_vl_2b_random", "data=pair_round", "image_size=448", "examples=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(li for li in out.stdout.splitlines() if li.startswith("448 "))
+    assert "built without weights" in out.stdout
+    cells = line.split()
+    ih, iw = map(int, cells[2].split("x"))  # the stacked pair as drawn, then the 2B processor's pixel budget
+    assert iw == 448 and 300 < ih < 400
+    h, w = qwen_resize(ih, iw, 3136, 448 * 448)
+    assert cells[3] == f"{h}x{w}" and cells[5] == str(h * w // 784)
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] if (tmp_path / "cache").exists() else []
+    assert written == [], written  # no dataset built, no model saved: nothing is cached

@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -56,8 +58,9 @@ from transformers import AutoConfig
 from vlmqc import models
 from vlmqc.collate import Collator
 from vlmqc.config import CONF_DIR, ConfigError, ImageSizeConfig, LoraTarget, Precision, run_checked, validate
-from vlmqc.data import get_dataset
+from vlmqc.data import first_examples
 from vlmqc.data.layout import images as row_images
+from vlmqc.models import offline
 from vlmqc.models.family import ImageFacts
 
 log = logging.getLogger("vlmqc.inspect")
@@ -84,14 +87,29 @@ def image_size_options() -> list[ImageSizeConfig]:
     return sorted(options, key=lambda o: (o.size is not None, o.size or 0))
 
 
-def source(model_cfg, size: ImageSizeConfig, models_dir: str):
+def source(model_cfg, size: ImageSizeConfig, models_dir: str, scratch: str | None = None):
     """(family, processor, transformers config, where they came from) for one image size, the
-    processor set to it as a trial sets it (a ConfigError where the family cannot)."""
+    processor set to it as a trial sets it (a ConfigError where the family cannot).
+
+    A random model (``model.random``) already built in ``models_dir`` is read from there; one that
+    is not is built without weights (``offline.weightless``: its config and processor) into
+    ``scratch``, a temporary folder (a new one when not given): nothing the size of a model is
+    written to the cache."""
     if model_cfg.path is None or os.path.isdir(model_cfg.path):
-        path = str(models.random_checkpoint(model_cfg, size.size, models_dir)) if model_cfg.path is None else model_cfg.path
+        path = model_cfg.path
+        if path is None:
+            family = models.families()[model_cfg.random]
+            path = os.path.join(os.path.expanduser(models_dir), family.random_folder(model_cfg, size.size))
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                scratch = scratch or tempfile.mkdtemp(prefix="vlmqc-inspect-")
+                path = os.path.join(scratch, family.random_folder(model_cfg, size.size))
+                if not os.path.isfile(os.path.join(path, "config.json")):
+                    with offline.weightless():
+                        models.random_checkpoint(model_cfg, size.size, scratch)
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         family = models.family_for(config.model_type)
-        processor, origin = family.load_processor(path, model_cfg.trust_remote_code), path
+        processor = family.load_processor(path, model_cfg.trust_remote_code)
+        origin = path if model_cfg.path is not None or path.startswith(os.path.expanduser(models_dir)) else f"the {family.name} random model's config and processor, built without weights"
     else:
         family = models.families()[model_cfg.family]
         processor, config = family.offline_processor(model_cfg.processor)
@@ -138,10 +156,18 @@ def inspect(objs: dict, models_dir: str, rows_data: list[dict]) -> tuple[list[Ro
     vision_trains = (lora.full and lora.train_vision) or (not lora.full and LoraTarget(lora.target) is not LoraTarget.language)
     _, b = precision_bytes(objs["trainer"].precision, objs["trainer"].device)
     layout = objs["data"].layout
+    scratch = tempfile.mkdtemp(prefix="vlmqc-inspect-")
+    try:
+        return _rows(objs, models_dir, rows_data, sizes, vision_trains, b, layout, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _rows(objs, models_dir, rows_data, sizes, vision_trains, b, layout, scratch) -> tuple[list[Row], list[str]]:
     rows, origins = [], []
     for size in sizes:
         try:
-            family, processor, config, origin = source(objs["model"], size, models_dir)
+            family, processor, config, origin = source(objs["model"], size, models_dir, scratch)
         except ConfigError as e:
             if objs["image_size"] is not None:
                 raise
@@ -190,9 +216,7 @@ def table(rows: list[Row], batch_size: int) -> str:
 def main(cfg: DictConfig) -> None:
     try:
         objs = validate(cfg)
-        dsd, _ = get_dataset(objs["data"], cfg.paths.cache_dir, num_workers=cfg.num_workers)
-        test = dsd["test"]
-        rows_data = list(test.select(range(min(cfg.examples, len(test)))))
+        rows_data = first_examples(objs["data"], cfg.paths.cache_dir, cfg.examples)  # only those shown are drawn
         rows, origins = inspect(objs, cfg.paths.models_dir, rows_data)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -19,8 +19,9 @@ from vlmqc.config import CustomConfig, SynthConfig
 from vlmqc.data import store, synth
 
 
-def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True) -> tuple[datasets.DatasetDict, Path]:
-    """Load the dataset for ``cfg`` from the cache, generating it first if needed."""
+def _plan(cfg: SynthConfig | CustomConfig, cache_dir: str | Path) -> tuple[Path, dict, object, dict]:
+    """Where the dataset of ``cfg`` is cached, its chunk tasks by split, the function that draws
+    (or reads) a chunk's rows, and its info; custom data is validated here, before anything is written."""
     if isinstance(cfg, CustomConfig):
         from vlmqc.data import custom
 
@@ -32,8 +33,30 @@ def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_work
         key = store.cache_key(cfg)
         splits = {split: synth.chunks(cfg, split, store.CHUNK) for split in synth.SPLITS}
         rows_of, n = synth.rows, cfg.train_size + cfg.test_size
-    path = store.cache_path(cache_dir, cfg.name, key)
+    info = {"name": cfg.name, "task": cfg.task.value, "key": key, "examples": n, "config": store.plain(cfg)}
+    return store.cache_path(cache_dir, cfg.name, key), splits, rows_of, info
+
+
+def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True) -> tuple[datasets.DatasetDict, Path]:
+    """Load the dataset for ``cfg`` from the cache, generating it first if needed."""
+    path, splits, rows_of, info = _plan(cfg, cache_dir)
     if (path / store.INFO).exists():
         return store.load(path), path
-    info = {"name": cfg.name, "task": cfg.task.value, "key": key, "examples": n, "config": store.plain(cfg)}
     return store.build(path, splits, rows_of, info, num_workers=num_workers, progress=progress), path
+
+
+def first_examples(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, n: int, split: str = "test") -> list[dict]:
+    """The first ``n`` rows of ``split`` as ``get_dataset`` gives them, without building the rest:
+    read from the cache when the dataset is there, else drawn (or read) alone, in this process,
+    and not cached. A chunk's rows depend on its task alone, so they are the same rows either way."""
+    path, splits, rows_of, _ = _plan(cfg, cache_dir)
+    if (path / store.INFO).exists():
+        rows = store.load(path)[split]
+        return list(rows.select(range(min(n, len(rows)))))
+    out = []
+    for task in splits.get(split, []):
+        for row in rows_of(task):
+            out.append(store.FEATURES.decode_example(row))
+            if len(out) == n:
+                return out
+    return out

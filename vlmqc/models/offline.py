@@ -9,6 +9,7 @@ video half so that ``AutoProcessor`` assembles the whole one from it where torch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,32 @@ def built(final: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def weightless():
+    """Every family's ``build_random`` run without weights: the model is made on torch's meta
+    device (shapes, no memory) and saving it writes its config.json and generation_config.json
+    only, beside the processor files as usual. ``vlmqc.inspect`` needs the processor and the
+    config's shapes, not weights: Qwen2-VL-2B's random model is 4.4 GB on disk otherwise.
+
+    transformers has no "save the config of this model" mode, and the families build and save
+    their models in their own ways (a tiny model's builder is the family's own), so the one
+    method is swapped here, for the duration of the block, rather than in eleven builders."""
+    import torch
+
+    def save_config(self, save_directory, *args, **kwargs):
+        self.config.save_pretrained(save_directory)
+        if getattr(self, "generation_config", None) is not None:
+            self.generation_config.save_pretrained(save_directory)
+
+    original = transformers.PreTrainedModel.save_pretrained
+    transformers.PreTrainedModel.save_pretrained = save_config
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        transformers.PreTrainedModel.save_pretrained = original
 
 
 def random_model(cls, config, seed: int, tokenizer):
