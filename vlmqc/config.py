@@ -741,6 +741,16 @@ def _gpu_count() -> int:
 
 if not OmegaConf.has_resolver("vlmqc.run_name"):
     OmegaConf.register_new_resolver("vlmqc.run_name", _run_name)
+def _cpus() -> int:
+    """Cores this process may run on (its affinity: a Slurm or taskset share, not the whole host)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+if not OmegaConf.has_resolver("vlmqc.cpus"):
+    OmegaConf.register_new_resolver("vlmqc.cpus", _cpus)
 if not OmegaConf.has_resolver("vlmqc.gpu_count"):
     OmegaConf.register_new_resolver("vlmqc.gpu_count", _gpu_count)
 
