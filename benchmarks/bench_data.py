@@ -26,10 +26,10 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from vlmqc import preprocess
 from vlmqc.config import ImageSizeConfig, Layout, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import load
+from vlmqc.training import preprocess
 
 CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlmqc.records import Summary, read_metrics, read_summary
+from vlmqc.runs.records import Summary, read_metrics, read_summary
 
 DEFAULTS = [
     "model=qwen2_vl_2b_random",

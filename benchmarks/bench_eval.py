@@ -32,11 +32,11 @@ import torch
 import transformers
 from hydra import compose, initialize_config_dir
 
-from vlmqc.config import quote_numeric_options, validate
 from vlmqc.data import get_dataset
+from vlmqc.devices import pick_device
+from vlmqc.evaluation.generate import predict
 from vlmqc.models import load
-from vlmqc.predict import predict
-from vlmqc.train import pick_device
+from vlmqc.preflight import quote_numeric_options, validate
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 

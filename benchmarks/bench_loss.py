@@ -72,8 +72,8 @@ def one(args) -> dict:
 
     from vlmqc.collate import Collator
     from vlmqc.config import ImageSizeConfig, to_object
-    from vlmqc.loss import AnswerOnlyTrainer
     from vlmqc.models import adapt, load
+    from vlmqc.training.loss import AnswerOnlyTrainer
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=[*MODELS[args.model], "lora=full" if args.full else "lora=r16", "prompt=long"])

@@ -77,7 +77,7 @@ from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
 from vlmqc.models import adapt, load
 from vlmqc.prompts import instruction, render_answer
-from vlmqc.records import read_metrics
+from vlmqc.runs.records import read_metrics
 
 # dense bf16 tensor-core peaks (NVIDIA's data sheets, without sparsity), by a substring of torch.cuda.get_device_name
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0))
@@ -183,7 +183,7 @@ class Timer(TrainerCallback):
 
 def hf_args(args_cls, s: Setup, out: Path, batch: int, steps: int, checkpointing: bool, workers: int, **extra):
     """TrainingArguments (or TRL's SFTConfig) of a timing run: constant lr, no saving, no logging."""
-    from vlmqc.train import CHECKPOINTING
+    from vlmqc.training.trial import CHECKPOINTING
 
     t = s.objs["trainer"]
     # TRL's config keeps the old name in every version; transformers' own depends on the version (train.CHECKPOINTING)
@@ -352,8 +352,8 @@ def vlmqc_loss(s: Setup, d: Setup) -> float:
     ``training_arguments``), from the config with --vlmqc-overrides applied (``d``)."""
     import dataclasses
 
-    from vlmqc.loss import trainer_class
-    from vlmqc.train import training_arguments
+    from vlmqc.training.loss import trainer_class
+    from vlmqc.training.trial import training_arguments
 
     model, processor, family = fresh_model(d)
     # no evaluation in the check (a recipe like experiment=base/scratch evaluates every N steps, and
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from vlmqc.models import resolve_dtype
-    from vlmqc.train import training_arguments
+    from vlmqc.training.trial import training_arguments
 
     bf16 = training_arguments(objs["trainer"], Path(tempfile.gettempdir()), device).bf16  # trainer.precision as a trial resolves it
     if bf16 and resolve_dtype(objs["model"].dtype, device) is torch.float32:

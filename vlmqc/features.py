@@ -47,7 +47,7 @@ from transformers import TrainerCallback
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmqc.config import VisionCache
-from vlmqc.track import read_json, write_atomic, write_json
+from vlmqc.files import read_json, write_atomic, write_json
 
 log = logging.getLogger("vlmqc.features")
 

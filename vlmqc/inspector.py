@@ -17,11 +17,8 @@ with the trial's ``data.diff``; answers come from ``vlmqc.predict.predict`` (bat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,11 +31,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmqc.config import DATA_SCHEMAS, ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, PromptConfig, TrainerConfig, to_object
 from vlmqc.data import board, custom, diff, synth
+from vlmqc.evaluation.generate import predict
+from vlmqc.files import publish
 from vlmqc.labels import Task
 from vlmqc.models import load as load_model
 from vlmqc.models import peft_warnings_off
-from vlmqc.predict import predict
-from vlmqc.records import read_summary
+from vlmqc.runs.records import read_summary
 
 ImageInput = str | os.PathLike | Image.Image
 
@@ -73,7 +71,7 @@ def _name(image: ImageInput, i: int) -> str:
 
 
 @dataclass
-class Trial:
+class CompletedRun:
     """What a completed trial's folder says about itself, checked; no model loaded."""
 
     run_dir: Path
@@ -87,7 +85,7 @@ class Trial:
     models_dir: str
 
     @classmethod
-    def read(cls, run_dir: str | os.PathLike) -> Trial:
+    def read(cls, run_dir: str | os.PathLike) -> CompletedRun:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise InspectorError(f"{run_dir}: not a folder")
@@ -182,7 +180,7 @@ class Trial:
 class Inspector:
     """A completed trial, loaded: ``predict`` answers images, ``merge`` exports the model."""
 
-    def __init__(self, trial: Trial, model, processor, family, device: str):
+    def __init__(self, trial: CompletedRun, model, processor, family, device: str):
         self.trial, self.model, self.processor, self.family, self.device = trial, model, processor, family, device
 
     @classmethod
@@ -191,7 +189,7 @@ class Inspector:
         through its family with the trial's image size, then the adapter, with the processor saved
         beside it; or the fully fine-tuned model with its processor. ``InspectorError`` when the
         folder is not a completed trial."""
-        trial = Trial.read(run_dir)
+        trial = CompletedRun.read(run_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device.startswith("cuda") and not torch.cuda.is_available():
@@ -214,7 +212,7 @@ class Inspector:
     # ------------------------------------------------------------------------------ inputs
 
     def row(self, candidate: ImageInput, reference: ImageInput | None = None, name: str = "") -> dict:
-        """The dataset row a candidate makes for this trial (``Trial.row``)."""
+        """The dataset row a candidate makes for this trial (``CompletedRun.row``)."""
         return self.trial.row(candidate, reference, name)
 
     def check(self, candidate: ImageInput, reference: ImageInput | None = None) -> None:
@@ -286,18 +284,12 @@ class Inspector:
             raise InspectorError(f"{out}: already exists and is not an empty folder; the merged checkpoint needs a new one")
         if not self.trial.full:
             self.model = self.model.merge_and_unload()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
+
+        def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
-            if out.exists():
-                out.rmdir()  # empty: checked above
-            os.replace(tmp, out)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(tmp)
-            raise
+
+        publish(out, write, done=lambda path: False)  # an empty folder there is replaced (checked above)
         return out
 
 

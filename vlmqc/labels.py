@@ -36,6 +36,9 @@ class Verdict(str, enum.Enum):
     defective = "defective"
 
 
+PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value  # as a record or an answer writes them
+
+
 class DefectType(str, enum.Enum):
     missing = "missing"
     shifted = "shifted"
@@ -82,3 +85,11 @@ def describe(example: dict) -> str:
     if example.get("verdict") == Verdict.passed.value:
         return "pass"
     return (example.get("answer") or "").strip()[:80]
+
+
+_ORDER = {p: i for i, p in enumerate(POSITIONS)}
+
+
+def board_order(position: str) -> tuple[int, str]:
+    """A sort key: the board's order (U1..U9, C1..D9), then a custom grid's other positions, alphabetically."""
+    return _ORDER.get(position, len(_ORDER)), position

@@ -1,5 +1,7 @@
+"""``python -m vlmqc.compare``: the same as ``vlmqc compare`` (vlmqc/cli/compare.py)."""
+
 import sys
 
-from vlmqc.compare.cli import main
+from vlmqc.cli.compare import main
 
 main(sys.argv[1:])

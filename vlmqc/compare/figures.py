@@ -8,7 +8,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from vlmqc.compare.load import LOSSES, Trial
+from vlmqc.compare.load import LOSSES, TrialRow
 from vlmqc.compare.settings import sort_key
 
 THUMB_WIDTH = 160
@@ -36,7 +36,7 @@ def _style(i: int) -> dict:
     return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4]}
 
 
-def curves_png(trials: list[Trial], history: dict[Path, list[tuple[int, dict[str, float]]]]) -> bytes | None:
+def curves_png(trials: list[TrialRow], history: dict[Path, list[tuple[int, dict[str, float]]]]) -> bytes | None:
     """Train and eval loss against the step, every trial overlaid; a failed trial ends in an x."""
     titles = dict(zip(LOSSES, ("train loss", "eval loss"), strict=True))
     if not any(losses for t in trials for _, losses in history.get(t.dir, [])):

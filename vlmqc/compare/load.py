@@ -16,22 +16,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlmqc.compare.notes import Notes
-from vlmqc.records import (
-    CHANCE_KINDS,
-    METRICS,
-    PredictionRow,
-    Sample,
-    Summary,
-    better,
-    chance_level,
-    checked,
-    problem,
-    read_metrics,
-    read_predictions,
-    read_rows,
-    read_summary,
-)
-from vlmqc.track import STEP
+from vlmqc.metrics import CHANCE_KINDS, METRICS, better, chance_level
+from vlmqc.runs.records import PredictionRow, Sample, Summary, checked, problem, read_metrics, read_predictions, read_rows, read_summary
+from vlmqc.runs.tracking import STEP
 
 _STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
 
@@ -53,7 +40,7 @@ def _chance(summary: Summary, where: str, problems: list[str]) -> dict[str, floa
 
 
 @dataclass
-class Trial:
+class TrialRow:
     """One run folder, as the report sees it; every field typed, missing ones empty."""
 
     dir: Path
@@ -131,8 +118,8 @@ def _hydra_overrides(run_dir: Path, notes: Notes) -> list[str] | None:
     return lines
 
 
-def load_trial(run_dir: Path, notes: Notes) -> Trial:
-    trial = Trial(run_dir)
+def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
+    trial = TrialRow(run_dir)
     path = run_dir / "summary.json"
     summary, problems = read_summary(path)
     if summary is None:

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmqc.compare.figures import data_uri, param_png, thumbnail
-from vlmqc.compare.load import Shown, Trial
+from vlmqc.compare.load import Shown, TrialRow
 from vlmqc.compare.notes import Notes
 from vlmqc.compare.settings import config_value, override_value
-from vlmqc.evaluate import confusion
+from vlmqc.evaluation.scoring import confusion
+from vlmqc.files import write_atomic
 from vlmqc.labels import describe
-from vlmqc.records import CONFUSION_ORDER, PredictionRow, problem
-from vlmqc.track import write_atomic
+from vlmqc.metrics import CONFUSION_ORDER
+from vlmqc.runs.records import PredictionRow, problem
 
 KINDS = ("baseline", "final", "best")
 
 
-def choose_metric(trials: list[Trial], wanted: str, notes: Notes) -> tuple[str, list[str]]:
+def choose_metric(trials: list[TrialRow], wanted: str, notes: Notes) -> tuple[str, list[str]]:
     """The metric to highlight (``exact_match`` means ``eval/exact_match``), and every eval metric, it first."""
     metrics: list[str] = []
     for t in trials:
@@ -44,7 +45,7 @@ class MetricCell:
     below_chance: bool
 
 
-def trials_table(trials: list[Trial], swept: list[str], fixed: list[str], metrics: list[str], chosen: str) -> dict:
+def trials_table(trials: list[TrialRow], swept: list[str], fixed: list[str], metrics: list[str], chosen: str) -> dict:
     """Swept settings and results first, where the eye starts; settings common to all trials last."""
     kinds = [k for k in KINDS if k != "baseline" or any(t.baseline for t in trials)]
     rows = []
@@ -69,7 +70,7 @@ def _file_name(key: str) -> str:
     return "param-" + re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".png"
 
 
-def sweep_figures(trials: list[Trial], swept: list[str], metric: str, out_dir: Path) -> list[dict]:
+def sweep_figures(trials: list[TrialRow], swept: list[str], metric: str, out_dir: Path) -> list[dict]:
     """One plot per swept key, written beside the page; trials without a final value of the metric (failed ones) are named, not plotted."""
     figures = []
     for key in swept:
@@ -89,15 +90,15 @@ def sweep_figures(trials: list[Trial], swept: list[str], metric: str, out_dir: P
     return figures
 
 
-def by_dataset(trials: list[Trial]) -> list[dict]:
+def by_dataset(trials: list[TrialRow]) -> list[dict]:
     """Trials by dataset hash (the same test ids mean the same images only within one); unknown last."""
-    groups: dict[str, list[Trial]] = {}
+    groups: dict[str, list[TrialRow]] = {}
     for t in sorted(trials, key=lambda t: t.dataset == "unknown"):
         groups.setdefault(t.dataset, []).append(t)
     return [{"hash": h if h != "unknown" else None, "name": config_value(members[0], "data") or "?", "members": members} for h, members in groups.items()]
 
 
-def samples_section(trials: list[Trial], samples: dict[Path, tuple[int, list[Shown]]], labels: dict[Path, dict[str, dict]], notes: Notes) -> list[dict]:
+def samples_section(trials: list[TrialRow], samples: dict[Path, tuple[int, list[Shown]]], labels: dict[Path, dict[str, dict]], notes: Notes) -> list[dict]:
     """Per dataset: one row per fixed sample id, each trial's answer in a column, right in green."""
     out = []
     for group in by_dataset([t for t in trials if t.dir in samples]):
@@ -134,7 +135,7 @@ def _confusion_key(label: str):
     return (CONFUSION_ORDER.index(label), "") if label in CONFUSION_ORDER else (len(CONFUSION_ORDER), label)
 
 
-def confusion_section(trials: list[Trial], predictions: dict[Path, tuple[int, Path, list[PredictionRow]]]) -> list[dict]:
+def confusion_section(trials: list[TrialRow], predictions: dict[Path, tuple[int, Path, list[PredictionRow]]]) -> list[dict]:
     """A matrix per trial; columns shared within a dataset, so the trials' matrices line up."""
     out = []
     for group in by_dataset(trials):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vlmqc.compare.load import Trial
+from vlmqc.compare.load import TrialRow
 
 
 def as_number(value) -> float | None:
@@ -22,7 +22,7 @@ def sort_key(value: str):
     return (0, n, "") if n is not None else (1, 0.0, str(value))
 
 
-def config_value(trial: Trial, key: str) -> str | None:
+def config_value(trial: TrialRow, key: str) -> str | None:
     """A dotted key's value in the trial's resolved config: a group's option name, or the scalar."""
     node = trial.config
     for part in key.split("."):
@@ -34,19 +34,19 @@ def config_value(trial: Trial, key: str) -> str | None:
     return node if isinstance(node, str) else json.dumps(node)
 
 
-def override_value(trial: Trial, key: str) -> tuple[str | None, bool]:
+def override_value(trial: TrialRow, key: str) -> tuple[str | None, bool]:
     """(value, typed on the command line?): a trial that left a key alone shows its config's value."""
     if key in trial.overrides:
         return trial.overrides[key], True
     return config_value(trial, key), False
 
 
-def _distinct(trials: list[Trial], key: str) -> set:
+def _distinct(trials: list[TrialRow], key: str) -> set:
     values = (override_value(t, key)[0] for t in trials)
     return {n if (n := as_number(v)) is not None else v for v in values if v is not None}
 
 
-def swept_and_fixed(trials: list[Trial]) -> tuple[list[str], list[str]]:
+def swept_and_fixed(trials: list[TrialRow]) -> tuple[list[str], list[str]]:
     """The override keys whose values differ between the trials, and those that do not."""
     keys: list[str] = []
     for t in trials:
@@ -56,8 +56,8 @@ def swept_and_fixed(trials: list[Trial]) -> tuple[list[str], list[str]]:
     return swept, [k for k in keys if k not in swept]
 
 
-def _rename_clashes(trials: list[Trial], rename) -> None:
-    clashes: dict[str, list[Trial]] = {}
+def _rename_clashes(trials: list[TrialRow], rename) -> None:
+    clashes: dict[str, list[TrialRow]] = {}
     for t in trials:
         clashes.setdefault(t.label, []).append(t)
     for same in clashes.values():
@@ -66,7 +66,7 @@ def _rename_clashes(trials: list[Trial], rename) -> None:
                 t.label = rename(t, i)
 
 
-def label_trials(trials: list[Trial], swept: list[str]) -> None:
+def label_trials(trials: list[TrialRow], swept: list[str]) -> None:
     """Name each trial by the swept settings it typed; where two names clash, add the folder's
     name (a multirun's folder names are whole run names, so they are cut short), then a number."""
     for t in trials:

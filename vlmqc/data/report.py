@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from vlmqc.config import DiffImageConfig, PairConfig
 from vlmqc.data import board, diff, synth
+from vlmqc.files import write_atomic
 from vlmqc.labels import POSITIONS, describe
-from vlmqc.track import write_atomic
 
 log = logging.getLogger("vlmqc.data.report")
 

@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -39,6 +38,8 @@ import PIL
 from datasets.arrow_writer import ArrowWriter
 from PIL import Image
 from tqdm.auto import tqdm
+
+from vlmqc.files import publish
 
 FEATURES = datasets.Features(
     {
@@ -196,44 +197,40 @@ def build(
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(final.parent, final.name)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    pool = None
-    try:
-        start = time.perf_counter()
-        # one Arrow file per chunk, named as save_to_disk names its shards; workers write them directly
-        for split in splits:
-            (tmp / split).mkdir()
-        jobs = [(rows_of, task, tmp / split / _shard(k, len(tasks)), features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
-        bar = tqdm(total=info.get("examples"), desc=f"{info.get('verb', 'generating')} {info['name']}", unit="img", disable=not progress, file=sys.stderr)
-        if num_workers > 1 and len(jobs) > 1:
-            pool = worker_pool(min(num_workers, len(jobs)))
-            done = (f.result() for f in as_completed([pool.submit(_write_chunk, job) for job in jobs]))
-        else:
-            done = map(_write_chunk, jobs)
+
+    def write(tmp: Path) -> None:
+        pool = None
         try:
-            for n in done:
-                bar.update(n)
-        except BrokenProcessPool as e:
-            raise WorkerDied(
-                f"{info.get('verb', 'generating')} dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
-                f"nothing was cached. Retry with fewer workers (num_workers={num_workers}) or more memory."
-            ) from e
-        bar.close()
-        info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_dataset_dict(tmp, {split: len(tasks) for split, tasks in splits.items()}, features, final.name)
-        (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / INFO).exists():
-                raise
-            # another process published the same dataset first; theirs is identical
-    finally:
-        if pool is not None:
-            # waits for the chunks being written (a second at most), so none lands after the rmtree
-            pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+            start = time.perf_counter()
+            # one Arrow file per chunk, named as save_to_disk names its shards; workers write them directly
+            for split in splits:
+                (tmp / split).mkdir()
+            jobs = [(rows_of, task, tmp / split / _shard(k, len(tasks)), features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
+            bar = tqdm(total=info.get("examples"), desc=f"{info.get('verb', 'generating')} {info['name']}", unit="img", disable=not progress, file=sys.stderr)
+            if num_workers > 1 and len(jobs) > 1:
+                pool = worker_pool(min(num_workers, len(jobs)))
+                done = (f.result() for f in as_completed([pool.submit(_write_chunk, job) for job in jobs]))
+            else:
+                done = map(_write_chunk, jobs)
+            try:
+                for n in done:
+                    bar.update(n)
+            except BrokenProcessPool as e:
+                raise WorkerDied(
+                    f"{info.get('verb', 'generating')} dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
+                    f"nothing was cached. Retry with fewer workers (num_workers={num_workers}) or more memory."
+                ) from e
+            bar.close()
+            made = {**info, "build_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_dataset_dict(tmp, {split: len(tasks) for split, tasks in splits.items()}, features, final.name)
+            (tmp / INFO).write_text(json.dumps(made, indent=2, sort_keys=True))
+        finally:
+            if pool is not None:
+                # waits for the chunks being written (a second at most), so none lands after the folder is removed
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    # another process may publish the same dataset first: theirs is identical, and kept
+    publish(final, write, done=lambda path: (path / INFO).exists())
     return load(final)
 
 

@@ -24,7 +24,8 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from transformers import PretrainedConfig
 
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, LoraTarget, ModelConfig
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, LoraTarget, ModelConfig, Precision
+from vlmqc.devices import DTYPES, resolve_precision
 from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
 
@@ -94,8 +95,9 @@ def portable_id(cfg: ModelConfig, path: str) -> str:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``model.dtype``: ``auto`` as precision ``auto`` resolves on this device (vlmqc/devices.py), else the named dtype."""
     if name == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return DTYPES[resolve_precision(Precision.auto, device)]
     return getattr(torch, name)
 
 

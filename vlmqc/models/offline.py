@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import transformers
 
+from vlmqc.files import publish
 from vlmqc.labels import DEFECT_NAMES, POSITIONS
 
 # What the tiny tokenizers are trained on: the words of instructions and answers, in English
@@ -47,19 +45,7 @@ def key(spec: dict) -> str:
 
 def built(final: Path, build: Callable[[Path], None]) -> Path:
     """``final``, built by ``build`` into a temporary folder and renamed into place, unless it is there."""
-    if (final / "config.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same build first
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish(final, build, done=lambda path: (path / "config.json").exists())
     return final
 
 

@@ -1,6 +1,7 @@
+"""``python -m vlmqc.serve``: the same as ``vlmqc serve`` (vlmqc/cli/serve.py)."""
+
 import sys
 
-from vlmqc.serve.cli import main
+from vlmqc.cli.serve import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

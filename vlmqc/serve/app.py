@@ -21,7 +21,8 @@ from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from vlmqc.compare.page import _finalize, number, runtime, shown
-from vlmqc.records import METRICS, read_samples, read_summary
+from vlmqc.metrics import METRICS
+from vlmqc.runs.records import read_samples, read_summary
 from vlmqc.serve import marks
 from vlmqc.serve.uploads import MAX_BYTES, UploadError, read_image, same_size
 

@@ -1,0 +1,58 @@
+"""The one registry of evaluation metrics: name, direction, definition, how chance is reckoned.
+
+Every number a trial reports as ``eval/...`` is defined here once; the scorer
+(vlmqc/evaluation/scoring.py) computes them, the run record stores them, the report and sweeps
+rank by them, and a config's ``sweep_metric`` must name one of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from vlmqc.labels import DEFECTIVE, PASS, DefectType
+
+
+@dataclass(frozen=True)
+class Metric:
+    higher_is_better: bool
+    definition: str
+    chance: str  # how its chance level is computed
+
+
+_PRIOR = "score of the prior-only answer: every test row answered with the train split's most frequent label"
+METRICS: dict[str, Metric] = {
+    "eval/verdict_accuracy": Metric(True, "pass / defective rows whose predicted verdict is the true one", _PRIOR),
+    "eval/defect_recall": Metric(True, "defective rows predicted defective / defective rows", _PRIOR),
+    "eval/escape_rate": Metric(False, "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall", _PRIOR),
+    "eval/false_reject_rate": Metric(False, "pass rows predicted defective / pass rows", _PRIOR),
+    "eval/position_accuracy": Metric(True, "star rows with the right target and defective rows predicted defective with the true set of positions / those rows",
+                                     _PRIOR + "; also 1/27, a uniformly guessed position"),
+    "eval/defect_type_accuracy": Metric(True, "true defects whose position the answer names with the true type / true defects", _PRIOR),
+    "eval/exact_match": Metric(True, "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); answer-only text", _PRIOR),
+    "eval/unparseable_rate": Metric(False, "answers the parser could not read / rows with structured labels", _PRIOR),
+    "eval/loss": Metric(False, "the language-model loss on the test answers", "none"),
+}
+DEFAULT_METRIC = "eval/exact_match"
+# rows and columns of the defect-type confusion matrix, in this order; other labels follow, sorted
+CONFUSION_ORDER = (PASS, *(t.value for t in DefectType), DEFECTIVE, "untyped", "elsewhere", "unparseable")
+
+
+def better(name: str, a: float, b: float) -> bool:
+    """Whether value ``a`` of metric ``name`` is strictly better than ``b`` (ties keep the earlier)."""
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return a > b if METRICS[name].higher_is_better else a < b
+
+
+CHANCE_KINDS = ("prior", "uniform", "constant")  # the guessers a summary's chance holds, each {metric: level}
+
+
+def chance_level(chance: dict | None, metric: str) -> float | None:
+    """The level a trial must beat on ``metric``: the best (in the metric's direction) of the
+    prior-only answer's, the best constant answer's and the uniform guess's score, from a
+    summary's ``chance``."""
+    levels = [v for kind in CHANCE_KINDS if isinstance(v := ((chance or {}).get(kind) or {}).get(metric), (int, float)) and math.isfinite(v)]
+    if not levels or metric not in METRICS:
+        return None
+    return max(levels) if METRICS[metric].higher_is_better else min(levels)

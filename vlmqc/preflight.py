@@ -1,0 +1,181 @@
+"""The door: every check a config gets before anything runs, in one place that every entry point calls.
+
+``validate(cfg)`` instantiates each group's schema (its own ranges, the failing key prefixed with
+its group: ``data.defect_rate=1.5``) and adds what spans groups or looks outside the config: the
+file system, the model families, the metric registry. ``check_command_line`` composes the config
+of every trial a command line will run (each combination of a ``-m`` sweep) and validates each
+before Hydra starts any; ``run_checked`` is the apps' entry, exiting 2 with one line on stderr
+that names the key. Nothing here loads a model or reaches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vlmqc import models
+from vlmqc.config import CONF_DIR, ConfigError, CustomConfig, DataAppConfig, ImageSizeConfig, Layout, PreviewAppConfig, TrainAppConfig, register, to_object
+from vlmqc.config.checks import _check
+from vlmqc.metrics import METRICS
+
+TRAIN_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "logger", "paths")
+DATA_APP_GROUPS = ("data", "paths", "contact_sheet")
+PREVIEW_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "paths")
+# a hub id as the hub spells it, org/name; a local path is anything that exists as a folder
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Every group of a composed app config (train or data) as its schema's object, with every
+    check run: each group's ranges, then what spans groups or looks at the file system.
+
+    Every entry point calls it before it touches a folder or claims a GPU; a ``ConfigError`` names
+    the key, and the apps exit 2 on it. Nothing here reaches the network: a hub id is only
+    checked for its shape.
+    """
+    app = OmegaConf.get_type(cfg)
+    groups = {TrainAppConfig: TRAIN_GROUPS, PreviewAppConfig: PREVIEW_GROUPS}.get(app, DATA_APP_GROUPS)
+    objs = {group: None if cfg[group] is None else to_object(cfg[group], group) for group in groups}
+    _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "must be >= 0")
+    data = objs["data"]
+    if isinstance(data, CustomConfig):
+        # as vlmqc/data/custom.py reads it
+        _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
+    if app is DataAppConfig:
+        return objs
+    if app is TrainAppConfig:
+        _check(cfg.sweep_metric in METRICS, "sweep_metric", cfg.sweep_metric, f"must be one of the metrics: {', '.join(METRICS)}")
+    else:
+        _check(1 <= cfg.examples <= 100, "examples", cfg.examples, "must be between 1 and 100")
+    model, size = objs["model"], objs["image_size"] or ImageSizeConfig(name="native")
+    if model.path is not None and not os.path.isdir(model.path):
+        # transformers reads "~" and "./x" as hub ids, so a path the shell did not expand fails late
+        looks_local = model.path.startswith(("/", ".", "~")) or "\\" in model.path
+        _check(
+            not looks_local and HUB_ID.fullmatch(model.path),
+            "model.path",
+            model.path,
+            "folder not found" if looks_local else "is neither an existing folder nor a hub id (org/name)",
+        )
+    models.check(model, size, data.layout)  # the families' checks, without loading a model
+    if data.layout is Layout.separate and "prompt" in objs:
+        _check(objs["prompt"].pair_separate is not None, "prompt.pair_separate", None,
+               f"required by data.layout=separate: the {objs['prompt'].name} prompt has no wording for a pair given as two images")
+    if app is PreviewAppConfig and model.path is not None and not os.path.isdir(model.path):
+        # no checkpoint on disk: the processor is built offline from the preset's published facts
+        _check(model.family in models.families(), "model.family", model.family, f"must name the family of {model.path} to preview it without its files (families: {', '.join(sorted(models.families()))})")
+        family = models.families()[model.family]
+        _check(type(family).offline_processor is not models.Family.offline_processor, "model.family", model.family,
+               "this family cannot be previewed offline yet (it has no offline_processor); give model.path=<a local checkpoint folder>")
+        _check(bool(model.processor), "model.processor", {}, f"must hold the published processor facts of {model.path}")
+        family.check(model, size, data.layout)
+    return objs
+
+
+
+NUMERIC_GROUPS = ("image_size",)  # config groups whose option names are numbers: image_size=448
+
+
+def quote_numeric_options(argv: list[str]) -> list[str]:
+    """``image_size=448`` -> ``image_size='448'`` (and ``=224,448`` -> ``='224','448'``).
+
+    Hydra's override grammar reads 448 as an integer and refuses an integer as a config group's
+    option; quoted, it is the option named 448. Hydra has no hook for this, so the command line
+    is rewritten before Hydra reads it.
+    """
+    groups = "|".join(NUMERIC_GROUPS)
+    out = []
+    for arg in argv:
+        m = re.fullmatch(rf"(\+{{0,2}}(?:{groups}))=(\d+(?:,\d+)*)", arg)
+        out.append(f"{m[1]}=" + ",".join(f"'{v}'" for v in m[2].split(",")) if m else arg)
+    return out
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def run_checked(app: str, main, argv: list[str] | None = None, quote_numeric: bool = True) -> None:
+    """A Hydra app's entry: every config of the command line (each trial of a ``-m`` sweep) is
+    composed and validated before Hydra starts ``main``, so a config error exits 2 naming the key
+    on stderr (Hydra's own report exits 1). ``argv``: the app's arguments (default: the process's);
+    Hydra reads ``sys.argv``, so it is set to them. ``quote_numeric``: ``image_size=448`` names the option."""
+    register()
+    # conf/train.yaml searches a conf/ folder of the working directory for a user's own option
+    # files; Hydra warns on every run where there is none, which is the usual case
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if quote_numeric:
+        argv = quote_numeric_options(argv)
+    try:
+        check_command_line(app, argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[1:] = argv
+    main()
+
+
+def check_command_line(config_name: str, argv: list[str]) -> int:
+    """Compose and ``validate`` the config of every trial a command line will run, before Hydra
+    runs any; returns how many were checked, raises ``ConfigError`` naming the key.
+
+    Hydra reports its own composition errors (a misspelt key, a wrong type, an unknown option)
+    through a handler that prints and exits 1, with no hook to change that, so the apps compose
+    here first with Hydra's compose API, from the same overrides. A ``-m`` sweep of Hydra's basic
+    sweeper is expanded as that sweeper does (its ``hydra.sweeper.params``, then the command line)
+    and every trial is checked; another sweeper (Optuna) picks trials as it goes, so only the
+    config without the swept values is. Costs a composition per trial (about 0.1 s).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so flags mean the same
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.shell_completion or args.info or args.experimental_rerun or args.config_path or args.config_dir:
+        return 0  # no trial runs, or the config comes from elsewhere: Hydra handles it
+    name = args.config_name or config_name
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            trials = [args.overrides]
+            if args.multirun:
+                parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+                fixed = [o.input_line for o in parser.parse_overrides(args.overrides) if not o.is_sweep_override()]
+                sweeper = compose(name, fixed, return_hydra_config=True).hydra.sweeper
+                trials = [fixed]
+                if sweeper.get("_target_") == BASIC_SWEEPER:
+                    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+                    trials = [t for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + args.overrides), None) for t in batch]
+            for overrides in trials:
+                cfg = compose(name, list(overrides))
+                # Hydra names the run folder when the job starts; until then ${hydra:runtime.output_dir} has no value
+                cfg.paths.output_dir = str(Path.cwd())
+                validate(cfg)
+    except HydraException as e:
+        raise ConfigError(_hydra_message(e)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
+    return len(trials)
+
+
+def _hydra_message(e: Exception) -> str:
+    """One line naming the key: Hydra's message, and its cause's (where omegaconf says what is wrong)."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options is not None:
+        group, _, option = e.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option (available: {', '.join(o for o in e.options if not o.endswith('_schema'))})"
+    text = str(e).splitlines()[0].rstrip(".")
+    if e.__cause__ is not None:
+        text += ": " + str(e.__cause__).splitlines()[0]
+    return text
+

@@ -1,0 +1,93 @@
+"""The trial's callback into transformers' Trainer: what each log and each evaluation records.
+
+- every log: ``train/...`` and ``eval/...`` names, throughput and peak GPU memory added, handed to
+  the Recorder (the run folder and W&B); a non-finite loss stops training, on every rank;
+- every evaluation: batched greedy generation on the test split (every rank takes its share),
+  the inspection metrics, every prediction, the inference samples for the fixed test ids, and
+  the summary's final / baseline / best (from metrics.jsonl, so a resumed trial's best includes
+  the earlier attempts').
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from transformers import TrainerCallback
+
+from vlmqc.data.layout import images as row_images
+from vlmqc.evaluation.generate import predict_sharded
+from vlmqc.evaluation.scoring import score
+from vlmqc.prompts import instruction, render_answer
+from vlmqc.runs.recorder import Recorder
+from vlmqc.runs.records import PredictionRow, Sample, sample_image
+
+log = logging.getLogger(__name__)
+
+
+class RecordingCallback(TrainerCallback):
+    def __init__(self, trainer_cfg, prompt, layout, recorder: Recorder, processor, family, test_rows: list[dict], sample_ids: list[str], metric: str):
+        self.t, self.prompt, self.layout, self.recorder = trainer_cfg, prompt, layout, recorder
+        self.processor, self.family = processor, family
+        self.test_rows, self.sample_ids, self.metric = test_rows, set(sample_ids), metric
+        self.nonfinite_step: int | None = None
+        self.evaluated_step: int | None = None
+        self._last = None  # (time, step, tokens) at the previous training log, for throughput
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        # every rank sees the same (all-reduced) loss and stops on it: one rank stopping alone would hang the others
+        if "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self.nonfinite_step = state.global_step
+            control.should_training_stop = True
+        if not state.is_world_process_zero:
+            return
+        metrics = {}
+        for k, v in logs.items():
+            if k.startswith("eval_"):
+                metrics[f"eval/{k[5:]}"] = v
+            elif k in ("loss", "learning_rate", "grad_norm", "epoch"):
+                metrics[f"train/{k}"] = v
+            elif k == "train_loss":  # the end-of-training summary: the mean over all steps
+                metrics["train/mean_loss"] = v
+            elif k.startswith("train_"):  # and runtime, samples per second, ... over the whole run, warm-up included:
+                metrics[f"train/overall_{k[6:]}"] = v  # not to be confused with the per-interval train/samples_per_second
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            if self._last is not None and now > self._last[0]:
+                dt, steps = now - self._last[0], state.global_step - self._last[1]
+                samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                metrics["train/samples_per_second"] = samples / dt
+                metrics["train/tokens_per_second"] = (tokens - self._last[2]) / dt
+            self._last = (now, state.global_step, tokens)
+            if torch.cuda.is_available():
+                metrics["train/peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if metrics:
+            self.recorder.log(metrics, state.global_step)
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        t = self.t
+        preds = predict_sharded(model, self.processor, self.family, self.prompt, self.test_rows, t.eval_batch_size, t.max_new_tokens, self.layout, t.eval_workers)
+        self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
+        if not state.is_world_process_zero:
+            return
+        step, parsed = state.global_step, [p["parsed"] for p in preds]
+        scores = {f"eval/{k}": v for k, v in score(self.test_rows, parsed).items()}  # eval/loss was logged by on_log, which the Trainer calls first
+        rows = [PredictionRow.of(row, p["text"], p["parsed"]) for row, p in zip(self.test_rows, preds, strict=True)]
+        samples, images = [], {}
+        for row, pred in zip(self.test_rows, preds, strict=True):
+            if row["id"] in self.sample_ids:
+                correct = score([row], [pred["parsed"]]).get("exact_match") == 1.0
+                shown = instruction(self.prompt, row["task"], len(row_images(row, self.layout)))
+                samples.append(Sample(id=row["id"], step=step, image=sample_image(row["id"]), prompt=shown, truth=render_answer(self.prompt, row),
+                                      prediction=pred["text"], correct=correct))
+                images[row["id"]] = row["image"]
+        diagnosis = self.recorder.evaluation(step, scores, rows, samples, images, self.metric, len(self.test_rows))
+        if (diagnosis or {}).get("plateau"):
+            d = diagnosis
+            log.warning("step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance (%.3f): the plateau; "
+                        "train longer or with warm-up (experiments/LOG.md)", step, 100 * d["loss_change"], d["metric"], d["value"], d["chance"])
+        log.info("step %d: %s", step, ", ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(scores.items())))
