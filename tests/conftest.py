@@ -1,8 +1,10 @@
 """Shared test helpers: compose the real Hydra config, shrunk, with every cache in tmp_path; run
-an app as a user does, in a subprocess."""
+an app as a user does, in a subprocess, or its command-line check in-process; one completed
+trial for the whole session."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -52,6 +54,64 @@ def run_app(
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def cli_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``python -m <module> <args>`` in-process, up to where it would start work: the app's own
+    ``cli()``, which composes and validates every config of the command line as the command does
+    (``vlmqc.config.run_checked``), with Hydra's ``main`` replaced by one that fails the test, so a
+    config error the check lets through cannot pass. Runs in tmp_path; returns (exit status, stderr).
+
+    The in-process twin of ``run_app``'s exit-2 checks: the same check without a Python start
+    and torch import (~6 s) per case; a few of those still run as real subprocesses."""
+
+    def call(module: str, *args: str) -> tuple[int | str | None, str]:
+        app = importlib.import_module("vlmqc.data.__main__" if module == "vlmqc.data" else module)
+
+        def started():
+            raise AssertionError(f"python -m {module} {' '.join(args)}: no config error was found and the app started")
+
+        monkeypatch.setattr(app, "main", started)
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exit_:
+            app.cli()
+        return exit_.value.code, capsys.readouterr().err
+
+    return call
+
+
+# A trial shrunk to seconds. num_workers=1: its data is generated in its own process (the same
+# images as in a worker pool, tests/data/test_synth.py), not in a pool whose start costs seconds
+TRIAL = [
+    "data.train_size=32",
+    "data.test_size=12",
+    "trainer.max_steps=8",
+    "trainer.logging_steps=2",
+    "trainer.save_steps=4",
+    "trainer.samples=4",
+    "trainer.eval_batch_size=12",
+    "trainer.eval_every=4",
+    "num_workers=1",
+]
+WANDB_SECRET = "wandb-secret-0123456789abcdef"
+
+
+def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m vlmqc.train``, shrunk, its run folder tmp_path/run, with a W&B key to look for."""
+    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *TRIAL, *overrides, env={"WANDB_API_KEY": WANDB_SECRET, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def completed_trial(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One completed trial as a user runs it (star data, the tiny model, offline W&B), for the
+    whole session: tests/test_train.py reads back what it recorded; the inspector, the page and
+    the report take it as their trial. Its folder, and the command's output."""
+    tmp = tmp_path_factory.mktemp("trial")
+    out = trial(tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "run", out
 
 
 def prompt_option(name: str):

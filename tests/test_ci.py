@@ -1,4 +1,4 @@
-"""CI as it runs: ``.ci/run`` gives the suite empty caches, and a hung test fails on its own."""
+"""CI as it runs: ``.ci/run`` gives the full suite empty caches, and a hung test fails on its own."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 COLD_VARS = ["VLMQC_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "MPLCONFIGDIR"]
@@ -28,7 +29,7 @@ def test_ci_runs_the_suite_with_every_cache_in_an_empty_folder_removed_at_exit(t
     shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    record = tmp_path / "seen"
+    record, args = tmp_path / "seen", tmp_path / "args"
     stub(bin_dir, "python3", 'if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && : > "$3/bin/activate"; fi\n')
     stub(bin_dir, "apt-get", "exit 0\n")
     stub(bin_dir, "sudo", '"$@"\n')
@@ -37,6 +38,7 @@ def test_ci_runs_the_suite_with_every_cache_in_an_empty_folder_removed_at_exit(t
         "python",
         f"""\
         [ "$2" = pytest ] || exit 0
+        printf '[%s]' "$@" > {args}
         for v in {" ".join(COLD_VARS)} VLMQC_REQUIRE_CHROMIUM; do
           val=$(printenv "$v" || true)
           # 'empty' when the folder is missing or has nothing in it: the suite starts cold
@@ -58,6 +60,7 @@ def test_ci_runs_the_suite_with_every_cache_in_an_empty_folder_removed_at_exit(t
     (cold,) = {f.parent for f in folders}  # all in one temporary folder
     assert all(state == "empty" for _, state in seen.values()), seen
     assert not cold.exists()  # removed at exit
+    assert args.read_text() == "[-m][pytest][-m][]"  # the full suite: an empty marker expression selects the slow tests too
 
 
 def test_the_suite_has_a_per_test_timeout(request):
@@ -65,6 +68,7 @@ def test_the_suite_has_a_per_test_timeout(request):
     assert 60 <= timeout <= 1800, timeout
 
 
+@pytest.mark.slow  # a pytest run in a subprocess that waits out a 3 s timeout
 def test_a_hung_test_fails_at_its_timeout_with_the_stacks(tmp_path):
     (tmp_path / "test_hang.py").write_text("import threading\n\n\ndef test_hangs():\n    threading.Event().wait()\n")
     out = subprocess.run(

@@ -267,10 +267,9 @@ def test_confusion_matrices_match_a_hand_count(sweep, report):
     assert f"{html.escape(star_label)}</b>: star task" in text
 
 
-@pytest.mark.slow
-def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_falls_back(sweep, tmp_path, monkeypatch):
+def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_falls_back(completed_trial, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = runs(sweep)["star"]
+    run, _ = completed_trial  # a star trial (tests/conftest.py)
     report = compare.main([str(run), "--metric", "eval/no_such_metric"])
     assert report == Path("report") / "report.html" and (tmp_path / "report" / "report.html").exists()
     text = report.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import CONF, DATA_OPTIONS, compose_app, run_app
@@ -247,37 +248,68 @@ def test_long_run_names_fit_a_file_name_and_stay_distinct(tmp_path):
     (tmp_path / japanese).mkdir()
 
 
+CONFIG_ERRORS = [
+    ("vlmqc.train", ["trainer.lrr=1"], "'trainer.lrr'"),
+    ("vlmqc.train", ["trainer.batch_size=abc"], "trainer.batch_size=abc"),
+    ("vlmqc.train", ["data=nope"], "data=nope: no such option"),
+    ("vlmqc.train", ["trainer.lr_schedule=bogus"], "trainer.lr_schedule='bogus'"),
+    ("vlmqc.train", ["data=custom"], "data.path: required"),
+    ("vlmqc.train", ["model.path=./no/such/folder"], "model.path='./no/such/folder': folder not found"),
+    ("vlmqc.train", ["-m", "lora.r=8,0"], "lora.r=0: must be >= 1"),
+    ("vlmqc.train", ["-m", "data=star,nope"], "data=nope: no such option"),
+    ("vlmqc.data", ["data.defect_rat=1"], "'data.defect_rat'"),
+    ("vlmqc.data", ["data=nope"], "data=nope: no such option"),
+    ("vlmqc.data", ["data=custom"], "data.path: required"),
+    ("vlmqc.data", ["num_workers=-1"], "num_workers=-1"),
+    ("vlmqc.data", ["-m", "data=star,pair_round", "data.seed=-1"], "data.seed=-1"),
+]
+
+
+def app_args(app: str, args: list[str]) -> list[str]:
+    return [*args, "logger=none" if app == "vlmqc.train" else "baseline=false"]
+
+
+@pytest.mark.parametrize("app, args, key", CONFIG_ERRORS)
+def test_every_config_error_is_refused_naming_the_key_before_anything_runs(cli_exit, tmp_path, app, args, key):
+    code, err = cli_exit(app, *app_args(app, args))
+    assert code == 2, err[-2000:]
+    assert key in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # no folder touched: no outputs/, no dataset cache
+
+
+# the same, as a user meets it: a real process each (a Python start and the app's imports, ~6 s
+# for vlmqc.train); one case of each app in the default run, every case in the full suite
 @pytest.mark.parametrize(
-    "app, args, key",
-    [
-        ("vlmqc.train", ["trainer.lrr=1"], "'trainer.lrr'"),
-        ("vlmqc.train", ["trainer.batch_size=abc"], "trainer.batch_size=abc"),
-        ("vlmqc.train", ["data=nope"], "data=nope: no such option"),
-        ("vlmqc.train", ["trainer.lr_schedule=bogus"], "trainer.lr_schedule='bogus'"),
-        ("vlmqc.train", ["data=custom"], "data.path: required"),
-        ("vlmqc.train", ["model.path=./no/such/folder"], "model.path='./no/such/folder': folder not found"),
-        ("vlmqc.train", ["-m", "lora.r=8,0"], "lora.r=0: must be >= 1"),
-        ("vlmqc.train", ["-m", "data=star,nope"], "data=nope: no such option"),
-        ("vlmqc.data", ["data.defect_rat=1"], "'data.defect_rat'"),
-        ("vlmqc.data", ["data=nope"], "data=nope: no such option"),
-        ("vlmqc.data", ["data=custom"], "data.path: required"),
-        ("vlmqc.data", ["num_workers=-1"], "num_workers=-1"),
-        ("vlmqc.data", ["-m", "data=star,pair_round", "data.seed=-1"], "data.seed=-1"),
-    ],
+    "app, args, key", [pytest.param(*case, marks=[] if i in (0, 8) else [pytest.mark.slow]) for i, case in enumerate(CONFIG_ERRORS)]
 )
 def test_every_config_error_exits_2_naming_the_key_before_anything_runs(tmp_path, app, args, key):
-    out = run_app(tmp_path, app, *args, "logger=none" if app == "vlmqc.train" else "baseline=false", timeout=300)
+    out = run_app(tmp_path, app, *app_args(app, args), timeout=300)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert key in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()  # no folder touched
 
 
-def test_a_bad_value_does_not_turn_a_completed_trial_into_a_failed_one(tmp_path):
+BAD_VALUE_ON_A_COMPLETED_TRIAL = ["trainer.resume=false", "prompt.answer_star=nowhere", "logger=none"]
+
+
+def completed_run(tmp_path) -> tuple[Path, str]:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final": {"eval/exact_match": 0.5}}))
-    before = (run_dir / "summary.json").read_text()
-    out = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", "trainer.resume=false", "prompt.answer_star=nowhere", "logger=none", timeout=300)
+    return run_dir, (run_dir / "summary.json").read_text()
+
+
+def test_a_bad_value_is_refused_before_a_completed_trials_record_is_touched(cli_exit, tmp_path):
+    run_dir, before = completed_run(tmp_path)
+    code, err = cli_exit("vlmqc.train", f"hydra.run.dir={run_dir}", *BAD_VALUE_ON_A_COMPLETED_TRIAL)
+    assert code == 2 and "prompt.answer_star='nowhere'" in err
+    assert (run_dir / "summary.json").read_text() == before
+
+
+@pytest.mark.slow  # the same in a real process
+def test_a_bad_value_does_not_turn_a_completed_trial_into_a_failed_one(tmp_path):
+    run_dir, before = completed_run(tmp_path)
+    out = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", *BAD_VALUE_ON_A_COMPLETED_TRIAL, timeout=300)
     assert out.returncode == 2 and "prompt.answer_star='nowhere'" in out.stderr
     assert (run_dir / "summary.json").read_text() == before
 

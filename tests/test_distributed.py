@@ -57,6 +57,7 @@ def pair(tmp_path_factory):
     return single_dir, double_dir
 
 
+@pytest.mark.slow  # the pair fixture: a trial on one process and one on two ranks
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(pair):
     single_dir, double_dir = pair
     one, two = logged(single_dir, "train/loss"), logged(double_dir, "train/loss")
@@ -67,6 +68,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(pair):
     assert norms_two[1] == pytest.approx(norms_one[1], rel=TOLERANCE), "gradients are synchronised across ranks"
 
 
+@pytest.mark.slow  # the pair fixture
 def test_sharded_evaluation_equals_the_single_process_one(pair):
     single_dir, double_dir = pair
     for step in (0, 2, 4):
@@ -77,6 +79,7 @@ def test_sharded_evaluation_equals_the_single_process_one(pair):
         assert logged(single_dir, key) == logged(double_dir, key), key
 
 
+@pytest.mark.slow  # the pair fixture
 def test_only_rank_zero_writes_records(pair):
     _, double_dir = pair
     summary = json.loads((double_dir / "summary.json").read_text())
@@ -146,6 +149,7 @@ def test_two_nodes_of_a_slurm_job_train_like_one_process(pair, tmp_path):
     assert [p["prediction"] for p in predictions(run_dir, 4)] == [p["prediction"] for p in predictions(single_dir, 4)]
 
 
+@pytest.mark.slow  # a real process, which prepares the data before the launcher refuses
 def test_several_nodes_outside_a_slurm_job_is_a_config_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
     out = subprocess.run(
@@ -169,6 +173,7 @@ sys.addaudithook(hook)
 """
 
 
+@pytest.mark.slow  # two ranks signalled, then resumed: two multi-process trials
 def test_sigterm_to_the_launcher_stops_the_ranks_and_records_it_and_one_rank_saves(tmp_path):
     """The signal reaches the launcher process only; the ranks stop at one step end with a
     checkpoint, the record says interrupted; the rerun resumes and only rank 0 writes the adapter

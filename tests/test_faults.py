@@ -53,6 +53,7 @@ def leet_summary(run_dir: Path) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow  # four trials of 40 steps in real processes, one signalled
 def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_checkpoint_is_skipped(tmp_path):
     run_dir = tmp_path / "run"
     long = ["trainer.max_steps=40", "trainer.save_steps=2", "trainer.save_total_limit=2"]
@@ -106,6 +107,7 @@ def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_ch
     assert (kept / "wandb").is_dir() and (kept / "adapter").is_dir()
 
 
+@pytest.mark.slow  # two trials side by side
 def test_the_same_command_twice_at_once_makes_one_run(tmp_path):
     run_dir = tmp_path / "run"
     args = ("trainer.max_steps=6", "trainer.save_steps=100")

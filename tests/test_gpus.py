@@ -36,6 +36,7 @@ def result(p: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow  # three processes that hold their GPUs for seconds
 def test_parallel_trials_take_different_gpus_and_a_third_waits(tmp_path):
     t0 = time.time()
     first, second = start(tmp_path, 1, 3.0), start(tmp_path, 1, 3.0)
@@ -48,6 +49,7 @@ def test_parallel_trials_take_different_gpus_and_a_third_waits(tmp_path):
     assert c["claimed"][0] in ("0", "1")
 
 
+@pytest.mark.slow  # three processes, one holding its GPU for 2 s
 def test_a_two_gpu_trial_waits_for_both_without_holding_one(tmp_path):
     one = start(tmp_path, 1, 2.0)
     time.sleep(1.0)

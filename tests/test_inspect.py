@@ -103,8 +103,17 @@ def test_numbers_agree_with_the_real_processor_on_the_tiny_models(family, size, 
             assert shown.facts.image_tokens == sum(h * w // 784 for h, w in expected)
 
 
-@pytest.mark.parametrize("hw", [(190, 448), (380, 448), (1000, 500), (30, 40), (4000, 3000), (5000, 5000)])
-@pytest.mark.parametrize("size", [None, 448])
+# the two largest images at the native budget (12 and 25 million pixels) take seconds each to
+# process: slow-marked; the default run resizes the same images to the 448 budget
+SIZES = [(190, 448), (380, 448), (1000, 500), (30, 40), (4000, 3000), (5000, 5000)]
+RESIZES = [
+    pytest.param(hw, size, id=f"{size}-hw{i}", marks=[pytest.mark.slow] if size is None and hw[0] * hw[1] > 10**7 else [])
+    for size in (None, 448)
+    for i, hw in enumerate(SIZES)
+]
+
+
+@pytest.mark.parametrize("hw, size", RESIZES)
 def test_qwen2_vl_numbers_follow_the_published_resize_formula(hw, size):
     image_size = ImageSizeConfig(name=str(size or "native"), size=size)
     fam, processor, config, _ = source(QWEN2_VL_2B, image_size, "unused", "unused")
@@ -154,6 +163,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_measured_saved_activation
     assert 0.5 < estimate / measured < 2
 
 
+@pytest.mark.slow  # a trial and the app, each in its own process
 def test_inspect_reports_what_a_trial_records(models_dir, tmp_path):
     overrides = ["data=star", *SMALL, "image_size=224"]
     trial = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "trainer.max_steps=1", "trainer.eval_before=false",
@@ -169,6 +179,7 @@ def test_inspect_reports_what_a_trial_records(models_dir, tmp_path):
     assert cells[2:6] == [f"{h}x{w}", "x".join(map(str, recorded["processed_resolution"])), str(images.tiles[0]), str(recorded["image_tokens_per_sample"])]
 
 
+@pytest.mark.slow  # the app in its own process; inspect() itself is tested in-process above
 def test_the_app_prints_the_table(tmp_path):
     out = run_app(tmp_path, "vlmqc.inspect", "model=tiny", "data=star", *SMALL, "image_size=224")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -177,7 +188,17 @@ def test_the_app_prints_the_table(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("args, key", [(["examples=0"], "examples"), (["model.path=org/some-model", "model.family=nope"], "model.family"), (["image_size=999"], "image_size")])
+CONFIG_ERRORS = [(["examples=0"], "examples"), (["model.path=org/some-model", "model.family=nope"], "model.family"), (["image_size=999"], "image_size")]
+
+
+@pytest.mark.parametrize("args, key", CONFIG_ERRORS)
+def test_a_config_error_is_refused_naming_the_key(cli_exit, args, key):
+    code, err = cli_exit("vlmqc.inspect", *args)
+    assert code == 2 and key in err, err[-2000:]
+
+
+@pytest.mark.slow  # the same in a real process each (tests/test_config.py runs one in the default run)
+@pytest.mark.parametrize("args, key", CONFIG_ERRORS)
 def test_a_config_error_exits_2_naming_the_key(args, key, tmp_path):
     out = run_app(tmp_path, "vlmqc.inspect", *args)
     assert out.returncode == 2, out.stderr[-2000:]

@@ -15,8 +15,6 @@ from PIL import Image
 from vlmqc.data import store
 from vlmqc.records import read_predictions, read_summary
 
-pytestmark = pytest.mark.slow  # each trains a tiny trial, or uses one
-
 SIZES = ["data.train_size=24", "data.test_size=8"]  # synthetic data's; a custom folder's are its own
 SHRINK = [
     "logger=none",
@@ -75,8 +73,9 @@ def rows_of(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def star_trial(tmp_path_factory) -> Path:
-    return train(tmp_path_factory.mktemp("star"))
+def star_trial(completed_trial) -> Path:
+    """The session's trial (tests/conftest.py): star data, trained in its own process."""
+    return completed_trial[0]
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +83,29 @@ def pair_trial(tmp_path_factory) -> Path:
     return train(tmp_path_factory.mktemp("pair"), "data=pair_square")
 
 
-def test_star_trial_answers_its_held_out_images_as_it_did(star_trial, tmp_path):
+def test_star_trial_answers_its_held_out_images_as_it_did(star_trial, tmp_path, capsys):
+    """``python -m vlmqc.predict``'s main in this process (the tests below run it as a command)."""
+    from vlmqc.predict import main
+
     rows, test, _ = recorded(star_trial)
     folder = tmp_path / "boards"
     folder.mkdir()
     for r in test:
         r["image"].save(folder / f"{r['id']}.png")
-    out = predict_cli(tmp_path, str(star_trial), str(folder), "--out", str(tmp_path / "p.jsonl"))
-    assert out.returncode == 0, out.stderr[-3000:]
+    code = main([str(star_trial), str(folder), "--out", str(tmp_path / "p.jsonl")])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
     got = rows_of(tmp_path / "p.jsonl")
     assert [Path(g["image"]).stem for g in got] == [r.id for r in rows]
     assert [g["answer"] for g in got] == [r.prediction for r in rows]  # the same texts, byte for byte
     assert len({g["answer"] for g in got}) > 1  # not one answer for every image: the images reached the model
     assert [g["target"] for g in got] == [r.parsed["target"] for r in rows] and [g["parsed"] for g in got] == [r.parsed["ok"] for r in rows]
     assert all(g["seconds"] > 0 and g["reference"] is None for g in got)
-    assert "predicting" in out.stderr  # the progress bar, on stderr
+    assert "predicting" in out.err  # the progress bar, on stderr
     assert not (tmp_path / "p.metrics.json").exists()  # no labels, no metrics
 
 
+@pytest.mark.slow  # a pair trial, and the command in its own process
 def test_pair_trial_restacks_files_as_in_training_and_prints_its_metrics(pair_trial, tmp_path):
     rows, test, summary = recorded(pair_trial)
     metadata = write_pairs(tmp_path / "data", test, lambda r: halves(r["image"], r["meta"]))
@@ -120,6 +124,7 @@ def test_pair_trial_restacks_files_as_in_training_and_prints_its_metrics(pair_tr
     assert printed.keys() == final.keys() and all(float(printed[k]) == pytest.approx(v, abs=1e-4) for k, v in final.items())
 
 
+@pytest.mark.slow  # a pair trial
 def test_already_stacked_pairs_are_taken_as_they_are(pair_trial):
     from vlmqc.inspector import Inspector
 
@@ -130,6 +135,7 @@ def test_already_stacked_pairs_are_taken_as_they_are(pair_trial):
     assert [g["id"] for g in got] == [r.id for r in rows]
 
 
+@pytest.mark.slow  # a diff trial, and the command in its own process
 def test_diff_trial_computes_its_image_from_the_pair_as_in_training(tmp_path_factory, tmp_path):
     run_dir = train(tmp_path_factory.mktemp("diff"), "data=diff")
     rows, test, _ = recorded(run_dir)
@@ -140,6 +146,7 @@ def test_diff_trial_computes_its_image_from_the_pair_as_in_training(tmp_path_fac
     assert [g["answer"] for g in rows_of(tmp_path / "p.jsonl")] == [r.prediction for r in rows]
 
 
+@pytest.mark.slow  # a pair trial, and two merges in their own processes
 def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -164,6 +171,7 @@ def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, t
     assert again.returncode == 2 and str(tmp_path / "merged") in again.stderr
 
 
+@pytest.mark.slow  # a pair trial, and ten commands in their own processes
 def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, tmp_path):
     _, test, summary = recorded(pair_trial)
     ref, cand = halves(test[0]["image"], test[0]["meta"])
@@ -208,6 +216,7 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, 
         assert not (tmp_path / "out").exists()  # nothing written, not even the folder
 
 
+@pytest.mark.slow  # a trial of its own
 def test_full_fine_tuning_trial_answers_with_its_own_model_folder(tmp_path_factory):
     from peft import PeftModel
 
@@ -222,6 +231,7 @@ def test_full_fine_tuning_trial_answers_with_its_own_model_folder(tmp_path_facto
     assert [g["answer"] for g in got] == [r.prediction for r in rows]
 
 
+@pytest.mark.slow  # two trials
 def test_custom_trial_stacks_each_rows_reference_as_its_data_did(pair_trial, tmp_path_factory, tmp_path):
     # a custom folder made of the pair trial's boards: candidate and reference files per row
     _, test, summary = recorded(pair_trial)

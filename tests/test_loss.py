@@ -169,17 +169,25 @@ def test_a_trial_records_the_same_first_loss_on_either_path(tmp_path):
     assert answer_only == pytest.approx(full, rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("trainer.loss=fast", "trainer.loss"),
-        ("trainer.compile_mode=turbo", "trainer.compile_mode"),
-        ("trainer.compile_mode=max-autotune", "trainer.compile_mode"),
-        ("trainer.liger=maybe", "trainer.liger"),
-        ("trainer.liger=true trainer.loss=answer_only", "trainer.liger"),
-        ("trainer.liger=true trainer.device=cpu", "trainer.liger"),
-    ],
-)
+BAD_VALUES = [
+    ("trainer.loss=fast", "trainer.loss"),
+    ("trainer.compile_mode=turbo", "trainer.compile_mode"),
+    ("trainer.compile_mode=max-autotune", "trainer.compile_mode"),
+    ("trainer.liger=maybe", "trainer.liger"),
+    ("trainer.liger=true trainer.loss=answer_only", "trainer.liger"),
+    ("trainer.liger=true trainer.device=cpu", "trainer.liger"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES)
+def test_a_bad_value_is_refused_naming_the_key(cli_exit, tmp_path, override, key):
+    code, err = cli_exit("vlmqc.train", *override.split(), "logger=none")
+    assert code == 2 and key in err, err[-2000:]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow  # the same in a real process each (tests/test_config.py runs one in the default run)
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES)
 def test_a_bad_value_exits_2_naming_the_key(tmp_path, override, key):
     result = run_app(tmp_path, "vlmqc.train", *override.split(), "logger=none")
     assert result.returncode == 2, result.stderr[-2000:]

@@ -24,8 +24,10 @@ from vlmqc.prompts import render_answer
 from vlmqc.train import training_arguments
 
 FAMILIES = sorted(families())
+# the separate layout's golden runs are slow-marked: the default run trains every family on the
+# stacked layout, and tests/test_preprocess.py takes the separate layout's loss and gradients
 CASES = [
-    pytest.param(name, layout, id=f"{name}-{layout.value}", marks=requirement_marks(families()[name]))
+    pytest.param(name, layout, id=f"{name}-{layout.value}", marks=[*requirement_marks(families()[name]), *([pytest.mark.slow] if layout is Layout.separate else [])])
     for layout in (Layout.stacked, Layout.separate)
     for name in FAMILIES
     if layout is Layout.stacked or families()[name].multi_image

@@ -201,14 +201,22 @@ def test_a_family_whose_batches_differ_is_refused_naming_it(loaded):
         preprocess.check(ragged_rows(), collator, preprocess.EncodedCollator(collator), PixelStorage.fp32)
 
 
-@pytest.mark.parametrize(
-    "overrides, key",
-    [
-        (["trainer.preprocess=sometimes"], "trainer.preprocess"),
-        (["trainer.preprocces=once"], "trainer.preprocces"),
-        (["trainer.preprocess_pixels=bf16"], "trainer.preprocess_pixels='bf16'"),
-    ],
-)
+BAD_VALUES = [
+    (["trainer.preprocess=sometimes"], "trainer.preprocess"),
+    (["trainer.preprocces=once"], "trainer.preprocces"),
+    (["trainer.preprocess_pixels=bf16"], "trainer.preprocess_pixels='bf16'"),
+]
+
+
+@pytest.mark.parametrize("overrides, key", BAD_VALUES)
+def test_a_bad_value_is_refused_naming_the_key(cli_exit, tmp_path, overrides, key):
+    code, err = cli_exit("vlmqc.train", "logger=none", *overrides)
+    assert code == 2 and key in err, err[-2000:]
+    assert not list(tmp_path.rglob("summary.json"))
+
+
+@pytest.mark.slow  # the same in a real process each (tests/test_config.py runs one in the default run)
+@pytest.mark.parametrize("overrides, key", BAD_VALUES)
 def test_a_bad_value_exits_2_naming_the_key(tmp_path, overrides, key):
     out = run_app(tmp_path, "vlmqc.train", "logger=none", *overrides)
     assert out.returncode == 2, out.stderr[-2000:]

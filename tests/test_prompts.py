@@ -274,6 +274,7 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.slow  # 22 texts of up to 20,000 characters, each parsed for every task
 @pytest.mark.parametrize("option", PROMPT_OPTIONS)
 def test_parse_never_raises_on_adversarial_text(option):
     cfg = prompt(option)
@@ -288,6 +289,7 @@ def test_huge_answers_are_read():
     assert got.verdict == "defective" and got.defects == tuple((p, "missing") for p in POSITIONS)
 
 
+@pytest.mark.slow  # 400 generated texts
 def test_parse_never_raises_on_arbitrary_text():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies

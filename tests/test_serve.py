@@ -8,7 +8,9 @@ import io
 import json
 import os
 import re
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,41 @@ def test_bad_uploads_get_a_clear_message_and_nothing_is_spooled_to_disk(server, 
     assert sorted(os.listdir(server["tmp"])) == spooled
 
 
+def test_the_app_in_process_shows_the_trial_and_answers_as_the_inspector_does(completed_trial):
+    """The page's app through Flask's test client, around the session's star trial (tests/conftest.py):
+    the page lists the trial and its test images; one of them, picked by its id or uploaded, gets
+    the inspector's answer for that image; a file that is no image is refused."""
+    from vlmqc.inspector import Inspector
+    from vlmqc.records import read_samples
+    from vlmqc.serve.app import create_app
+
+    run, _ = completed_trial
+    summary = json.loads((run / "summary.json").read_text())
+    inspector = Inspector.load(run, device="cpu")
+    client = create_app(inspector, run).test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert summary["run_name"] in page.text and all(f'value="{i}"' in page.text for i in summary["facts"]["sample_ids"])
+    samples, problems = read_samples(run / "samples" / f"step-{summary['step']:06d}.jsonl")
+    assert samples and not problems
+    sample = samples[0]
+    with Image.open(run / sample.image) as image:
+        expected = inspector.predict([image.convert("RGB")])[0]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    picked = client.post("/api/predict", data={"example": sample.id})
+    assert picked.status_code == 200, picked.text
+    for key in ("verdict", "defects", "target", "answer", "parsed"):
+        assert picked.json[key] == expected[key], key
+    assert picked.json["seconds"] > 0
+    uploaded = client.post("/api/predict", data={"candidate": (io.BytesIO((run / sample.image).read_bytes()), "board.png")})
+    assert uploaded.status_code == 200 and uploaded.json["answer"] == expected["answer"]
+    shown = client.post("/", data={"example": sample.id})
+    assert shown.status_code == 200 and 'id="marked"' in shown.text and 'id="truth"' in shown.text
+    refused = client.post("/api/predict", data={"candidate": (io.BytesIO(b"GIF89a but not really"), "c.png")})
+    assert refused.status_code == 400 and "the candidate is not an image Pillow can read" in refused.json["error"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written in the run folder
+
+
 def test_marks_outline_the_named_cells_only():
     # a board image drawn by the data code, marked at C5: magenta appears around C5 and nowhere else
     image = Image.new("RGB", (448, board.Geometry(448).height), (200, 200, 200))
@@ -145,6 +182,16 @@ def test_marks_outline_the_named_cells_only():
     assert "cannot be placed" in note and not np.all(np.asarray(unmarked) == marks.MARK, axis=-1).any()
 
 
+def test_a_folder_that_is_not_a_trial_is_refused_naming_it(tmp_path, capsys, monkeypatch):
+    """``python -m vlmqc.serve`` run in this process (runpy, as ``-m`` runs it)."""
+    monkeypatch.setattr(sys, "argv", ["vlmqc.serve", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("vlmqc.serve", run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "nowhere" in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # the same in a real process
 def test_a_folder_that_is_not_a_trial_exits_2_naming_it(tmp_path):
     done = run_app(tmp_path, "vlmqc.serve", str(tmp_path / "nowhere"))
     assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr

@@ -15,7 +15,8 @@ from conftest import CONF, compose_app, run_app
 
 from vlmqc.config import to_object
 
-SHRINK = ["data.train_size=16", "data.test_size=6", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.samples=2", "trainer.eval_batch_size=6"]
+# num_workers=1: the data generated in the sweep's own process, not in a worker pool whose start costs seconds
+SHRINK = ["data.train_size=16", "data.test_size=6", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.samples=2", "trainer.eval_batch_size=6", "num_workers=1"]
 EXPERIMENTS = sorted(p.stem for p in (CONF.parent / "experiments").glob("*.yaml"))
 
 
@@ -29,9 +30,9 @@ def summaries(sweep: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory):
-    """Four trials, one of which diverges (lr 1e30): the sweep must finish the other three."""
+    """Two trials, the first of which diverges (lr 1e30): the sweep must go on to the second."""
     tmp = tmp_path_factory.mktemp("sweep")
-    out = multirun(tmp, "trainer.lr=1e-3,2e-3,5e-4,1e30", "trainer.max_grad_norm=1e30")
+    out = multirun(tmp, "trainer.lr=1e30,1e-3", "trainer.max_grad_norm=1e30")
     return tmp / "sweep", out
 
 
@@ -39,12 +40,14 @@ def test_a_failed_trial_does_not_stop_the_sweep(failing_sweep):
     sweep, out = failing_sweep
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     records = summaries(sweep)
-    assert len(records) == 4
+    assert len(records) == 2
     statuses = sorted(r["status"] for r in records.values())
-    assert statuses == ["completed", "completed", "completed", "failed"]
+    assert statuses == ["completed", "failed"]
     (failed,) = [r for r in records.values() if r["status"] == "failed"]
+    (completed,) = [r for r in records.values() if r["status"] == "completed"]
     assert failed["reason"].startswith("non-finite training loss at step") and "lr=1e+30" in failed["run_name"]
-    assert "1 of 4 trial(s) did not complete" in out.stdout and failed["run_name"] in out.stdout
+    assert "lr=0.001" in completed["run_name"] and completed["step"] == 4  # the trial after the failed one ran to its end
+    assert "1 of 2 trial(s) did not complete" in out.stdout and failed["run_name"] in out.stdout
 
 
 def test_a_sweeps_trials_share_a_wandb_group_and_carry_their_overrides_as_tags(failing_sweep):
@@ -62,7 +65,7 @@ def test_a_sweeps_trials_share_a_wandb_group_and_carry_their_overrides_as_tags(f
         assert "trainer.max_grad_norm=1e+30" in run.get("tags", []) and any(t.startswith("trainer.lr=") for t in run["tags"])
         exit_code = json.loads(subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, check=True).stdout)["exit_code"]
         assert exit_code == (0 if summary["status"] == "completed" else 1)
-    assert len(seen) == 4
+    assert len(seen) == 2
 
 
 def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_sweep):
@@ -73,7 +76,7 @@ def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_
     assert report == sweep / "report" / "report.html"
     text = report.read_text()
     rows = re.findall(r'<tr class="row-(\w+)[^"]*" data-dir="([^"]+)"', text)  # a row may also be marked below-chance
-    assert sorted(status for status, _ in rows) == ["completed", "completed", "completed", "failed"]
+    assert sorted(status for status, _ in rows) == ["completed", "failed"]
     assert {Path(d).name for _, d in rows} == set(summaries(sweep))
     (failed,) = [r for r in summaries(sweep).values() if r["status"] == "failed"]
     assert html.escape(failed["reason"]) in text
@@ -90,6 +93,7 @@ def test_every_experiment_composes_and_validates():
         assert yaml.safe_load(text)["hydra"]["sweeper"]["params"], f"{name} holds its sweep"
 
 
+@pytest.mark.slow  # a trial of every study, one after another
 def test_every_experiment_runs_on_the_tiny_model(tmp_path):
     # model=tiny and a small batch: the scratch studies' own model and batch of 64 would make this a CPU training run
     out = multirun(tmp_path, "experiment=glob(*)", "model=tiny", "trainer.batch_size=2", "trainer.dataloader_workers=0", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
@@ -98,6 +102,7 @@ def test_every_experiment_runs_on_the_tiny_model(tmp_path):
     assert len(records) == len(EXPERIMENTS) and all(r["status"] == "completed" for r in records.values())
 
 
+@pytest.mark.slow  # four trials, up to 672 pixels
 def test_a_study_expands_its_own_sweep(tmp_path):
     out = multirun(tmp_path, "experiment=image_size", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
     assert out.returncode == 0, out.stderr[-3000:]

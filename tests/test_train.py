@@ -9,32 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_app, prompt_option, run_app
+from conftest import TRIAL, WANDB_SECRET, compose_app, prompt_option, trial
 from transformers import Trainer, TrainerCallback, set_seed
 
 from vlmqc.collate import Collator
-from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config
+from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import adapt, load
 from vlmqc.prompts import PARSER_VERSION, parse_answer
 from vlmqc.train import run, training_arguments
-
-SHRINK = [
-    "data.train_size=32",
-    "data.test_size=12",
-    "trainer.max_steps=8",
-    "trainer.logging_steps=2",
-    "trainer.save_steps=4",
-    "trainer.samples=4",
-    "trainer.eval_batch_size=12",
-    "trainer.eval_every=4",
-]
-SECRET = "wandb-secret-0123456789abcdef"
-
-
-def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m vlmqc.train``, shrunk, its run folder tmp_path/run, with a W&B key to look for."""
-    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *SHRINK, *overrides, env={"WANDB_API_KEY": SECRET, **(env or {})})
 
 
 def leet(run_dir: Path, *flags: str):
@@ -54,17 +37,8 @@ def best_step(rows: list[dict], metric: str) -> int:
     return min(values, key=lambda step: (-values[step], step))
 
 
-@pytest.fixture(scope="module")
-def completed(tmp_path_factory):
-    """One completed trial, shared by the tests that read its records."""
-    tmp = tmp_path_factory.mktemp("trial")
-    out = trial(tmp)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp / "run", out
-
-
-def test_main_job_completes_and_records_everything_locally(completed):
-    run_dir, _ = completed
+def test_main_job_completes_and_records_everything_locally(completed_trial):
+    run_dir, _ = completed_trial
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["reason"] is None and summary["step"] == 8
     facts = summary["facts"]
@@ -93,8 +67,8 @@ def test_main_job_completes_and_records_everything_locally(completed):
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_samples_are_the_same_test_ids_at_every_evaluation(completed):
-    run_dir, _ = completed
+def test_samples_are_the_same_test_ids_at_every_evaluation(completed_trial):
+    run_dir, _ = completed_trial
     before = [json.loads(x) for x in (run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()]
     after = [json.loads(x) for x in (run_dir / "samples" / "step-000008.jsonl").read_text().splitlines()]
     assert [r["id"] for r in before] == [r["id"] for r in after] and len(after) == 4
@@ -106,8 +80,8 @@ def test_samples_are_the_same_test_ids_at_every_evaluation(completed):
         assert "prediction" in r and "red star" in r["prompt"]
 
 
-def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(completed):
-    run_dir, _ = completed
+def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(completed_trial):
+    run_dir, _ = completed_trial
     records = leet(run_dir)
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     logged = {(h["trainer/global_step"], round(h["train/loss"], 6)) for h in history if "train/loss" in h}
@@ -126,7 +100,7 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     right = [parse_answer(prompt_option("long"), r["prediction"], "star").target == r["target"] for r in rows]
     assert len(rows) == 12 and summary["summary"]["eval/exact_match"] == pytest.approx(sum(right) / 12)
     # chance: every test star answered with the train split's most frequent star position
-    dsd, _ = get_dataset(data_config(compose_app("train", SHRINK)), run_dir.parent / "cache", num_workers=1, progress=False)
+    dsd, _ = get_dataset(data_config(compose_app("train", TRIAL)), run_dir.parent / "cache", num_workers=1, progress=False)
     targets = Counter(dsd["train"]["target"])
     prior = min(targets, key=lambda t: (-targets[t], t))
     assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(sum(t == prior for t in dsd["test"]["target"]) / 12)
@@ -137,16 +111,17 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     assert not [k for k in summary["summary"] if k.startswith("ceiling/")]
 
 
-def test_the_api_key_is_never_written(completed):
-    run_dir, out = completed
+def test_the_api_key_is_never_written(completed_trial):
+    run_dir, out = completed_trial
     for path in run_dir.rglob("*"):
         if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
-    assert SECRET not in out.stdout + out.stderr
+            assert WANDB_SECRET.encode() not in path.read_bytes(), path
+    assert WANDB_SECRET not in out.stdout + out.stderr
 
 
-def test_a_completed_trial_is_not_run_twice(completed, tmp_path):
-    run_dir, _ = completed
+@pytest.mark.slow  # the same command again, in a second process
+def test_a_completed_trial_is_not_run_twice(completed_trial, tmp_path):
+    run_dir, _ = completed_trial
     before = (run_dir / "metrics.jsonl").read_bytes()
     again = trial(run_dir.parent)
     assert again.returncode == 0
@@ -154,6 +129,7 @@ def test_a_completed_trial_is_not_run_twice(completed, tmp_path):
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow  # a trial of its own (tests/test_sweep.py's default-run sweep has a diverging trial too)
 def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
     out = trial(tmp_path, "logger=none", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", "trainer.eval_before=false")
     assert out.returncode == 1
@@ -163,6 +139,24 @@ def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
     assert not (tmp_path / "run" / "adapter").exists()
 
 
+@pytest.mark.parametrize("overrides, key", [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0")])
+def test_bad_config_is_refused_naming_the_key(cli_exit, tmp_path, overrides, key):
+    code, err = cli_exit("vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *TRIAL, "logger=none", *overrides)
+    assert code == 2 and key in err, err[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_without_a_gpu_is_refused_naming_the_key(tmp_path):
+    """trainer.precision=bf16 with trainer.device=auto: known only at run time, where the device
+    is; refused before training (the subprocess case below sees it as exit status 2)."""
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is valid where there is a GPU")
+    t = to_object(compose_app("train", ["trainer.precision=bf16"]).trainer, "trainer")
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16: mixed precision needs a GPU"):
+        training_arguments(t, tmp_path, "cpu")
+
+
+@pytest.mark.slow  # a real process each; the bf16 case generates the data and loads the model before it is refused
 @pytest.mark.parametrize(
     "overrides, key",
     [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0"), (["trainer.precision=bf16"], "trainer.precision=bf16")],
@@ -175,6 +169,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, overrides, key):
     assert key in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # a trial of its own, at 448 pixels
 def test_pair_data_json_prompt_and_image_size_as_typed_on_the_command_line(tmp_path):
     """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input;
     pair data is scored with the inspection metrics, beside the pixel-difference detector's levels
@@ -210,7 +205,7 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_in_the_same_wandb_run(
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = compose_app("train", [*SHRINK, "paths.output_dir=" + str(run_dir), "run_name=resume-test"])
+    cfg = compose_app("train", [*TRIAL, "paths.output_dir=" + str(run_dir), "run_name=resume-test"])
     original_init = Trainer.__init__
 
     def with_interrupt(self, *a, **k):

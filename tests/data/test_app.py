@@ -43,6 +43,7 @@ def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
     assert "generating" not in again.stderr
 
 
+@pytest.mark.slow  # five datasets generated in one process; tests/test_sweep.py's sweep is the default run's multirun
 def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
     options = [o for o in DATA_OPTIONS if o != "custom"]
     out = run_app(tmp_path, "-m", f"data={','.join(options)}", *SHRINK, "baseline=false")
@@ -72,6 +73,7 @@ def test_a_typo_in_a_key_fails_before_anything_runs(tmp_path):
     assert "defect_rat" in out.stderr
 
 
+@pytest.mark.slow  # five runs of the app, four side by side
 def test_runs_started_at_once_into_one_output_folder_all_succeed(tmp_path):
     first = run_app(tmp_path, *SHRINK, "baseline=false")  # the dataset is cached: the runs below race to the sheet
     assert first.returncode == 0, first.stderr

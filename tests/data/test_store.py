@@ -48,6 +48,7 @@ def rows_waiting_to_be_killed(task):
     yield tiny_row(i)
 
 
+@pytest.mark.slow  # a worker pool started and one of its workers killed
 def test_a_worker_killed_mid_build_fails_the_build_at_once_and_caches_nothing(tmp_path):
     cache = tmp_path / "cache"
     final = cache / "victim-0123456789abcdef"
@@ -151,6 +152,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a process that imports torch and starts a worker pool
 def test_build_workers_run_one_thread_each_and_warn_nothing(tmp_path):
     """16 workers with torch's default of one thread per core ran 256 threads on 16 cores (issue 21):
     each worker must run one. Started as ``python -m pkg.module``, as ``python -m vlmqc.train`` is,
