@@ -23,13 +23,14 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
+from vlmqc.config import CONF_DIR, register
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, Layout, PixelStorage, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import load
 from vlmqc.training import preprocess
 
-CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
+CONF = str(CONF_DIR)
 
 
 def rate(dataset, collator, batch: int, passes: int) -> float:
@@ -55,6 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)  # one process, one core: what a DataLoader worker has
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one process, batch {args.batch}")
     print(f"{'size':>5} {'pixels':>6} {'examples':>8} {'step/s':>8} {'once/s':>9} {'ratio':>7} {'encode/s':>8} {'MB/example':>10}")
+    register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF), tempfile.TemporaryDirectory() as tmp:
         cfg = compose("train", overrides=["experiment=base/scratch", "data=pair_mixed", f"data.train_size={args.examples}", "data.test_size=8"])
         dsd, path = get_dataset(data_config(cfg), tmp, num_workers=2, progress=False)

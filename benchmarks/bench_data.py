@@ -26,12 +26,13 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
+from vlmqc.config import CONF_DIR, register
 from vlmqc.config import ImageSizeConfig, Layout, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import load
 from vlmqc.training import preprocess
 
-CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
+CONF = str(CONF_DIR)
 
 
 def worker_counts(cores: int) -> list[int]:
@@ -55,6 +56,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {cores} cores, python {platform.python_version()}, torch {torch.__version__}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"{'variant':<12} {'workers':>7} {'drawn':>7} {'draw_s':>7} {'draw/s':>8} {'load_s':>7} {'encoded':>8} {'encode_s':>8} {'encode/s':>9} {'enc/draw':>8}")
+    register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
         for variant in args.variants:
             cfg = compose("train", overrides=["experiment=base/scratch", f"data={variant}", f"data.train_size={args.examples}", "data.test_size=300"])

@@ -32,13 +32,14 @@ import torch
 import transformers
 from hydra import compose, initialize_config_dir
 
+from vlmqc.config import CONF_DIR, register
 from vlmqc.data import get_dataset
 from vlmqc.devices import pick_device
 from vlmqc.evaluation.generate import predict
 from vlmqc.models import load
 from vlmqc.preflight import quote_numeric_options, validate
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+CONF = str(CONF_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and min(args.workers) < 0:
         ap.error("every --workers count must be >= 0")
 
+    register()
     with initialize_config_dir(version_base="1.3", config_dir=os.path.abspath(CONF)):
         cfg = compose("train", overrides=["logger=none", "paths.output_dir=.", *quote_numeric_options(args.overrides)])
     objs = validate(cfg)

@@ -26,12 +26,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from vlmqc.config import CONF_DIR, register
 from vlmqc import features
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, LoraConfig, to_object
 from vlmqc.models import adapt, load
 
-CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
+CONF = str(CONF_DIR)
 # Qwen2-VL-2B: vision 32 x 1280, text 28 x 1536; here half the width, a quarter of the depth, a small vocabulary
 SCALED = [
     "model.qwen2_vl.vision.depth=8",
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="Qwen2-VL-2B's own shape instead of the scaled one")
     ap.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "vlmqc-bench-models"))
     args = ap.parse_args()
+    register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
         cfg = compose("train", overrides=["model=qwen2_vl_2b_random", f"image_size='{args.image_size}'", "prompt=short", *([] if args.full else SCALED)])
     model_cfg, size, prompt = to_object(cfg.model, "model"), to_object(cfg.image_size, "image_size"), to_object(cfg.prompt, "prompt")

@@ -73,9 +73,12 @@ def one(args) -> dict:
     from vlmqc.collate import Collator
     from vlmqc.config import ImageSizeConfig, to_object
     from vlmqc.models import adapt, load
+    from vlmqc.config import CONF_DIR, register
     from vlmqc.training.loss import AnswerOnlyTrainer
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    register()
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[*MODELS[args.model], "lora=full" if args.full else "lora=r16", "prompt=long"])
     model, processor, family, _ = load(to_object(cfg.model, "model"), ImageSizeConfig(name="native"), args.models_dir, args.device)
     model = adapt(model.to(args.device), family, to_object(cfg.lora, "lora"))

@@ -115,6 +115,7 @@ class Result:
 
 def compose_cfg(overrides: list[str]):
     """The train app's config for these overrides, validated as ``python -m vlmqc.train`` does."""
+    schema.register()
     with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR)):
         cfg = compose("train", overrides=schema.quote_numeric_options(overrides))
     cfg.paths.output_dir = str(Path.cwd())  # Hydra names the run folder only when a job starts
@@ -183,7 +184,7 @@ class Timer(TrainerCallback):
 
 def hf_args(args_cls, s: Setup, out: Path, batch: int, steps: int, checkpointing: bool, workers: int, **extra):
     """TrainingArguments (or TRL's SFTConfig) of a timing run: constant lr, no saving, no logging."""
-    from vlmqc.training.trial import CHECKPOINTING
+    from vlmqc.training.arguments import CHECKPOINTING
 
     t = s.objs["trainer"]
     # TRL's config keeps the old name in every version; transformers' own depends on the version (train.CHECKPOINTING)
@@ -353,7 +354,7 @@ def vlmqc_loss(s: Setup, d: Setup) -> float:
     import dataclasses
 
     from vlmqc.training.loss import trainer_class
-    from vlmqc.training.trial import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     model, processor, family = fresh_model(d)
     # no evaluation in the check (a recipe like experiment=base/scratch evaluates every N steps, and
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from vlmqc.models import resolve_dtype
-    from vlmqc.training.trial import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     bf16 = training_arguments(objs["trainer"], Path(tempfile.gettempdir()), device).bf16  # trainer.precision as a trial resolves it
     if bf16 and resolve_dtype(objs["model"].dtype, device) is torch.float32:

@@ -39,7 +39,7 @@ EOF
 cat "$out/versions.txt"
 
 # Six pytest processes side by side, 2 threads each: the golden smoke test
-# of every family (tests/test_models.py, its stacked and separate halves), the family files
+# of every family (tests/models/test_families.py, its stacked and separate halves), the family files
 # (processor facts, offline processors, label masks) and inspect's numbers against the real processors.
 run_group() {  # run_group N ARGS...: one pytest process, its log and JUnit file in $tmp
   local i=$1
@@ -47,14 +47,14 @@ run_group() {  # run_group N ARGS...: one pytest process, its log and JUnit file
   OMP_NUM_THREADS=2 python3 -m pytest "$@" -m "not slow" -rfEs --durations=5 -p no:cacheprovider \
     --basetemp="$tmp/pytest-$i" --junitxml="$tmp/pytest-$i.xml" >"$tmp/pytest-$i.log" 2>&1
 }
-run_group 0 tests/test_models.py -k "not separate" &
-run_group 1 tests/test_models.py -k separate &
-run_group 2 tests/test_phi4_multimodal.py tests/test_inspect.py::test_numbers_agree_with_the_real_processor_on_the_tiny_models \
-  tests/test_inspect.py::test_qwen2_vl_numbers_follow_the_published_resize_formula \
-  tests/test_inspect.py::test_llava_1_5_offline_is_336_pixels_and_576_tokens_and_refuses_another_size &
-run_group 3 tests/test_phi3_v.py tests/test_paligemma.py &
-run_group 4 tests/test_gemma3.py tests/test_idefics3.py tests/test_internvl.py &
-run_group 5 tests/test_llava_onevision.py tests/test_qwen_vl.py tests/test_qwen2_vl.py &
+run_group 0 tests/models/test_families.py -k "not separate" &
+run_group 1 tests/models/test_families.py -k separate &
+run_group 2 tests/models/test_phi4_multimodal.py tests/test_preview.py::test_numbers_agree_with_the_real_processor_on_the_tiny_models \
+  tests/test_preview.py::test_qwen2_vl_numbers_follow_the_published_resize_formula \
+  tests/test_preview.py::test_llava_1_5_offline_is_336_pixels_and_576_tokens_and_refuses_another_size &
+run_group 3 tests/models/test_phi3_v.py tests/models/test_paligemma.py &
+run_group 4 tests/models/test_gemma3.py tests/models/test_idefics3.py tests/models/test_internvl.py &
+run_group 5 tests/models/test_llava_onevision.py tests/models/test_qwen2_5_vl_and_qwen3_vl.py tests/models/test_qwen2_vl.py &
 tests_rc=0
 for job in $(jobs -p); do
   wait "$job" || tests_rc=1

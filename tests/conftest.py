@@ -15,12 +15,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "vlmqc" / "conf"
 DATA_OPTIONS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 
 
 def compose_app(config_name: str, overrides: list[str] = ()):
     """The config an app would get from these command-line overrides."""
+    from vlmqc.config import register
+
+    register()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         return compose(config_name, overrides=list(overrides))
 
@@ -56,18 +59,22 @@ def run_app(
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=full_env, timeout=timeout)
 
 
+# ``python -m <module>`` -> the module whose cli() that command runs
+COMMANDS = {"vlmqc.train": "vlmqc.cli.train", "vlmqc.data": "vlmqc.cli.data", "vlmqc.inspect": "vlmqc.cli.preview"}
+
+
 @pytest.fixture
 def cli_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """``python -m <module> <args>`` in-process, up to where it would start work: the app's own
     ``cli()``, which composes and validates every config of the command line as the command does
-    (``vlmqc.config.run_checked``), with Hydra's ``main`` replaced by one that fails the test, so a
+    (``vlmqc.preflight.run_checked``), with Hydra's ``main`` replaced by one that fails the test, so a
     config error the check lets through cannot pass. Runs in tmp_path; returns (exit status, stderr).
 
     The in-process twin of ``run_app``'s exit-2 checks: the same check without a Python start
     and torch import (~6 s) per case; a few of those still run as real subprocesses."""
 
     def call(module: str, *args: str) -> tuple[int | str | None, str]:
-        app = importlib.import_module("vlmqc.data.__main__" if module == "vlmqc.data" else module)
+        app = importlib.import_module(COMMANDS.get(module, module))
 
         def started():
             raise AssertionError(f"python -m {module} {' '.join(args)}: no config error was found and the app started")
@@ -106,7 +113,7 @@ def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subproces
 @pytest.fixture(scope="session")
 def completed_trial(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One completed trial as a user runs it (star data, the tiny model, offline W&B), for the
-    whole session: tests/test_train.py reads back what it recorded; the inspector, the page and
+    whole session: tests/training/test_trial.py reads back what it recorded; the inspector, the page and
     the report take it as their trial. Its folder, and the command's output."""
     tmp = tmp_path_factory.mktemp("trial")
     out = trial(tmp)

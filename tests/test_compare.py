@@ -16,7 +16,7 @@ import pytest
 from conftest import run_app
 from PIL import Image
 
-from vlmqc import compare
+from vlmqc.cli import compare
 
 TINY = ["data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
 XSS = '<script>alert(1)</script> & "quoted"'

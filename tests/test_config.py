@@ -11,7 +11,8 @@ from conftest import CONF, DATA_OPTIONS, compose_app, run_app
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, _run_name, check_command_line, data_config, to_object, validate
+from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, run_name_of, data_config, to_object
+from vlmqc.preflight import check_command_line, validate
 
 
 def data(*overrides: str):
@@ -236,14 +237,14 @@ def test_a_sweep_is_checked_trial_by_trial_before_it_starts():
 
 
 def test_long_run_names_fit_a_file_name_and_stay_distinct(tmp_path):
-    assert _run_name("data=pair_round,lora=r16,trainer.lr=0.0002") == "data=pair_round,lora=r16,trainer.lr=0.0002"  # unchanged
+    assert run_name_of("data=pair_round,lora=r16,trainer.lr=0.0002") == "data=pair_round,lora=r16,trainer.lr=0.0002"  # unchanged
     overrides = ",".join(f"data.nuisance.{k}=0.0{i}" for i, k in enumerate(["brightness", "contrast", "gradient", "shift", "blur"] * 8))
     other = overrides.replace("blur=0.04", "blur=0.05", 1)
-    name = _run_name(overrides)
+    name = run_name_of(overrides)
     assert len(name.encode()) <= 255 and name.startswith(overrides[:100]) and re.fullmatch(r".*-[0-9a-f]{10}", name)
-    assert _run_name(overrides) == name and _run_name(other) != name
+    assert run_name_of(overrides) == name and run_name_of(other) != name
     (tmp_path / name).mkdir()  # too long, this was OSError: File name too long
-    japanese = _run_name("prompt.answer_pass=" + "合格" * 80)
+    japanese = run_name_of("prompt.answer_pass=" + "合格" * 80)
     assert len(japanese.encode()) <= 255 and japanese.startswith("prompt.answer_pass=合格")
     (tmp_path / japanese).mkdir()
 
@@ -314,18 +315,18 @@ def test_a_bad_value_does_not_turn_a_completed_trial_into_a_failed_one(tmp_path)
     assert (run_dir / "summary.json").read_text() == before
 
 
-def test_run_and_launch_validate_every_group_before_touching_anything(tmp_path):
-    """The entry points below the command line (a rank, a test, launch's parent) check too."""
-    from vlmqc.train import launch, run
+def test_a_rank_validates_its_config_before_touching_anything(tmp_path):
+    """A DDP rank composes its config again in its own process (vlmqc/training/launch.py's
+    _worker): it validates it there, as the command did, before the folder is touched."""
+    from vlmqc.runs.resume import Plan
+    from vlmqc.training.launch import _worker
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
-    cfg = compose_app("train", ["trainer.resume=false", "prompt.answer_star=nowhere", "data.train_size=4", "data.test_size=4"])
-    cfg.paths.output_dir, cfg.run_name = str(run_dir), "run"
-    for entry in (lambda: run(cfg, run_dir, {"overrides": [], "sweep": None}), lambda: launch(cfg, run_dir, 2)):
-        with pytest.raises(ConfigError, match="prompt.answer_star='nowhere'"):
-            entry()
+    overrides = ["trainer.resume=false", "prompt.answer_star=nowhere", "data.train_size=4", "data.test_size=4"]
+    with pytest.raises(ConfigError, match="prompt.answer_star='nowhere'"):
+        _worker(overrides, str(run_dir), "run", {"overrides": overrides, "sweep": None}, Plan(config_hash="x"))
     assert json.loads((run_dir / "summary.json").read_text()) == {"status": "completed"}
     assert not (tmp_path / "env-cache").exists()  # launch generated no dataset
 

@@ -18,7 +18,7 @@ from vlmqc import features
 from vlmqc.collate import IGNORE, Collator
 from vlmqc.config import ImageSizeConfig, Layout, LoraConfig, LoraTarget, ModelConfig, PixelStorage
 from vlmqc.models import adapt, families, load
-from vlmqc.preprocess import EncodedCollator, encode_row
+from vlmqc.training.preprocess import EncodedCollator, encode_row
 
 FAMILIES = ["llava", "qwen2_vl"]
 

@@ -13,7 +13,7 @@ from conftest import run_app
 from PIL import Image
 
 from vlmqc.data import store
-from vlmqc.records import read_predictions, read_summary
+from vlmqc.runs.records import read_predictions, read_summary
 
 SIZES = ["data.train_size=24", "data.test_size=8"]  # synthetic data's; a custom folder's are its own
 SHRINK = [
@@ -85,7 +85,7 @@ def pair_trial(tmp_path_factory) -> Path:
 
 def test_star_trial_answers_its_held_out_images_as_it_did(star_trial, tmp_path, capsys):
     """``python -m vlmqc.predict``'s main in this process (the tests below run it as a command)."""
-    from vlmqc.predict import main
+    from vlmqc.cli.predict import main
 
     rows, test, _ = recorded(star_trial)
     folder = tmp_path / "boards"
@@ -152,7 +152,7 @@ def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, t
 
     from vlmqc.inspector import Trial
     from vlmqc.models import family_for
-    from vlmqc.predict import predict
+    from vlmqc.evaluation.generate import predict
 
     rows, test, _ = recorded(pair_trial)
     out = predict_cli(tmp_path, str(pair_trial), "--merge", str(tmp_path / "merged"))

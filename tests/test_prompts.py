@@ -12,7 +12,8 @@ from conftest import CONF, compose_app
 
 from vlmqc.config import AnswerFormat, PromptConfig, to_object
 from vlmqc.labels import DEFECT_NAMES, POSITIONS, DefectType
-from vlmqc.prompts import Parsed, instruction, parse_answer, render_answer
+from vlmqc.answers import Parsed, parse_answer
+from vlmqc.prompts import instruction, render_answer
 
 PROMPT_OPTIONS = sorted(p.stem for p in (CONF / "prompt").glob("*.yaml"))
 TYPES = [t.value for t in DefectType]

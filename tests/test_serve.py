@@ -22,7 +22,7 @@ from PIL import Image
 from vlmqc.data import board
 from vlmqc.data.synth import pair_gap
 from vlmqc.serve import marks
-from vlmqc.serve.cli import is_loopback
+from vlmqc.cli.serve import is_loopback
 
 TINY = ["data=pair_mixed", "lora=r4", "data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +65,7 @@ def expected(trial, pair) -> dict:
 def server(trial, tmp_path_factory):
     """The page, as a user starts it, on a free port; its own TMPDIR, to see it stays empty."""
     tmp = tmp_path_factory.mktemp("server-tmp")
-    proc = run_app(trial.parent, "vlmqc.predict", "--serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
+    proc = run_app(trial.parent, "vlmqc.serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -139,7 +139,7 @@ def test_the_app_in_process_shows_the_trial_and_answers_as_the_inspector_does(co
     the page lists the trial and its test images; one of them, picked by its id or uploaded, gets
     the inspector's answer for that image; a file that is no image is refused."""
     from vlmqc.inspector import Inspector
-    from vlmqc.records import read_samples
+    from vlmqc.runs.records import read_samples
     from vlmqc.serve.app import create_app
 
     run, _ = completed_trial

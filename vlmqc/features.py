@@ -49,7 +49,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlmqc.config import VisionCache
 from vlmqc.files import read_json, write_atomic, write_json
 
-log = logging.getLogger("vlmqc.features")
+log = logging.getLogger(__name__)
 
 KEY = "image_feature_keys"  # the batch's extra key: one key per image, in the processor's order
 IMAGE_PARTS = ("vision", "projector")  # the family's parts that get_image_features runs

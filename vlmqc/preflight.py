@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +106,6 @@ def run_checked(app: str, main, argv: list[str] | None = None, quote_numeric: bo
     on stderr (Hydra's own report exits 1). ``argv``: the app's arguments (default: the process's);
     Hydra reads ``sys.argv``, so it is set to them. ``quote_numeric``: ``image_size=448`` names the option."""
     register()
-    # conf/train.yaml searches a conf/ folder of the working directory for a user's own option
-    # files; Hydra warns on every run where there is none, which is the usual case
-    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     argv = list(sys.argv[1:] if argv is None else argv)
     if quote_numeric:
         argv = quote_numeric_options(argv)

@@ -35,7 +35,7 @@ v and the attention output, and the MLP's gate, up, activation and product (afte
 al. 2022, "Reducing activation recomputation", adapted). Not counted: weights, gradients, optimizer
 state, LoRA dropout's copies of adapter inputs, padding to the longest sample of a batch (per batch
 is per sample times the batch size), gradient checkpointing (which keeps about one layer's worth).
-Checked once against the saved tensors measured on the tiny LLaVA (tests/test_inspect.py): 1.12x,
+Checked once against the saved tensors measured on the tiny LLaVA (tests/test_preview.py): 1.12x,
 on a model whose logits are half the total; not checked against a real checkpoint's GPU peak.
 Exit status: 0, or 2 on a config error (named on stderr), before any dataset is built.
 """

@@ -43,7 +43,7 @@ def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
     assert "generating" not in again.stderr
 
 
-@pytest.mark.slow  # five datasets generated in one process; tests/test_sweep.py's sweep is the default run's multirun
+@pytest.mark.slow  # five datasets generated in one process; tests/runs/test_sweep.py's sweep is the default run's multirun
 def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
     options = [o for o in DATA_OPTIONS if o != "custom"]
     out = run_app(tmp_path, "-m", f"data={','.join(options)}", *SHRINK, "baseline=false")

@@ -18,6 +18,7 @@ from vlmqc.config.apps import (
     TrainAppConfig,
     data_config,
     register,
+    run_name_of,
     to_object,
 )
 from vlmqc.config.checks import SEED_MAX, ConfigError, IntRange
@@ -54,5 +55,5 @@ __all__ = [
     "LoggerConfig", "LoraConfig", "LoraTarget", "LossMode", "ModelConfig", "NuisanceConfig", "PairConfig", "PathsConfig", "PixelStorage",
     "Precision", "Preprocess", "PreviewAppConfig", "PromptConfig", "Qwen2VLModelConfig", "Qwen2VLTextShape", "Qwen2VLVisionShape",
     "RenderConfig", "StarConfig", "SynthConfig", "TinyModelConfig", "TrainAppConfig", "TrainerConfig", "VisionCache", "data_config",
-    "register", "to_object",
+    "register", "run_name_of", "to_object",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ RUN_NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS): the run folder i
 RUN_NAME_PREFIX = 120  # bytes of a too-long name kept readable before its hash
 
 
-def _run_name(overrides: str) -> str:
+def run_name_of(overrides: str) -> str:
     """A run's name from its command-line overrides: ``data=pair_round,lora=r16``; a path's
     slashes would nest folders, so they become underscores, and quotes (``image_size='448'``) go.
 
@@ -160,14 +161,14 @@ NON_COMPUTING_KEYS = (
     "quiet",
     "logger.print_summary",
     "trainer.eval_batch_size",
-    "trainer.eval_workers",  # the same batches, collated elsewhere (tests/test_predict_batched.py checks the answers)
+    "trainer.eval_workers",  # the same batches, collated elsewhere (tests/evaluation/test_generate.py checks the answers)
     "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/training/preprocess.py)
     "trainer.preprocess_pixels",  # the same computation: bf16 only where the first use of the pixels is a bf16 op (vlmqc/training/preprocess.py)
 )
 
 
 RESOLVERS = {
-    "vlmqc.run_name": _run_name,
+    "vlmqc.run_name": run_name_of,
     "vlmqc.cpus": _cpus,
     "vlmqc.gpu_count": _gpu_count,
     "vlmqc.non_computing_keys": lambda: list(NON_COMPUTING_KEYS),
@@ -178,6 +179,9 @@ def register() -> None:
     """Store the schemas where option files find them (``defaults: [<schema>]``) and the resolvers
     the option files use (``${vlmqc.run_name:...}``, ``${vlmqc.cpus:}``...). Every app calls it
     before Hydra composes (vlmqc/preflight.py); calling it again does nothing new."""
+    # train.yaml searches a conf/ folder of the working directory for a user's own option files;
+    # Hydra warns at every composition where there is none, which is the usual case
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

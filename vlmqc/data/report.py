@@ -18,7 +18,7 @@ from vlmqc.data import board, diff, synth
 from vlmqc.files import write_atomic
 from vlmqc.labels import POSITIONS, describe
 
-log = logging.getLogger("vlmqc.data.report")
+log = logging.getLogger(__name__)
 
 
 def counts(ds: datasets.Dataset) -> dict[str, Counter]:

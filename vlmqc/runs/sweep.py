@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from vlmqc.metrics import DEFAULT_METRIC
 from vlmqc.runs.records import Summary, read_summary
 
-log = logging.getLogger("vlmqc.sweep")
+log = logging.getLogger(__name__)
 
 
 def trials(sweep_dir: Path) -> list[tuple[Path, Summary | None, list[str]]]:

@@ -48,7 +48,7 @@ from vlmqc.data import layout as layouts
 from vlmqc.data import store
 from vlmqc.features import KEY
 
-log = logging.getLogger("vlmqc.preprocess")
+log = logging.getLogger(__name__)
 
 VERSION = 1  # raise when what an encoded row holds changes in a way the hashed sources do not show
 FEATURES = datasets.Features({"tensors": datasets.Value("binary")})  # one example's tensors, a safetensors blob

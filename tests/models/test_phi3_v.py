@@ -2,7 +2,7 @@
 config.json ``auto_map`` points at modeling, configuration and processing files written beside it,
 loaded with ``trust_remote_code=True``), the clear error without it, Phi's numbered placeholders,
 the crop budget, and the answer-only label mask in its format (vlmqc/models/phi3_v.py). The golden
-smoke test (tests/test_models.py) trains and evaluates the same tiny remote-code model."""
+smoke test (tests/models/test_families.py) trains and evaluates the same tiny remote-code model."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object, validate
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object
+from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.inspect import inspect, source
+from vlmqc.preview import preview, source
 from vlmqc.models import check, families, load
-from vlmqc.predict import predict
+from vlmqc.evaluation.generate import predict
 from vlmqc.prompts import render_answer
 
 PHI = families()["phi3_v"]
@@ -178,13 +179,13 @@ def test_the_offline_processor_refuses_facts_that_are_not_the_published_crops():
 
 
 def test_inspects_table_agrees_with_the_real_processor_on_the_tiny_model(models_dir, tmp_path):
-    cfg = compose_app("inspect", ["data=pair_round", "data.train_size=8", "data.test_size=4", "image_size=native"])
+    cfg = compose_app("preview", ["data=pair_round", "data.train_size=8", "data.test_size=4", "image_size=native"])
     cfg.paths.output_dir = "."
     objs = validate(cfg)  # with the default tiny LLaVA, which takes one image: the layout and model are set after
     objs["model"], objs["data"] = PHI.tiny_config(), dataclasses.replace(objs["data"], layout=Layout.separate)
     dsd, _ = get_dataset(objs["data"], tmp_path, num_workers=1, progress=False)
     rows = list(dsd["test"])[:2]
-    table, _ = inspect(objs, str(models_dir), rows)
+    table, _ = preview(objs, str(models_dir), rows)
     _, processor, _, _ = load(PHI.tiny_config(), objs["image_size"], str(models_dir), "cpu", Layout.separate)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     for row, shown in zip(rows, table, strict=True):

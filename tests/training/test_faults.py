@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import run_app
 
-from vlmqc.lock import RunFolderLocked, RunLock
+from vlmqc.runs.lock import RunFolderLocked, RunLock
 
 FAST = ["data.train_size=32", "data.test_size=4", "trainer.batch_size=2", "trainer.logging_steps=1", "trainer.eval_every=0", "trainer.samples=0",
         "trainer.eval_before=false", "trainer.eval_batch_size=4"]

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments
 
 from vlmqc.collate import IGNORE, Collator, sequence_lengths
 from vlmqc.config import ImageSizeConfig, LoraConfig, LossMode, ModelConfig
-from vlmqc.loss import AnswerOnlyTrainer, answer_span, trainer_class
+from vlmqc.training.loss import AnswerOnlyTrainer, answer_span, trainer_class
 from vlmqc.models import adapt, families, load
 
 FAMILIES = {"llava": ModelConfig(name="tiny"), "qwen2_vl": families()["qwen2_vl"].tiny_config()}
@@ -133,7 +133,7 @@ def test_a_model_without_logits_to_keep_falls_back_with_a_warning(caplog):
         def forward(self, input_ids, labels=None):
             return input_ids
 
-    with caplog.at_level("WARNING", logger="vlmqc.loss"):
+    with caplog.at_level("WARNING", logger="vlmqc.training.loss"):
         assert trainer_class(LossMode.answer_only, Plain()) == (Trainer, LossMode.full)
     assert [r.getMessage() for r in caplog.records] == ["trainer.loss=answer_only: Plain.forward takes no logits_to_keep; the full loss runs instead"]
     assert trainer_class(LossMode.full, Plain()) == (Trainer, LossMode.full)
@@ -214,7 +214,7 @@ def test_the_switches_reach_the_training_arguments(tmp_path):
     from conftest import compose_app
 
     from vlmqc.config import to_object
-    from vlmqc.train import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     t = to_object(compose_app("train", ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "trainer.group_by_length=true"]).trainer, "trainer")
     args = training_arguments(t, tmp_path, "cpu")
@@ -239,7 +239,7 @@ def test_compile_gives_the_same_loss_and_gradients(models_dir, tmp_path, monkeyp
     from transformers import TrainerCallback
 
     from vlmqc.config import to_object
-    from vlmqc.train import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     # inductor's caches in tmp_path, not in the shared temp folder: its cache folder, and its
     # precompiled headers, which it keeps in the default folder whatever TORCHINDUCTOR_CACHE_DIR says.
@@ -304,7 +304,7 @@ def test_liger_is_refused_where_it_cannot_run(tmp_path):
     from conftest import compose_app
 
     from vlmqc.config import ConfigError, to_object
-    from vlmqc.train import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     t = to_object(compose_app("train", ["trainer.liger=true"]).trainer, "trainer")
     with pytest.raises(ConfigError, match=r"trainer\.liger=true.*CUDA"):
@@ -321,7 +321,7 @@ def test_liger_gives_the_same_loss_and_gradient_norm(models_dir, tmp_path):
     from conftest import compose_app
 
     from vlmqc.config import to_object
-    from vlmqc.train import training_arguments
+    from vlmqc.training.arguments import training_arguments
 
     results = {}
     for liger in (False, True):

@@ -6,8 +6,8 @@ import pytest
 from conftest import compose_app
 
 from vlmqc.config import to_object
-from vlmqc.evaluate import confusion, score
-from vlmqc.prompts import Parsed, parse_answer
+from vlmqc.evaluation.scoring import confusion, score
+from vlmqc.answers import Parsed, parse_answer
 
 
 def row(task: str, verdict: str = "", defects=(), target: str = "", answer: str = "") -> dict:
@@ -143,14 +143,14 @@ def test_confusion_names_untyped_positions_and_skips_star_rows():
 
 
 def test_every_metric_score_gives_is_in_the_registry_and_the_other_way_round():
-    from vlmqc.records import METRICS
+    from vlmqc.metrics import METRICS
 
     given = {f"eval/{k}" for k in scored(PAIR + STAR)}
     assert given == set(METRICS) - {"eval/loss"}
 
 
 def test_chance_levels_are_the_score_of_the_prior_only_answer():
-    from vlmqc.evaluate import chance, prior_answers
+    from vlmqc.evaluation.scoring import chance, prior_answers
 
     train = [
         row("pair", "pass"), row("pair", "pass"), row("pair", "pass"),
@@ -182,7 +182,7 @@ def test_the_constant_chance_level_is_the_best_answer_given_without_looking():
     """On a balanced split the prior-only answer is a coin's choice between "pass" and
     "defective at the most frequent position": the chance level must be the better of the two
     for each metric, or a model saying "pass" to everything looks far above chance."""
-    from vlmqc.evaluate import chance, prior_answers
+    from vlmqc.evaluation.scoring import chance, prior_answers
 
     train = [row("pair", "defective", [("C5", "missing")]), row("pair", "pass")]  # a tie: the prior picks one verdict
     test = [row("pair", "pass"), row("pair", "pass"), row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("D1", "bent")])]

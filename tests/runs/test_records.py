@@ -8,26 +8,11 @@ import pytest
 from conftest import compose_app
 from PIL import Image
 
-from vlmqc.prompts import Parsed
-from vlmqc.records import (
-    DEFAULT_METRIC,
-    METRICS,
-    PredictionRow,
-    RecordError,
-    Records,
-    Sample,
-    Summary,
-    better,
-    evaluations,
-    read_metrics,
-    read_predictions,
-    read_rows,
-    read_samples,
-    read_summary,
-    sample_image,
-    standing,
-)
-from vlmqc.sweep import SweepSummary
+from vlmqc.answers import Parsed
+from vlmqc.metrics import DEFAULT_METRIC, METRICS, better
+from vlmqc.runs.records import PredictionRow, RecordError, Records, Sample, Summary, read_metrics, read_predictions, read_rows, read_samples, read_summary, sample_image
+from vlmqc.runs.standing import evaluations, standing
+from vlmqc.runs.sweep import SweepSummary
 
 EXAMPLE = {"id": "test-1", "task": "pair", "verdict": "defective", "defects": [{"position": "C5", "type": "missing"}], "target": "", "answer": ""}
 
@@ -160,7 +145,7 @@ def test_best_is_an_evaluation_step_never_the_baseline():
 
 
 def test_diagnose_finds_the_plateau_only_where_the_loss_is_flat_and_the_answers_at_chance():
-    from vlmqc.records import diagnose
+    from vlmqc.runs.standing import diagnose
 
     chance = {"prior": {"eval/exact_match": 0.1}, "uniform": {"eval/exact_match": 0.037}}
     flat = [{"train/loss": 0.371 + 0.001 * (i % 2)} for i in range(30)]  # the study's 3-epoch, no-warm-up curve

@@ -14,18 +14,19 @@ from conftest import compose_app, prompt_option, requirement_marks
 from transformers import Trainer, set_seed
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, TrainerConfig, data_config, validate
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, LoraConfig, TrainerConfig, data_config
+from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.evaluate import score
+from vlmqc.evaluation.scoring import score
 from vlmqc.models import adapt, families, load
-from vlmqc.predict import predict
+from vlmqc.evaluation.generate import predict
 from vlmqc.prompts import render_answer
-from vlmqc.train import training_arguments
+from vlmqc.training.trial import training_arguments
 
 FAMILIES = sorted(families())
 # the separate layout's golden runs are slow-marked: the default run trains every family on the
-# stacked layout, and tests/test_preprocess.py takes the separate layout's loss and gradients
+# stacked layout, and tests/training/test_preprocess.py takes the separate layout's loss and gradients
 CASES = [
     pytest.param(name, layout, id=f"{name}-{layout.value}", marks=[*requirement_marks(families()[name]), *([pytest.mark.slow] if layout is Layout.separate else [])])
     for layout in (Layout.stacked, Layout.separate)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vlmqc import gpus
+from vlmqc.training import gpus
 from vlmqc.config import ConfigError
 
 # a trial: claim n GPUs, say which and when, hold them for a while, exit (which frees them)

@@ -12,7 +12,7 @@ from tests.conftest import prompt_option
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, ModelConfig
 from vlmqc.models import load
-from vlmqc.predict import _batches, predict
+from vlmqc.evaluation.generate import _batches, predict
 
 
 def _rows() -> list[dict]:
@@ -63,7 +63,7 @@ def _rank(rank: int, world: int, init: str, models_dir: str, out: str) -> None:
 
     import torch.distributed as dist
 
-    from vlmqc.predict import predict_sharded
+    from vlmqc.evaluation.generate import predict_sharded
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:

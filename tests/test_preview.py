@@ -12,10 +12,11 @@ from conftest import compose_app, run_app
 from PIL import Image
 
 from vlmqc.collate import Collator
-from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig, validate
+from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig
+from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.inspect import activation_bytes, inspect, source
+from vlmqc.preview import activation_bytes, preview, source
 from vlmqc.models import adapt, families, load
 from vlmqc.models.family import ImageFacts
 
@@ -50,7 +51,7 @@ def models_dir(tmp_path_factory):
 
 
 def objs_for(model: ModelConfig, size: ImageSizeConfig | None, data: str = "star", tmp=None):
-    cfg = compose_app("inspect", [f"data={data}", *SMALL])
+    cfg = compose_app("preview", [f"data={data}", *SMALL])
     cfg.paths.output_dir = "."
     objs = validate(cfg)
     objs["model"], objs["image_size"] = model, size
@@ -77,7 +78,7 @@ def test_numbers_agree_with_the_real_processor_on_the_tiny_models(family, size, 
     image_size = ImageSizeConfig(name=str(size or "native"), size=size)
     data = "star" if family == "llava" else "pair_round"
     objs, rows = objs_for(model, image_size, data, tmp_path)
-    table, _ = inspect(objs, models_dir, rows[:2])
+    table, _ = preview(objs, models_dir, rows[:2])
     fam, processor, _, _ = source(model, image_size, models_dir, str(tmp_path))
     for row, shown in zip(rows[:2], table, strict=True):
         images = row_images(row, objs["data"].layout)
@@ -179,7 +180,7 @@ def test_inspect_reports_what_a_trial_records(models_dir, tmp_path):
     assert cells[2:6] == [f"{h}x{w}", "x".join(map(str, recorded["processed_resolution"])), str(images.tiles[0]), str(recorded["image_tokens_per_sample"])]
 
 
-@pytest.mark.slow  # the app in its own process; inspect() itself is tested in-process above
+@pytest.mark.slow  # the app in its own process; preview() itself is tested in-process above
 def test_the_app_prints_the_table(tmp_path):
     out = run_app(tmp_path, "vlmqc.inspect", "model=tiny", "data=star", *SMALL, "image_size=224")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -24,7 +24,7 @@ from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, M
 from vlmqc.models import adapt, families, load, random_checkpoint
 from vlmqc.models.qwen2_vl import TOKENS
 from vlmqc.models.qwen2_vl import config as qwen2_vl_config
-from vlmqc.predict import predict
+from vlmqc.evaluation.generate import predict
 from vlmqc.prompts import render_answer
 
 QWEN = families()["qwen2_vl"]

@@ -16,8 +16,10 @@ from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import adapt, load
-from vlmqc.prompts import PARSER_VERSION, parse_answer
-from vlmqc.train import run, training_arguments
+from vlmqc.answers import PARSER_VERSION, parse_answer
+from vlmqc.cli.train import trial
+from vlmqc.preflight import validate
+from vlmqc.training.arguments import training_arguments
 
 
 def leet(run_dir: Path, *flags: str):
@@ -129,7 +131,7 @@ def test_a_completed_trial_is_not_run_twice(completed_trial, tmp_path):
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
-@pytest.mark.slow  # a trial of its own (tests/test_sweep.py's default-run sweep has a diverging trial too)
+@pytest.mark.slow  # a trial of its own (tests/runs/test_sweep.py's default-run sweep has a diverging trial too)
 def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
     out = trial(tmp_path, "logger=none", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", "trainer.eval_before=false")
     assert out.returncode == 1
@@ -213,11 +215,11 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_in_the_same_wandb_run(
         self.add_callback(_Interrupt())
 
     monkeypatch.setattr(Trainer, "__init__", with_interrupt)
-    assert run(cfg, run_dir) == "interrupted"
+    assert trial(cfg, validate(cfg), run_dir) == "interrupted"  # the command's own path, in-process
     first = json.loads((run_dir / "summary.json").read_text())
     assert first["status"] == "interrupted" and first["step"] == 6
     monkeypatch.setattr(Trainer, "__init__", original_init)
-    assert run(cfg, run_dir) == "completed"
+    assert trial(cfg, validate(cfg), run_dir) == "completed"
     second = json.loads((run_dir / "summary.json").read_text())
     assert second["attempts"] == 2 and second["resumed_from"].endswith("checkpoint-4")
     assert second["wandb"]["id"] == first["wandb"]["id"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmqc.track import write_atomic
+from vlmqc.files import write_atomic
 
 WRITES = 200
 SIZE = 256 * 1024  # large enough that a write is not one system call's worth of luck

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import prompt_option
 
-from vlmqc.evaluate import score
-from vlmqc.prompts import PARSER_VERSION, Parsed, parse_answer
-from vlmqc.records import SCHEMA_VERSION, read_summary
-from vlmqc.rescore import main
+from vlmqc.evaluation.scoring import score
+from vlmqc.answers import PARSER_VERSION, Parsed, parse_answer
+from vlmqc.runs.records import SCHEMA_VERSION, read_summary
+from vlmqc.cli.rescore import main
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "run_v1"
 
 
 def lines(path: Path) -> list[dict]:
@@ -84,7 +84,7 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
 
 def test_rescoring_uses_the_current_parser(old_run, monkeypatch):
     """A parser change shows in the rescored rows: here a parser that reads every answer as pass."""
-    monkeypatch.setattr("vlmqc.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text))
+    monkeypatch.setattr("vlmqc.evaluation.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text))
     assert main([str(old_run)]) == 0
     rows = lines(old_run / "predictions" / "step-000004.jsonl")
     assert all(r["parsed"] == {"verdict": "pass", "defects": [], "target": None, "ok": True} for r in rows)

@@ -13,9 +13,10 @@ import torch
 from conftest import compose_app, pair_row, prompt_option, run_app
 from PIL import Image
 
-from vlmqc import preprocess
+from vlmqc.training import preprocess
 from vlmqc.collate import Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, PixelStorage, data_config, validate
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, PixelStorage, data_config
+from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.models import families, load
 

@@ -5,7 +5,7 @@ where torchvision is installed (its image processor's), the tiny model: dispatch
 label mask, image tokens and crops as the processor makes them, inspect's table, the processor
 built offline from the preset's facts, and the vision LoRA merged at load. Without torchvision those
 are skipped (benchmarks/gpu_families.sh runs them on the GPU machine) and the family refuses, saying
-so. The golden smoke test (tests/test_models.py) trains and evaluates the same tiny model."""
+so. The golden smoke test (tests/models/test_families.py) trains and evaluates the same tiny model."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object, validate
+from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object
+from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.inspect import inspect
+from vlmqc.preview import preview
 from vlmqc.models import check, families, load
 from vlmqc.models.phi4_multimodal import _tokenizer
 from vlmqc.prompts import render_answer
@@ -177,13 +178,13 @@ def test_crops_and_image_tokens_are_the_processors(tiny, size, hw):
 
 @needs_torchvision
 def test_inspects_table_agrees_with_the_processor_on_the_tiny_model(models_dir, tmp_path):
-    cfg = compose_app("inspect", ["data=pair_round", "data.train_size=8", "data.test_size=4", "image_size='896'"])
+    cfg = compose_app("preview", ["data=pair_round", "data.train_size=8", "data.test_size=4", "image_size='896'"])
     cfg.paths.output_dir = "."
     objs = validate(cfg)
     objs["model"] = PHI4.tiny_config()
     dsd, _ = get_dataset(objs["data"], tmp_path, num_workers=1, progress=False)
     rows = list(dsd["test"])[:2]
-    table, _ = inspect(objs, str(models_dir), rows)
+    table, _ = preview(objs, str(models_dir), rows)
     _, processor, _, _ = load(PHI4.tiny_config(), objs["image_size"], str(models_dir), "cpu")
     for row, shown in zip(rows, table, strict=True):
         images = row_images(row, objs["data"].layout)
