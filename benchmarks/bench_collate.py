@@ -23,9 +23,8 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from vlmqc.config import CONF_DIR, register
 from vlmqc.collate import Collator
-from vlmqc.config import ImageSizeConfig, Layout, PixelStorage, data_config, to_object
+from vlmqc.config import CONF_DIR, ImageSizeConfig, Layout, PixelStorage, data_config, register, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import load
 from vlmqc.training import preprocess
@@ -54,27 +53,59 @@ def main() -> None:
     ap.add_argument("--pixels", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     args = ap.parse_args()
     torch.set_num_threads(1)  # one process, one core: what a DataLoader worker has
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one process, batch {args.batch}")
-    print(f"{'size':>5} {'pixels':>6} {'examples':>8} {'step/s':>8} {'once/s':>9} {'ratio':>7} {'encode/s':>8} {'MB/example':>10}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one "
+        f"process, batch {args.batch}"
+    )
+    print(
+        f"{'size':>5} {'pixels':>6} {'examples':>8} {'step/s':>8} {'once/s':>9} {'ratio':>7} {'encode/s':>8} "
+        f"{'MB/example':>10}"
+    )
     register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF), tempfile.TemporaryDirectory() as tmp:
-        cfg = compose("train", overrides=["experiment=base/scratch", "data=pair_mixed", f"data.train_size={args.examples}", "data.test_size=8"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=base/scratch",
+                "data=pair_mixed",
+                f"data.train_size={args.examples}",
+                "data.test_size=8",
+            ],
+        )
         dsd, path = get_dataset(data_config(cfg), tmp, num_workers=2, progress=False)
         train, prompt = dsd["train"], to_object(cfg.prompt, "prompt")
         for size in args.sizes:
-            _, processor, family, _ = load(to_object(cfg.model, "model"), ImageSizeConfig(name=str(size), size=size), os.path.join(tmp, "models"), "cpu")
+            _, processor, family, _ = load(
+                to_object(cfg.model, "model"),
+                ImageSizeConfig(name=str(size), size=size),
+                os.path.join(tmp, "models"),
+                "cpu",
+            )
             plain = Collator(processor, family, prompt, train=True, layout=Layout.stacked)
             step = rate(train, plain, args.batch, args.passes)
             for pixels in map(PixelStorage, args.pixels):
                 start = time.perf_counter()
                 encoded_train, encoded, fact = preprocess.prepare(
-                    train, path, processor, family, prompt, Layout.stacked, pixels, bf16_training=True, num_workers=1, progress=False
+                    train,
+                    path,
+                    processor,
+                    family,
+                    prompt,
+                    Layout.stacked,
+                    pixels,
+                    bf16_training=True,
+                    num_workers=1,
+                    progress=False,
                 )
                 encode = len(train) / (time.perf_counter() - start)
                 folder = fact["path"]
                 mb = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / len(train) / 2**20
                 once = rate(encoded_train, encoded, args.batch, args.passes)
-                print(f"{size:>5} {pixels.value:>6} {len(train):>8} {step:>8.1f} {once:>9.1f} {once / step:>6.1f}x {encode:>8.1f} {mb:>10.3f}", flush=True)
+                print(
+                    f"{size:>5} {pixels.value:>6} {len(train):>8} {step:>8.1f} {once:>9.1f} {once / step:>6.1f}x "
+                    f"{encode:>8.1f} {mb:>10.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

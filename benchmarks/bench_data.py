@@ -26,8 +26,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from vlmqc.config import CONF_DIR, register
-from vlmqc.config import ImageSizeConfig, Layout, data_config, to_object
+from vlmqc.config import CONF_DIR, ImageSizeConfig, Layout, data_config, register, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import load
 from vlmqc.training import preprocess
@@ -47,19 +46,35 @@ def worker_counts(cores: int) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="+", default=["star"])
-    ap.add_argument("--examples", type=int, default=500, help="training examples drawn and encoded (plus 300 test examples drawn)")
+    ap.add_argument(
+        "--examples", type=int, default=500, help="training examples drawn and encoded (plus 300 test examples drawn)"
+    )
     ap.add_argument("--workers", nargs="+", type=int, default=None, help="default: 1, 2, 4, ... up to the core count")
     ap.add_argument("--no-encode", dest="encode", action="store_false", help="drawing only")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     counts = args.workers or worker_counts(cores)
-    print(f"# {platform.processor() or platform.machine()}, {cores} cores, python {platform.python_version()}, torch {torch.__version__}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print(f"{'variant':<12} {'workers':>7} {'drawn':>7} {'draw_s':>7} {'draw/s':>8} {'load_s':>7} {'encoded':>8} {'encode_s':>8} {'encode/s':>9} {'enc/draw':>8}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {cores} cores, python {platform.python_version()}, "
+        f"torch {torch.__version__}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    print(
+        f"{'variant':<12} {'workers':>7} {'drawn':>7} {'draw_s':>7} {'draw/s':>8} {'load_s':>7} {'encoded':>8} "
+        f"{'encode_s':>8} {'encode/s':>9} {'enc/draw':>8}"
+    )
     register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
         for variant in args.variants:
-            cfg = compose("train", overrides=["experiment=base/scratch", f"data={variant}", f"data.train_size={args.examples}", "data.test_size=300"])
+            cfg = compose(
+                "train",
+                overrides=[
+                    "experiment=base/scratch",
+                    f"data={variant}",
+                    f"data.train_size={args.examples}",
+                    "data.test_size=300",
+                ],
+            )
             data_cfg, prompt = data_config(cfg), to_object(cfg.prompt, "prompt")
             for workers in counts:
                 with tempfile.TemporaryDirectory() as cache:
@@ -74,9 +89,20 @@ def main() -> None:
                     line = f"{variant:<12} {workers:>7} {drawn:>7} {draw:>7.2f} {drawn / draw:>8.1f} {cached:>7.3f}"
                     if args.encode:
                         model_cfg = to_object(cfg.model, "model")
-                        _, processor, family, _ = load(model_cfg, ImageSizeConfig(name="224", size=224), os.path.join(cache, "models"), "cpu")
+                        _, processor, family, _ = load(
+                            model_cfg, ImageSizeConfig(name="224", size=224), os.path.join(cache, "models"), "cpu"
+                        )
                         start = time.perf_counter()
-                        train, _, fact = preprocess.prepare(dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=workers, progress=False)
+                        train, _, fact = preprocess.prepare(
+                            dsd["train"],
+                            path,
+                            processor,
+                            family,
+                            prompt,
+                            Layout.stacked,
+                            num_workers=workers,
+                            progress=False,
+                        )
                         encode = time.perf_counter() - start
                         assert not fact["reused"] and len(train) == len(dsd["train"])
                         n = len(train)

@@ -91,11 +91,25 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     per_device = args.batch // args.gpus
-    single = [f"trainer.batch_size={per_device}", f"trainer.grad_accum={args.gpus}"] if args.accumulate else [f"trainer.batch_size={args.batch}"]
+    single = (
+        [f"trainer.batch_size={per_device}", f"trainer.grad_accum={args.gpus}"]
+        if args.accumulate
+        else [f"trainer.batch_size={args.batch}"]
+    )
     one = trial(args.out / "gpus-1", [*common, *single, "trainer.devices=1", "trainer.elastic=true"])
-    many = trial(args.out / f"gpus-{args.gpus}", [*common, f"trainer.batch_size={args.batch // args.gpus}", f"trainer.devices={args.gpus}"])
+    many = trial(
+        args.out / f"gpus-{args.gpus}",
+        [*common, f"trainer.batch_size={args.batch // args.gpus}", f"trainer.devices={args.gpus}"],
+    )
 
-    report = {"command": " ".join(sys.argv), "gpus": args.gpus, "global_batch": args.batch, "accumulate": args.accumulate, "steps": args.steps, "overrides": common}
+    report = {
+        "command": " ".join(sys.argv),
+        "gpus": args.gpus,
+        "global_batch": args.batch,
+        "accumulate": args.accumulate,
+        "steps": args.steps,
+        "overrides": common,
+    }
     baseline = f"batch {per_device} x {args.gpus} accumulated" if args.accumulate else f"batch {args.batch}"
     print(f"\nloss, global batch {args.batch}: 1 GPU ({baseline}) vs {args.gpus} GPUs (batch {per_device} each)")
     loss1, lossn = series(one[1], "train/loss"), series(many[1], "train/loss")
@@ -131,9 +145,16 @@ def main() -> None:
     print()
     for name in ("1", str(args.gpus)):
         r = report[f"gpus_{name}"]
-        print(f"{name} GPU(s): {r['samples_per_second_median']:.2f} samples/s (median of {len(r['samples_per_second_all'])} intervals), "
-              f"peak {r['peak_gpu_memory_gb']} GiB, backend {r['distributed_backend']}, world {r['world_size']}, wall {r['wall_seconds']} s")
-    print(f"scaling: {report['scaling']:.3f}x on {args.gpus} GPUs (efficiency {report['scaling'] / args.gpus:.1%}); largest loss difference {report['loss']['max_rel_diff']:.2e} (relative)")
+        print(
+            f"{name} GPU(s): {r['samples_per_second_median']:.2f} samples/s (median of "
+            f"{len(r['samples_per_second_all'])} intervals), "
+            f"peak {r['peak_gpu_memory_gb']} GiB, backend {r['distributed_backend']}, world {r['world_size']}, "
+            f"wall {r['wall_seconds']} s"
+        )
+    print(
+        f"scaling: {report['scaling']:.3f}x on {args.gpus} GPUs (efficiency {report['scaling'] / args.gpus:.1%}); "
+        f"largest loss difference {report['loss']['max_rel_diff']:.2e} (relative)"
+    )
     tmp = args.out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, args.out / "report.json")

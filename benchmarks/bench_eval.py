@@ -1,9 +1,11 @@
 """Batched greedy evaluation against one example at a time: speed, and whether the answers are the same.
 
-    python benchmarks/bench_eval.py                                             # tiny model, CPU, 32 test rows, batch 1 vs 32
+    python benchmarks/bench_eval.py                                             # tiny model, CPU, 32 test rows,
+        batch 1 vs 32
     python benchmarks/bench_eval.py --rows 300 --batch-sizes 1 64 300 -- model=scratch data=pair_round
     python benchmarks/bench_eval.py --rows 300 --batch-sizes 1 64 -- model=qwen2_vl_2b_random trainer.device=cuda
-    python benchmarks/bench_eval.py --rows 64 --batch-sizes 1 64 --workers 0 4 -- experiment=base/scratch   # collating in 4 processes
+    python benchmarks/bench_eval.py --rows 64 --batch-sizes 1 64 --workers 0 4 -- experiment=base/scratch   #
+        collating in 4 processes
 
 The same test rows (the first ``--rows`` of the test split of the composed trial config; extra
 Hydra overrides after ``--``) are answered by ``vlmqc.predict.predict``, the function a trial's
@@ -45,8 +47,16 @@ CONF = str(CONF_DIR)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=32, help="the first N rows of the test split (default 32)")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="the first is the reference (default: 1 and --rows)")
-    ap.add_argument("--workers", type=int, nargs="+", default=None, help="collating processes, each count at each batch size (default: trainer.eval_workers)")
+    ap.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None, help="the first is the reference (default: 1 and --rows)"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="collating processes, each count at each batch size (default: trainer.eval_workers)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's trainer.max_new_tokens")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the trial config, after --")
     args = ap.parse_args(argv)
@@ -66,22 +76,40 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(t.device)
     dsd, _ = get_dataset(data_cfg, cfg.paths.cache_dir, num_workers=cfg.num_workers, progress=False)
     rows = list(dsd["test"].select(range(min(args.rows, len(dsd["test"])))))
-    model, processor, family, path = load(objs["model"], objs["image_size"], cfg.paths.models_dir, device, data_cfg.layout)
+    model, processor, family, path = load(
+        objs["model"], objs["image_size"], cfg.paths.models_dir, device, data_cfg.layout
+    )
     model.to(device)
     param = next(model.parameters())
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"# {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(
-        f"# model {objs['model'].name} ({path}), {param.dtype}, attention {model.config._attn_implementation}; data {data_cfg.name}, "
+        f"# {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"# model {objs['model'].name} ({path}), {param.dtype}, attention {model.config._attn_implementation}; "
+        f"data {data_cfg.name}, "
         f"{len(rows)} test rows, max_new_tokens {max_new_tokens}"
     )
 
     def run(batch_size: int, workers: int) -> tuple[list[dict], float]:
-        predict(model, processor, family, objs["prompt"], rows[:batch_size], batch_size, max_new_tokens, data_cfg.layout, workers)  # warm-up
+        predict(
+            model,
+            processor,
+            family,
+            objs["prompt"],
+            rows[:batch_size],
+            batch_size,
+            max_new_tokens,
+            data_cfg.layout,
+            workers,
+        )  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
-        out = predict(model, processor, family, objs["prompt"], rows, batch_size, max_new_tokens, data_cfg.layout, workers)
+        out = predict(
+            model, processor, family, objs["prompt"], rows, batch_size, max_new_tokens, data_cfg.layout, workers
+        )
         return out, time.perf_counter() - started  # the texts are on the host: the GPU has finished
 
     print(f"{'batch':>6} {'workers':>8} {'seconds':>9} {'examples/s':>11} {'speed-up':>9} {'differ':>7}")
@@ -99,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             i = next(k for k, r in enumerate(rows) if r["id"] == row_id)
             print(f"         {row_id}: {reference[i]['text'][:60]!r} -> {out[i]['text'][:60]!r}")
     if differ_total:
-        print(f"{differ_total} generated text(s) differ from batch size {sizes[0]}'s with {worker_counts[0]} workers", file=sys.stderr)
+        print(
+            f"{differ_total} generated text(s) differ from batch size {sizes[0]}'s with {worker_counts[0]} workers",
+            file=sys.stderr,
+        )
         return 1
     print(f"every generated text identical to batch size {sizes[0]}'s with {worker_counts[0]} workers")
     return 0

@@ -1,6 +1,7 @@
 """Training step time with and without the vision feature cache (trainer.vision_cache, vlmqc/features.py).
 
-    python benchmarks/bench_features.py                          # a Qwen2-VL-2B scaled down 2x in width, 4x in depth, CPU
+    python benchmarks/bench_features.py                          # a Qwen2-VL-2B scaled down 2x in width, 4x in
+        depth, CPU
     python benchmarks/bench_features.py --image-size 448 --batch 4 --steps 5 --device cuda
     python benchmarks/bench_features.py --full                   # Qwen2-VL-2B's own shape (random bf16 weights; a GPU)
 
@@ -26,10 +27,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from vlmqc.config import CONF_DIR, register
 from vlmqc import features
 from vlmqc.collate import Collator
-from vlmqc.config import ImageSizeConfig, LoraConfig, to_object
+from vlmqc.config import CONF_DIR, ImageSizeConfig, LoraConfig, register, to_object
 from vlmqc.models import adapt, load
 
 CONF = str(CONF_DIR)
@@ -50,8 +50,9 @@ def rows(n: int, seed: int) -> list[dict]:
     """Pair examples of the study's size (448 x 386), each image its own noise: no two alike."""
     rng = np.random.default_rng(seed)
     return [
-        {"id": f"b{seed}-{i}", "task": "pair", "image": Image.fromarray((rng.random((386, 448, 3)) * 255).astype("uint8")), "verdict": "defective",
-         "defects": [{"position": "C5", "type": "missing"}], "target": "", "answer": ""}
+        {"id": f"b{seed}-{i}", "task": "pair", "verdict": "defective", "target": "", "answer": "",
+         "image": Image.fromarray((rng.random((386, 448, 3)) * 255).astype("uint8")),
+         "defects": [{"position": "C5", "type": "missing"}]}
         for i in range(n)
     ]  # fmt: skip
 
@@ -67,14 +68,21 @@ def timed(fn, device: str) -> float:
 
 
 def step_time(model, batch: dict, device: str) -> float:
-    seconds = timed(lambda: model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}).loss.backward(), device)
+    seconds = timed(
+        lambda: model(
+            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        ).loss.backward(),
+        device,
+    )
     model.zero_grad(set_to_none=True)
     return seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--image-size", default="native", help="an image_size option (native: the preset's 448 x 448 budget)")
+    ap.add_argument(
+        "--image-size", default="native", help="an image_size option (native: the preset's 448 x 448 budget)"
+    )
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,9 +91,23 @@ def main() -> None:
     args = ap.parse_args()
     register()
     with initialize_config_dir(version_base="1.3", config_dir=CONF):
-        cfg = compose("train", overrides=["model=qwen2_vl_2b_random", f"image_size='{args.image_size}'", "prompt=short", *([] if args.full else SCALED)])
-    model_cfg, size, prompt = to_object(cfg.model, "model"), to_object(cfg.image_size, "image_size"), to_object(cfg.prompt, "prompt")
-    model, processor, family, _ = load(model_cfg, ImageSizeConfig(name=size.name, size=size.size), args.models_dir, args.device)
+        cfg = compose(
+            "train",
+            overrides=[
+                "model=qwen2_vl_2b_random",
+                f"image_size='{args.image_size}'",
+                "prompt=short",
+                *([] if args.full else SCALED),
+            ],
+        )
+    model_cfg, size, prompt = (
+        to_object(cfg.model, "model"),
+        to_object(cfg.image_size, "image_size"),
+        to_object(cfg.prompt, "prompt"),
+    )
+    model, processor, family, _ = load(
+        model_cfg, ImageSizeConfig(name=size.name, size=size.size), args.models_dir, args.device
+    )
     torch.manual_seed(0)
     model = adapt(model, family, LoraConfig(name="r8", r=8, alpha=16, dropout=0.0)).to(args.device)
     model.train()
@@ -95,9 +117,11 @@ def main() -> None:
     total = sum(p.numel() for p in model.parameters())
     tokens = int(batches[0]["attention_mask"].sum()) // args.batch
     image_tokens = int((batches[0]["input_ids"] == model.config.image_token_id).sum()) // args.batch
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))  # fmt: skip
-    print(f"# {'Qwen2-VL-2B shape' if args.full else 'Qwen2-VL-2B scaled'}: {total / 1e6:.1f} M parameters, image path {vision / 1e6:.1f} M; "
+    print(f"# {'Qwen2-VL-2B shape' if args.full else 'Qwen2-VL-2B scaled'}: {total / 1e6:.1f} M parameters, image "
+        f"path {vision / 1e6:.1f} M; "
           f"batch {args.batch}, {tokens} tokens a sample ({image_tokens} image tokens), {model.dtype}")  # fmt: skip
 
     precision = "bf16" if model.dtype == torch.bfloat16 else "fp32"
@@ -119,8 +143,13 @@ def main() -> None:
     tower = {}
     for name, mode in (("autograd", torch.enable_grad), ("no_grad", torch.no_grad)):
         with mode():
-            tower[name] = statistics.median(timed(lambda: inner.get_image_features(pixels, grid), args.device) for _ in range(3))
-    print(f"# the image path alone on one batch: {tower['autograd']:.3f} s with autograd on, {tower['no_grad']:.3f} s without")
+            tower[name] = statistics.median(
+                timed(lambda: inner.get_image_features(pixels, grid), args.device) for _ in range(3)
+            )
+    print(
+        f"# the image path alone on one batch: {tower['autograd']:.3f} s with autograd on, {tower['no_grad']:.3f} "
+        f"s without"
+    )
     print(f"{'mode':<6} {'step_s (median)':>15} {'vs off':>7}")
     base = statistics.median(off)
     for name, times in (("off", off), ("miss", miss), ("hit", hit)):

@@ -7,7 +7,8 @@ A training step as the Trainer runs it (its ``compute_loss`` with ``num_items_in
 backward) on a real collated batch of pair examples (prompt ``long``, LoRA r16 unless ``--full``),
 each model and mode in a fresh process so that its peak resident memory (CPU) or peak allocated
 GPU memory is its own. On a CPU shared with other work, ``cpu speed-up`` (this process's CPU
-seconds) is the steadier figure; wall time is the GPU's. ``qwen_vocab`` is Qwen2-VL's shape shrunk to a CPU (2 layers, 256 wide)
+seconds) is the steadier figure; wall time is the GPU's. ``qwen_vocab`` is Qwen2-VL's shape shrunk to a CPU (2
+layers, 256 wide)
 with its real vocabulary, 151,936: the case where the logits dominate.
 """
 
@@ -71,22 +72,29 @@ def one(args) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from vlmqc.collate import Collator
-    from vlmqc.config import ImageSizeConfig, to_object
+    from vlmqc.config import CONF_DIR, ImageSizeConfig, register, to_object
     from vlmqc.models import adapt, load
-    from vlmqc.config import CONF_DIR, register
     from vlmqc.training.loss import AnswerOnlyTrainer
 
     register()
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[*MODELS[args.model], "lora=full" if args.full else "lora=r16", "prompt=long"])
-    model, processor, family, _ = load(to_object(cfg.model, "model"), ImageSizeConfig(name="native"), args.models_dir, args.device)
+    model, processor, family, _ = load(
+        to_object(cfg.model, "model"), ImageSizeConfig(name="native"), args.models_dir, args.device
+    )
     model = adapt(model.to(args.device), family, to_object(cfg.lora, "lora"))
     rows = [pair_row(i) for i in range(args.batch)]
     batch = Collator(processor, family, to_object(cfg.prompt, "prompt"), train=True)(rows)
     batch = {k: v.to(args.device) for k, v in batch.items()}
     with tempfile.TemporaryDirectory() as out:
-        targs = TrainingArguments(output_dir=out, use_cpu=args.device == "cpu", report_to="none", remove_unused_columns=False, label_names=["labels"])
+        targs = TrainingArguments(
+            output_dir=out,
+            use_cpu=args.device == "cpu",
+            report_to="none",
+            remove_unused_columns=False,
+            label_names=["labels"],
+        )
         trainer = (AnswerOnlyTrainer if args.mode == "answer_only" else Trainer)(model=model, args=targs)
     items = (batch["labels"][:, 1:] != -100).sum()
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -99,8 +107,14 @@ def one(args) -> dict:
         sync()
         if step:
             times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)  # this process's CPU seconds: steadier than wall time on a shared machine
-    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            cpu.append(
+                time.process_time() - c0
+            )  # this process's CPU seconds: steadier than wall time on a shared machine
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if args.device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return {
         "step_s": sum(times) / len(times),
         "cpu_s": sum(cpu) / len(cpu),
@@ -125,10 +139,12 @@ def main() -> None:
         print(json.dumps(one(args)))
         return
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}, batch {args.batch}, {'full' if args.full else 'LoRA r16'}"
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}, batch "
+        f"{args.batch}, {'full' if args.full else 'LoRA r16'}"
     )
     print(
-        f"{'model':<20} {'seq':>5} {'answer':>6} {'full_s':>8} {'answer_only_s':>13} {'speed-up':>8} {'cpu speed-up':>12} {'full_MiB':>9} {'answer_only_MiB':>15} {'mem ratio':>9}"
+        f"{'model':<20} {'seq':>5} {'answer':>6} {'full_s':>8} {'answer_only_s':>13} {'speed-up':>8} "
+        f"{'cpu speed-up':>12} {'full_MiB':>9} {'answer_only_MiB':>15} {'mem ratio':>9}"
     )
     for model in args.models:
         res = {}
@@ -148,11 +164,14 @@ def main() -> None:
                 "--models-dir",
                 args.models_dir,
             ]
-            out = subprocess.run(cmd + (["--full"] if args.full else []), capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                cmd + (["--full"] if args.full else []), capture_output=True, text=True, check=True
+            ).stdout
             res[mode] = json.loads(out.strip().splitlines()[-1])
         f, a = res["full"], res["answer_only"]
         print(
-            f"{model:<20} {f['sequence']:>5} {f['answer_tokens']:>6.1f} {f['step_s']:>8.3f} {a['step_s']:>13.3f} {f['step_s'] / a['step_s']:>7.2f}x {f['cpu_s'] / a['cpu_s']:>11.2f}x "
+            f"{model:<20} {f['sequence']:>5} {f['answer_tokens']:>6.1f} {f['step_s']:>8.3f} {a['step_s']:>13.3f} "
+            f"{f['step_s'] / a['step_s']:>7.2f}x {f['cpu_s'] / a['cpu_s']:>11.2f}x "
             f"{f['peak_mib']:>9.0f} {a['peak_mib']:>15.0f} {a['peak_mib'] / f['peak_mib']:>9.2f}"
         )
 

@@ -24,7 +24,8 @@ notebook's is always 1, so those two recipes can be swept but their batch axis i
 
 Written to ``--out`` after every point (atomically, so a sweep stopped part-way keeps what it
 measured; ``not_run`` lists the points it had not reached): scaling.json (one row per image size x
-batch size x recipe: its figures, or why it failed), scaling.png (samples/s against batch size, log2 axis, one line per recipe x image
+batch size x recipe: its figures, or why it failed), scaling.png (samples/s against batch size, log2 axis, one line
+per recipe x image
 size; a second panel of peak memory; failed points left out and named under the figure), and the
 table printed.
 
@@ -64,15 +65,36 @@ def positive(text: str) -> int:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-sizes", type=positive, nargs="+", default=[8, 16, 32, 64], help="batch sizes (recipe c's --batch, recipe d's trainer.batch_size)")
-    ap.add_argument("--image-sizes", nargs="+", default=["224", "448"], help="vlmqc image_size options (conf/image_size), e.g. 224 448 native")
+    ap.add_argument(
+        "--batch-sizes",
+        type=positive,
+        nargs="+",
+        default=[8, 16, 32, 64],
+        help="batch sizes (recipe c's --batch, recipe d's trainer.batch_size)",
+    )
+    ap.add_argument(
+        "--image-sizes",
+        nargs="+",
+        default=["224", "448"],
+        help="vlmqc image_size options (conf/image_size), e.g. 224 448 native",
+    )
     ap.add_argument("--recipes", default="c,d", help="bench_train recipes, comma-separated (default c,d)")
     ap.add_argument("--steps", type=positive, default=20, help="timed steps per recipe and run")
     ap.add_argument("--warmup", type=positive, default=3, help="steps before timing starts")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--out", type=Path, required=True, help="folder for scaling.json, scaling.png and one sub-folder per run")
-    ap.add_argument("--vlmqc-overrides", default="", help="extra overrides for recipe d only, quoted (trainer.batch_size=B is appended per run)")
-    ap.add_argument("overrides", nargs="*", help="vlmqc overrides for every run and recipe (after --); image_size=S is appended per run")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="folder for scaling.json, scaling.png and one sub-folder per run"
+    )
+    ap.add_argument(
+        "--vlmqc-overrides",
+        default="",
+        help="extra overrides for recipe d only, quoted (trainer.batch_size=B is appended per run)",
+    )
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="vlmqc overrides for every run and recipe (after --); image_size=S is appended per run",
+    )
     args = ap.parse_args(argv)
     args.recipes = parse_recipes(ap, args.recipes)
     args.recipes = sorted(set(args.recipes))
@@ -80,9 +102,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.vlmqc_overrides = shlex.split(args.vlmqc_overrides)
     except ValueError as e:
         ap.error(f"--vlmqc-overrides: {e}")
-    taken = [o for o in [*args.overrides, *args.vlmqc_overrides] if o.split("=", 1)[0].lstrip("+~") in ("image_size", "trainer.batch_size")]
+    taken = [
+        o
+        for o in [*args.overrides, *args.vlmqc_overrides]
+        if o.split("=", 1)[0].lstrip("+~") in ("image_size", "trainer.batch_size")
+    ]
     if taken:
-        ap.error(f"{' '.join(taken)}: the sweep sets image_size and trainer.batch_size itself (--image-sizes, --batch-sizes)")
+        ap.error(
+            f"{' '.join(taken)}: the sweep sets image_size and trainer.batch_size itself (--image-sizes, --batch-sizes)"
+        )
     if len(set(args.batch_sizes)) != len(args.batch_sizes) or len(set(args.image_sizes)) != len(args.image_sizes):
         ap.error("--batch-sizes and --image-sizes must not repeat a value")
     return args
@@ -90,8 +118,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def command(args, size: str, batch: int, out: Path) -> list[str]:
     return [
-        sys.executable, str(BENCH_TRAIN), "--recipes", ",".join(args.recipes), "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--device", args.device, "--batch", str(batch), "--vlmqc-overrides", shlex.join([*args.vlmqc_overrides, f"trainer.batch_size={batch}"]),
+        sys.executable, str(BENCH_TRAIN), "--recipes", ",".join(args.recipes),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--batch", str(batch),
+        "--vlmqc-overrides", shlex.join([*args.vlmqc_overrides, f"trainer.batch_size={batch}"]),
         "--out", str(out), "--", *args.overrides, f"image_size={size}",
     ]  # fmt: skip
 
@@ -106,7 +135,9 @@ def why(rc: int, stdout: str, stderr: str, report: dict | None) -> str:
         oom = any("out of memory" in e.lower() or "OutOfMemoryError" in e for e in errors.values())
         first = next(iter(errors.values())).splitlines()[0][:300]
         return f"exit {rc}{' (out of memory)' if oom else ''}: recipe(s) {','.join(sorted(errors))} failed: {first}"
-    lines = [line for line in stderr.splitlines() if line.strip()] or [line for line in stdout.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip()] or [
+        line for line in stdout.splitlines() if line.strip()
+    ]
     tail = "\n".join(lines[-12:])[-1500:]
     raised = [line for line in lines if EXCEPTION.match(line)]
     headline = raised[-1] if raised else (lines[-1] if lines else "(no output)")
@@ -139,7 +170,9 @@ def run_one(args, size: str, batch: int) -> tuple[list[dict], str | None]:
     rows = []
     # bench_train records a recipe that ran out of memory and runs the others: their figures stand
     # (the loss check passed for them), the failed recipe's row carries its own error
-    failed_recipes = (report or {}).get("failed_recipes", {}) if (report or {}).get("loss_check", {}).get("passed", False) else {}
+    failed_recipes = (
+        (report or {}).get("failed_recipes", {}) if (report or {}).get("loss_check", {}).get("passed", False) else {}
+    )
     for key in args.recipes:
         row = {"image_size": size, "batch": batch, "recipe": key, "name": RECIPES[key], "run": str(out), "ok": False}
         fig = (report or {}).get("recipes", {}).get(key)
@@ -160,18 +193,25 @@ def fmt(value, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'image':>6} {'batch':>5} {'recipe':<12} {'samples/s':>10} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}  failure"
+    head = (
+        f"{'image':>6} {'batch':>5} {'recipe':<12} {'samples/s':>10} {'tokens/s':>10} {'peak GiB':>9} "
+        f"{'MFU':>6}  failure"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         label = f"{r['recipe']} {r['name']}"
         if r["ok"]:
             lines.append(
-                f"{r['image_size']:>6} {r['batch']:>5} {label:<12} {fmt(r['samples_per_second'], '.2f'):>10} {fmt(r['tokens_per_second'], '.1f'):>10} "
+                f"{r['image_size']:>6} {r['batch']:>5} {label:<12} {fmt(r['samples_per_second'], '.2f'):>10} "
+                f"{fmt(r['tokens_per_second'], '.1f'):>10} "
                 f"{fmt(r['peak_memory_gb'], '.2f'):>9} {fmt(r['mfu'], '.1%'):>6}"
             )
         else:
             first = r["error"].splitlines()[0] if r["error"] else ""
-            lines.append(f"{r['image_size']:>6} {r['batch']:>5} {label:<12} {'-':>10} {'-':>10} {'-':>9} {'-':>6}  FAILED {first[:100]}")
+            lines.append(
+                f"{r['image_size']:>6} {r['batch']:>5} {label:<12} {'-':>10} {'-':>10} {'-':>9} {'-':>6}  FAILED "
+                f"{first[:100]}"
+            )
     return "\n".join(lines)
 
 
@@ -185,11 +225,18 @@ def plot(rows: list[dict], path: Path, title: str, pending: list[tuple[str, int]
     lines = sorted({(r["recipe"], r["name"], r["image_size"]) for r in rows}, key=lambda k: (k[0], k[2]))
     any_memory = False
     for i, (recipe, name, size) in enumerate(lines):
-        points = sorted(((r["batch"], r) for r in rows if (r["recipe"], r["image_size"]) == (recipe, size) and r["ok"]), key=lambda p: p[0])
+        points = sorted(
+            ((r["batch"], r) for r in rows if (r["recipe"], r["image_size"]) == (recipe, size) and r["ok"]),
+            key=lambda p: p[0],
+        )
         if not points:  # every point of this line failed: named in the caption
             continue
         label = f"({recipe}) {name}, image_size={size}"
-        style = {"marker": "o", "linestyle": "-" if recipe == "d" else "--", "color": f"C{i % 10}"}  # the same colour in both panels
+        style = {
+            "marker": "o",
+            "linestyle": "-" if recipe == "d" else "--",
+            "color": f"C{i % 10}",
+        }  # the same colour in both panels
         speed.plot([b for b, _ in points], [r["samples_per_second"] for _, r in points], label=label, **style)
         mem = [(b, r["peak_memory_gb"]) for b, r in points if r["peak_memory_gb"] is not None]
         any_memory |= bool(mem)
@@ -212,13 +259,30 @@ def plot(rows: list[dict], path: Path, title: str, pending: list[tuple[str, int]
     elif memory.lines:
         memory.legend(fontsize="small")
     failed = sorted({(r["image_size"], r["batch"]) for r in rows if not r["ok"]}, key=lambda p: (p[0], p[1]))
+
+    def recipes_failed(s, b) -> str:
+        return ",".join(r["recipe"] for r in rows if (r["image_size"], r["batch"]) == (s, b) and not r["ok"])
+
     caption = "failed, left out: " + "; ".join(
-        f"image_size={s} batch={b} ({','.join(r['recipe'] for r in rows if (r['image_size'], r['batch']) == (s, b) and not r['ok'])})" for s, b in failed
+        f"image_size={s} batch={b} ({recipes_failed(s, b)})" for s, b in failed
     ) if failed else "every point ran" if not pending else ""  # fmt: skip
     if pending:  # a sweep stopped part-way: the points it never reached, so a short line is not read as the whole sweep
-        caption = "; ".join(filter(None, [caption, "not run (sweep stopped): " + ", ".join(f"image_size={s} batch={b}" for s, b in pending)]))
+        caption = "; ".join(
+            filter(
+                None,
+                [caption, "not run (sweep stopped): " + ", ".join(f"image_size={s} batch={b}" for s, b in pending)],
+            )
+        )
     fig.suptitle(title, fontsize="medium")
-    fig.text(0.5, 0.01, "\n".join(textwrap.wrap(caption, 160)), ha="center", va="bottom", fontsize="small", color="tab:red" if failed or pending else "black")
+    fig.text(
+        0.5,
+        0.01,
+        "\n".join(textwrap.wrap(caption, 160)),
+        ha="center",
+        va="bottom",
+        fontsize="small",
+        color="tab:red" if failed or pending else "black",
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=120, format="png")
@@ -239,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             failures.append({"image_size": size, "batch": batch, "error": failure})
         status = "FAILED " + failure.splitlines()[0][:200] if failure else "ok"
-        print(f"[{i}/{len(points)}] image_size={size} batch={batch}: {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"[{i}/{len(points)}] image_size={size} batch={batch}: {status} ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
         # after every point, so a sweep stopped part-way (a time limit, a lost machine) keeps what it measured
         write(args, argv, rows, failures, points[i:])
     print()

@@ -1,8 +1,10 @@
 """Side by side training speed (issue 13): four recipes on one GPU, one model, one dataset, one loss.
 
-    python benchmarks/bench_train.py --out /tmp/bench -- model=qwen2_vl_2b_random data=pair_round prompt=short lora=r16 image_size=448
+    python benchmarks/bench_train.py --out /tmp/bench -- model=qwen2_vl_2b_random data=pair_round prompt=short
+        lora=r16 image_size=448
     python benchmarks/bench_train.py --out /tmp/bench-scratch -- experiment=base/scratch data.train_size=4000
-    python benchmarks/bench_train.py --recipes a,c,d --device cpu --steps 3 --warmup 1 -- model=tiny data.train_size=16   # CPU smoke
+    python benchmarks/bench_train.py --recipes a,c,d --device cpu --steps 3 --warmup 1 -- model=tiny
+        data.train_size=16   # CPU smoke
 
 Everything after ``--`` is a vlmqc Hydra override, composed from conf/ and validated as
 ``python -m vlmqc.train`` does, so all recipes train the same random checkpoint
@@ -80,7 +82,14 @@ from vlmqc.prompts import instruction, render_answer
 from vlmqc.runs.records import read_metrics
 
 # dense bf16 tensor-core peaks (NVIDIA's data sheets, without sparsity), by a substring of torch.cuda.get_device_name
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0))
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+)
 
 
 @dataclass
@@ -125,7 +134,9 @@ def compose_cfg(overrides: list[str]):
 def fresh_model(s: Setup):
     """The checkpoint's initial weights with the trial's adapters, the same for every recipe: the
     adapters' init is seeded by trainer.seed, as train.py seeds it."""
-    model, processor, family, _ = load(s.objs["model"], s.objs["image_size"], s.cfg.paths.models_dir, s.device, s.objs["data"].layout)
+    model, processor, family, _ = load(
+        s.objs["model"], s.objs["image_size"], s.cfg.paths.models_dir, s.device, s.objs["data"].layout
+    )
     set_seed(s.objs["trainer"].seed)
     return adapt(model, family, s.objs["lora"]), processor, family
 
@@ -205,7 +216,8 @@ def hf_args(args_cls, s: Setup, out: Path, batch: int, steps: int, checkpointing
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=workers,
-        dataloader_persistent_workers=workers > 0,  # kept between epochs, as a tuned run would: restarting them costs seconds
+        dataloader_persistent_workers=workers
+        > 0,  # kept between epochs, as a tuned run would: restarting them costs seconds
         remove_unused_columns=False,  # the collators need the raw rows
         include_num_input_tokens_seen="non_padding",
         **{name: checkpointing},
@@ -312,9 +324,14 @@ def trl_rows(rows, prompt, layout):
         for i in range(len(batch["id"])):
             row = {k: v[i] for k, v in batch.items()}
             images = row_images(row, layout)
-            user = [*({"type": "image"} for _ in images), {"type": "text", "text": instruction(prompt, row["task"], len(images))}]
+            user = [
+                *({"type": "image"} for _ in images),
+                {"type": "text", "text": instruction(prompt, row["task"], len(images))},
+            ]
             out["prompt"].append([{"role": "user", "content": user}])
-            out["completion"].append([{"role": "assistant", "content": [{"type": "text", "text": render_answer(prompt, row)}]}])
+            out["completion"].append(
+                [{"role": "assistant", "content": [{"type": "text", "text": render_answer(prompt, row)}]}]
+            )
             out["images"].append(images)
         return out
 
@@ -341,7 +358,13 @@ def trl_recipe(s: Setup, batch: int, checkpointing: bool, args) -> Result:
         dataset_kwargs={"skip_prepare_dataset": True},
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=processor, callbacks=[timer])
-    r.loss = check_loss(trainer, trainer.data_collator, [data[i] for i in range(len(s.check_rows))], min(batch, len(s.check_rows)), s.bf16)
+    r.loss = check_loss(
+        trainer,
+        trainer.data_collator,
+        [data[i] for i in range(len(s.check_rows))],
+        min(batch, len(s.check_rows)),
+        s.bf16,
+    )
     return timed(trainer, timer, r, args.warmup)
 
 
@@ -353,8 +376,8 @@ def vlmqc_loss(s: Setup, d: Setup) -> float:
     ``training_arguments``), from the config with --vlmqc-overrides applied (``d``)."""
     import dataclasses
 
-    from vlmqc.training.loss import trainer_class
     from vlmqc.training.arguments import training_arguments
+    from vlmqc.training.loss import trainer_class
 
     model, processor, family = fresh_model(d)
     # no evaluation in the check (a recipe like experiment=base/scratch evaluates every N steps, and
@@ -362,7 +385,12 @@ def vlmqc_loss(s: Setup, d: Setup) -> float:
     t = dataclasses.replace(d.objs["trainer"], eval_every=0)
     collator = Collator(processor, family, d.objs["prompt"], train=True, layout=d.objs["data"].layout)
     cls, _ = trainer_class(t.loss, model)
-    trainer = cls(model=model, args=training_arguments(t, d.work / "d-check", d.device), train_dataset=d.dsd["train"], data_collator=collator)
+    trainer = cls(
+        model=model,
+        args=training_arguments(t, d.work / "d-check", d.device),
+        train_dataset=d.dsd["train"],
+        data_collator=collator,
+    )
     return check_loss(trainer, collator, s.check_rows, min(t.batch_size, len(s.check_rows)), s.bf16)
 
 
@@ -378,14 +406,17 @@ def vlmqc_recipe(s: Setup, d: Setup, args) -> Result:
     cmd = [
         sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *d.overrides,
         "logger=none", "trainer.eval_before=false", "trainer.eval_every=0", f"trainer.max_steps={steps}",
-        f"trainer.logging_steps={args.log_every}", "trainer.save_steps=100000", "trainer.eval_limit=2", "trainer.samples=0",
-        "trainer.max_new_tokens=4",
+        f"trainer.logging_steps={args.log_every}", "trainer.save_steps=100000", "trainer.eval_limit=2",
+        "trainer.samples=0", "trainer.max_new_tokens=4",
     ]  # fmt: skip
     print("$", shlex.join(cmd), flush=True)
     out = subprocess.run(cmd, capture_output=True, text=True)
     (s.work / "d.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
-        raise RecipeFailed(f"python -m vlmqc.train failed ({out.returncode}), log in {s.work / 'd.log'}:\n{(out.stdout + out.stderr)[-3000:]}")
+        raise RecipeFailed(
+            f"python -m vlmqc.train failed ({out.returncode}), log in "
+            f"{s.work / 'd.log'}:\n{(out.stdout + out.stderr)[-3000:]}"
+        )
     rows, problems = read_metrics(run_dir / "metrics.jsonl")
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
@@ -395,9 +426,16 @@ def vlmqc_recipe(s: Setup, d: Setup, args) -> Result:
         step, sps = row.get("trainer/global_step"), row.get("train/samples_per_second")
         if sps and step - args.log_every >= args.warmup:
             dt = args.log_every * t.batch_size * t.grad_accum / sps
-            seconds, samples, tokens = seconds + dt, samples + args.log_every * t.batch_size * t.grad_accum, tokens + row["train/tokens_per_second"] * dt
+            seconds, samples, tokens = (
+                seconds + dt,
+                samples + args.log_every * t.batch_size * t.grad_accum,
+                tokens + row["train/tokens_per_second"] * dt,
+            )
     if not seconds:
-        sys.exit(f"recipe d: no logged interval after step {args.warmup} in {run_dir / 'metrics.jsonl'}; raise --steps or lower --log-every")
+        sys.exit(
+            f"recipe d: no logged interval after step {args.warmup} in {run_dir / 'metrics.jsonl'}; raise --steps "
+            f"or lower --log-every"
+        )
     r.seconds, r.steps = seconds, round(samples / (t.batch_size * t.grad_accum))
     r.samples_per_second, r.tokens_per_second = samples / seconds, tokens / seconds
     peaks = [row["train/peak_gpu_memory_gb"] for row in rows if "train/peak_gpu_memory_gb" in row]
@@ -422,7 +460,9 @@ def reference(s: Setup) -> tuple[float, float]:
     upstream = {}  # per linear layer: whether a trainable weight ran before it (its input needs a gradient)
 
     def pre(module, _inputs):
-        upstream[module] = state["trainable_seen"]  # read before its own weight counts: a layer is not upstream of itself
+        upstream[module] = state[
+            "trainable_seen"
+        ]  # read before its own weight counts: a layer is not upstream of itself
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             state["trainable_seen"] = True
 
@@ -468,24 +508,41 @@ def peak_tflops(args) -> float | None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", default="a,b,c,d", help="which of a (notebook), b (trl), c (hf-tuned), d (vlmqc); comma-separated")
+    ap.add_argument(
+        "--recipes", default="a,b,c,d", help="which of a (notebook), b (trl), c (hf-tuned), d (vlmqc); comma-separated"
+    )
     ap.add_argument("--steps", type=int, default=20, help="timed steps per recipe")
     ap.add_argument("--warmup", type=int, default=3, help="steps before timing starts (>= 1)")
     ap.add_argument("--check", type=int, default=8, help="rows of the loss check")
-    ap.add_argument("--rtol", type=float, default=None, help="loss check tolerance, relative to the reference loss (bf16: 2e-2, fp32: 1e-4)")
+    ap.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="loss check tolerance, relative to the reference loss (bf16: 2e-2, fp32: 1e-4)",
+    )
     ap.add_argument("--batch", type=int, default=None, help="recipe c's batch (default: the doubling search)")
     ap.add_argument("--min-batch", type=int, default=4)
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--trl-batch", type=int, default=None, help="recipe b's batch (default: recipe c's)")
     ap.add_argument("--trl-checkpointing", choices=("on", "off"), default="on", help="TRL's default is on")
-    ap.add_argument("--workers", type=int, default=None, help="recipe c's dataloader workers (default: 4 on a GPU, 0 on the CPU)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="recipe c's dataloader workers (default: 4 on a GPU, 0 on the CPU)"
+    )
     ap.add_argument("--vlmqc-overrides", default="", help="extra overrides for recipe d only, quoted: its speed levers")
     ap.add_argument("--log-every", type=int, default=None, help="recipe d's trainer.logging_steps (default: --warmup)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense peak for MFU (default: from its name)")
-    ap.add_argument("--fault", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS)  # the check's test: that recipe learns the prompt too
-    ap.add_argument("--fault-oom", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS)  # tests: that recipe runs out of memory (a CPU cannot)
-    ap.add_argument("--out", type=Path, default=None, help="folder for report.json and the runs (default: a temporary one)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="the GPU's dense peak for MFU (default: from its name)"
+    )
+    ap.add_argument(
+        "--fault", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS
+    )  # the check's test: that recipe learns the prompt too
+    ap.add_argument(
+        "--fault-oom", choices=tuple(RECIPES), default=None, help=argparse.SUPPRESS
+    )  # tests: that recipe runs out of memory (a CPU cannot)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="folder for report.json and the runs (default: a temporary one)"
+    )
     ap.add_argument("overrides", nargs="*", help="vlmqc overrides for every recipe (after --)")
     args = ap.parse_args(argv)
     args.recipes = parse_recipes(ap, args.recipes)
@@ -499,7 +556,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def table(results: list[Result], flops: float | None, peak: float | None) -> str:
-    head = f"{'recipe':<12} {'batch':>5} {'ckpt':>4} {'loss':>10} {'samples/s':>10} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6} {'x (c)':>6} {'x (b)':>6}"
+    head = (
+        f"{'recipe':<12} {'batch':>5} {'ckpt':>4} {'loss':>10} {'samples/s':>10} {'tokens/s':>10} "
+        f"{'peak GiB':>9} {'MFU':>6} {'x (c)':>6} {'x (b)':>6}"
+    )
     lines = [head, "-" * len(head)]
     by = {r.recipe: r for r in results}
     for r in results:
@@ -507,7 +567,8 @@ def table(results: list[Result], flops: float | None, peak: float | None) -> str
         ratio = {k: f"{r.samples_per_second / by[k].samples_per_second:.2f}" if k in by else "-" for k in ("c", "b")}
         mem = f"{r.peak_memory_gb:.2f}" if r.peak_memory_gb is not None else "-"
         lines.append(
-            f"{r.recipe} {r.name:<10} {r.batch:>5} {'on' if r.checkpointing else 'off':>4} {r.loss:>10.6f} {r.samples_per_second:>10.2f} "
+            f"{r.recipe} {r.name:<10} {r.batch:>5} {'on' if r.checkpointing else 'off':>4} {r.loss:>10.6f} "
+            f"{r.samples_per_second:>10.2f} "
             f"{r.tokens_per_second:>10.1f} {mem:>9} {mfu:>6} {ratio['c']:>6} {ratio['b']:>6}"
         )
     return "\n".join(lines)
@@ -516,7 +577,10 @@ def table(results: list[Result], flops: float | None, peak: float | None) -> str
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    overrides = [*args.overrides, *([] if any(o.startswith("trainer.device=") for o in args.overrides) else [f"trainer.device={device}"])]
+    overrides = [
+        *args.overrides,
+        *([] if any(o.startswith("trainer.device=") for o in args.overrides) else [f"trainer.device={device}"]),
+    ]
     try:
         cfg, objs = compose_cfg(overrides)
         d_cfg, d_objs = compose_cfg([*overrides, *args.vlmqc_overrides]) if "d" in args.recipes else (cfg, objs)
@@ -526,7 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     from vlmqc.models import resolve_dtype
     from vlmqc.training.arguments import training_arguments
 
-    bf16 = training_arguments(objs["trainer"], Path(tempfile.gettempdir()), device).bf16  # trainer.precision as a trial resolves it
+    bf16 = training_arguments(
+        objs["trainer"], Path(tempfile.gettempdir()), device
+    ).bf16  # trainer.precision as a trial resolves it
     if bf16 and resolve_dtype(objs["model"].dtype, device) is torch.float32:
         print("note: bf16 autocast over fp32 weights (model.dtype)", file=sys.stderr)
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_train-")).resolve()
@@ -539,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else (4 if device == "cuda" else 0)
 
     print(
-        f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}, {'bf16' if bf16 else 'fp32'}, overrides: {' '.join(overrides)}",
+        f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}, "
+        f"{'bf16' if bf16 else 'fp32'}, overrides: {' '.join(overrides)}",
         flush=True,
     )
     flops, ref = reference(s)
@@ -558,18 +625,33 @@ def main(argv: list[str] | None = None) -> int:
             elif key == "c":
                 r = hf_recipe(s, "c", batch_c, False, workers, args, fault=args.fault == "c")
             elif key == "b":
-                r = trl_recipe(s, args.trl_batch or batch_c or args.batch or objs["trainer"].batch_size, args.trl_checkpointing == "on", args)
+                r = trl_recipe(
+                    s,
+                    args.trl_batch or batch_c or args.batch or objs["trainer"].batch_size,
+                    args.trl_checkpointing == "on",
+                    args,
+                )
             else:
                 r = vlmqc_recipe(s, d, args)
         except (torch.OutOfMemoryError, RecipeFailed) as e:
             # a recipe that does not fit this batch (the point of a batch-size sweep) is a figure too:
             # recorded, and the other recipes still run; the exit status says one failed
             failed[key] = f"{type(e).__name__}: {e}"
-            print(f"({key}) {RECIPES[key]}: FAILED ({time.perf_counter() - started:.0f} s): {failed[key].splitlines()[0][:300]}", flush=True)
+            print(
+                f"({key}) {RECIPES[key]}: FAILED ({time.perf_counter() - started:.0f} s): "
+                f"{failed[key].splitlines()[0][:300]}",
+                flush=True,
+            )
         else:
-            print(f"({key}) {r.name}: loss {r.loss:.6f}, {r.samples_per_second:.2f} samples/s ({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"({key}) {r.name}: loss {r.loss:.6f}, {r.samples_per_second:.2f} samples/s "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
             results.append(r)
-        free()  # outside the except block, whose exception holds the failed recipe's frames (its model) until the block ends
+        # outside the except block, whose exception holds the failed recipe's frames (its model) until the block
+        # ends
+        free()
     results.sort(key=lambda r: r.recipe)
 
     rtol = args.rtol if args.rtol is not None else (2e-2 if bf16 else 1e-4)
@@ -578,12 +660,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results, flops, peak))
     print(
-        f"\nloss check: the first {len(check_rows)} training rows from the initial weights, each recipe's own collator and loss; "
-        f"reference {ref:.6f} (the model's own loss on vlmqc's answer-only labels, row by row), tolerance {rtol:g} relative: {'FAILED: ' + ', '.join(f'({r.recipe}) {r.loss:.6f}' for r in wrong) if wrong else 'all agree'}"
+        f"\nloss check: the first {len(check_rows)} training rows from the initial weights, each recipe's own "
+        f"collator and loss; "
+        f"reference {ref:.6f} (the model's own loss on vlmqc's answer-only labels, row by row), tolerance "
+        f"{rtol:g} relative: "
+        f"{'FAILED: ' + ', '.join(f'({r.recipe}) {r.loss:.6f}' for r in wrong) if wrong else 'all agree'}"
     )
     print(
-        f"MFU = model FLOPs per token ({flops / 1e9:.3f} GFLOP, counted on the check rows: linear layers' forward 2*in*out per row, as much again for "
-        "activation gradients after the first trainable layer and again for trainable weights' gradients; language attention 12*L*s^2*d) x tokens/s / peak "
+        f"MFU = model FLOPs per token ({flops / 1e9:.3f} GFLOP, counted on the check rows: linear layers' forward "
+        f"2*in*out per row, as much again for "
+        "activation gradients after the first trainable layer and again for trainable weights' gradients; "
+        "language attention 12*L*s^2*d) x tokens/s / peak "
         f"({peak or 'unknown'} TFLOP/s{'' if peak else '; --peak-tflops to give it'})"
     )
     for r in results:
@@ -602,13 +689,21 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "flops_per_token": flops,
         "peak_tflops": peak,
-        "loss_check": {"rows": len(check_rows), "reference": ref, "rtol": rtol, "passed": not wrong, "failed": [r.recipe for r in wrong]},
+        "loss_check": {
+            "rows": len(check_rows),
+            "reference": ref,
+            "rtol": rtol,
+            "passed": not wrong,
+            "failed": [r.recipe for r in wrong],
+        },
         "recipes": {
             r.recipe: {
                 **{k: v for k, v in vars(r).items() if k != "recipe"},
                 "mfu": flops * r.tokens_per_second / (peak * 1e12) if peak else None,
-                "vs_c": r.samples_per_second / next((x.samples_per_second for x in results if x.recipe == "c"), math.nan),
-                "vs_b": r.samples_per_second / next((x.samples_per_second for x in results if x.recipe == "b"), math.nan),
+                "vs_c": r.samples_per_second
+                / next((x.samples_per_second for x in results if x.recipe == "c"), math.nan),
+                "vs_b": r.samples_per_second
+                / next((x.samples_per_second for x in results if x.recipe == "b"), math.nan),
             }
             for r in results
         },

@@ -40,7 +40,13 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_app(
-    tmp_path: Path, module: str, *args: str, env: dict | None = None, launcher: list[str] | None = None, timeout: int = 600, wait: bool = True
+    tmp_path: Path,
+    module: str,
+    *args: str,
+    env: dict | None = None,
+    launcher: list[str] | None = None,
+    timeout: int = 600,
+    wait: bool = True,
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """``python -m <module> <args>`` in a subprocess started in tmp_path, so Hydra's ``outputs/``
     and every cache (``VLMQC_CACHE_DIR``) land there.
@@ -55,7 +61,9 @@ def run_app(
     full_env.update(env or {})
     cmd = [*(launcher or [sys.executable]), "-m", module, *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=full_env, timeout=timeout)
 
 
@@ -107,7 +115,14 @@ WANDB_SECRET = "wandb-secret-0123456789abcdef"
 
 def trial(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m vlmqc.train``, shrunk, its run folder tmp_path/run, with a W&B key to look for."""
-    return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *TRIAL, *overrides, env={"WANDB_API_KEY": WANDB_SECRET, **(env or {})})
+    return run_app(
+        tmp_path,
+        "vlmqc.train",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *TRIAL,
+        *overrides,
+        env={"WANDB_API_KEY": WANDB_SECRET, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -134,14 +149,22 @@ def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
-def pair_row(verdict: str = "defective", size: tuple[int, int] = (448, 386), id: str | None = None) -> dict:  # noqa: A002 - the dataset's column name
+# noqa: A002 - the dataset's column name
+def pair_row(verdict: str = "defective", size: tuple[int, int] = (448, 386), id: str | None = None) -> dict:
     """A pair example as the dataset gives it: a plain image of the stacked pair's size and its
     labels (one missing terminal at C5 when defective)."""
     from PIL import Image
 
     defects = [{"position": "C5", "type": "missing"}] if verdict == "defective" else []
-    return {"id": id or f"t-{verdict}", "task": "pair", "image": Image.new("RGB", size, (120, 130, 140)), "verdict": verdict, "defects": defects,
-            "target": "", "answer": ""}
+    return {
+        "id": id or f"t-{verdict}",
+        "task": "pair",
+        "image": Image.new("RGB", size, (120, 130, 140)),
+        "verdict": verdict,
+        "defects": defects,
+        "target": "",
+        "answer": "",
+    }
 
 
 def requirement_marks(family) -> list:
@@ -151,4 +174,9 @@ def requirement_marks(family) -> list:
     missing = [p for p in family.requires if importlib.util.find_spec(p) is None]
     if not missing:
         return []
-    return [pytest.mark.skip(reason=f"the {family.name} family's processor needs {', '.join(missing)}, not installed here (benchmarks/gpu_families.sh runs it on the GPU machine)")]
+    return [
+        pytest.mark.skip(
+            reason=f"the {family.name} family's processor needs {', '.join(missing)}, not installed here "
+            f"(benchmarks/gpu_families.sh runs it on the GPU machine)"
+        )
+    ]

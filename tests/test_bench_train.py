@@ -17,7 +17,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_train.py"
 # eval_every as experiment=base/scratch has it: recipe (d)'s loss check must not need an eval set
-TINY = ["model=tiny", "data=pair_round", "prompt=short", "data.train_size=8", "data.test_size=2", "trainer.eval_every=50"]
+TINY = [
+    "model=tiny",
+    "data=pair_round",
+    "prompt=short",
+    "data.train_size=8",
+    "data.test_size=2",
+    "trainer.eval_every=50",
+]
 FAST = ["--device", "cpu", "--steps", "1", "--warmup", "1", "--check", "3"]
 
 
@@ -29,14 +36,29 @@ def cache(tmp_path_factory) -> Path:
 
 def bench(tmp_path: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLMQC_CACHE_DIR": str(cache), "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
 
 
 @pytest.mark.slow
 def test_every_recipe_agrees_on_the_loss_and_reports_its_figures(tmp_path, cache):
     recipes = "a,b,c,d" if importlib.util.find_spec("trl") else "a,c,d"
-    levers = "trainer.preprocess=once trainer.loss=answer_only trainer.vision_cache=memory"  # (d) with its speed levers, checked on the loss too
-    out = bench(tmp_path, cache, "--recipes", recipes, *FAST, "--vlmqc-overrides", levers, "--out", str(tmp_path / "out"), "--", *TINY)
+    # (d) with its speed levers, checked on the loss too
+    levers = "trainer.preprocess=once trainer.loss=answer_only trainer.vision_cache=memory"
+    out = bench(
+        tmp_path,
+        cache,
+        "--recipes",
+        recipes,
+        *FAST,
+        "--vlmqc-overrides",
+        levers,
+        "--out",
+        str(tmp_path / "out"),
+        "--",
+        *TINY,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all agree" in out.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -52,7 +74,10 @@ def test_every_recipe_agrees_on_the_loss_and_reports_its_figures(tmp_path, cache
         assert f["peak_memory_gb"] is None and f["mfu"] is None  # no GPU: neither is measured
         assert math.isclose(f["vs_c"], f["samples_per_second"] / figures["c"]["samples_per_second"])
     assert (figures["a"]["batch"], figures["a"]["checkpointing"]) == (1, True)
-    assert (figures["c"]["batch"], figures["c"]["checkpointing"]) == (8, False)  # trainer.batch_size: no batch search on the CPU
+    assert (figures["c"]["batch"], figures["c"]["checkpointing"]) == (
+        8,
+        False,
+    )  # trainer.batch_size: no batch search on the CPU
     assert figures["d"]["batch"] == 8
     if "b" in figures:
         assert figures["b"]["checkpointing"] and figures["b"]["batch"] == 8
@@ -73,7 +98,9 @@ def test_a_recipe_that_learns_the_prompt_too_fails_the_check(tmp_path, cache):
 def test_a_recipe_out_of_memory_is_recorded_and_the_others_still_run(tmp_path, cache):
     """At a batch only the leaner recipe fits, its figure is the point: (c) runs out of memory
     (simulated: a CPU cannot), (d) still runs and is reported, the exit status says one failed."""
-    out = bench(tmp_path, cache, "--recipes", "c,d", *FAST, "--fault-oom", "c", "--out", str(tmp_path / "out"), "--", *TINY)
+    out = bench(
+        tmp_path, cache, "--recipes", "c,d", *FAST, "--fault-oom", "c", "--out", str(tmp_path / "out"), "--", *TINY
+    )
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "(c) hf-tuned: FAILED" in out.stdout and "OutOfMemoryError" in out.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -105,7 +132,9 @@ def test_full_fine_tuning_counts_six_flops_per_weight_and_token(tmp_path, cache,
 
     model, processor, family = bench.fresh_model(s)
     batch = bench.Collator(processor, family, objs["prompt"], train=True)([rows[0]])
-    lengths = [int(bench.Collator(processor, family, objs["prompt"], train=True)([r])["attention_mask"].sum()) for r in rows]
+    lengths = [
+        int(bench.Collator(processor, family, objs["prompt"], train=True)([r])["attention_mask"].sum()) for r in rows
+    ]
     part = {"vision": 0, "projector": 0, "language": 0}
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear):
@@ -113,7 +142,8 @@ def test_full_fine_tuning_counts_six_flops_per_weight_and_token(tmp_path, cache,
     text, vision = model.config.text_config, model.config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
     expected = sum(
-        6 * (part["vision"] * (patches + 1) + part["projector"] * patches + part["language"] * n) + 12 * text.num_hidden_layers * n * n * text.hidden_size
+        6 * (part["vision"] * (patches + 1) + part["projector"] * patches + part["language"] * n)
+        + 12 * text.num_hidden_layers * n * n * text.hidden_size
         for n in lengths
     ) / sum(lengths)
     assert batch["pixel_values"].shape[-1] == vision.image_size
@@ -129,18 +159,36 @@ SWEEP = ["--device", "cpu", "--steps", "1", "--warmup", "1"]
 
 def scaling(tmp_path: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLMQC_CACHE_DIR": str(cache), "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
 
 
 @pytest.mark.slow
 def test_scaling_sweeps_batch_sizes_with_the_sub_runs_figures(tmp_path, cache):
     out = tmp_path / "out"
-    got = scaling(tmp_path, cache, *SWEEP, "--batch-sizes", "2", "4", "--image-sizes", "224", "--out", str(out), "--", "model=tiny", "data.train_size=16")
+    got = scaling(
+        tmp_path,
+        cache,
+        *SWEEP,
+        "--batch-sizes",
+        "2",
+        "4",
+        "--image-sizes",
+        "224",
+        "--out",
+        str(out),
+        "--",
+        "model=tiny",
+        "data.train_size=16",
+    )
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     summary = json.loads((out / "scaling.json").read_text())
     assert summary["failed"] == [] and summary["not_run"] == [] and summary["recipes"] == ["c", "d"]
     rows = summary["rows"]
-    assert sorted((r["image_size"], r["batch"], r["recipe"]) for r in rows) == [("224", b, k) for b in (2, 4) for k in "cd"]
+    assert sorted((r["image_size"], r["batch"], r["recipe"]) for r in rows) == [
+        ("224", b, k) for b in (2, 4) for k in "cd"
+    ]
     for r in rows:
         assert r["ok"] and r["samples_per_second"] > 0 and r["tokens_per_second"] > r["samples_per_second"]
         # the figures are the sub-run's own: its report.json, where both recipes ran at the sweep's batch
@@ -150,7 +198,9 @@ def test_scaling_sweeps_batch_sizes_with_the_sub_runs_figures(tmp_path, cache):
         assert (r["samples_per_second"], r["tokens_per_second"], r["peak_memory_gb"], r["mfu"]) == (
             figures["samples_per_second"], figures["tokens_per_second"], figures["peak_memory_gb"], figures["mfu"],
         )  # fmt: skip
-        assert "image_size=224" in report["overrides"] and f"trainer.batch_size={r['batch']}" in report["vlmqc_overrides"]
+        assert (
+            "image_size=224" in report["overrides"] and f"trainer.batch_size={r['batch']}" in report["vlmqc_overrides"]
+        )
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "224     4 d vlmqc" in got.stdout  # the table
 
@@ -159,13 +209,29 @@ def test_scaling_sweeps_batch_sizes_with_the_sub_runs_figures(tmp_path, cache):
 def test_scaling_records_a_failed_run_and_keeps_the_others(tmp_path, cache):
     """image_size=225 is no option of conf/image_size: that run's bench_train fails in Hydra, for real."""
     out = tmp_path / "out"
-    args = ["--recipes", "c", *SWEEP, "--batch-sizes", "2", "--image-sizes", "224", "225", "--out", str(out), "--", "model=tiny", "data.train_size=16"]
+    args = [
+        "--recipes",
+        "c",
+        *SWEEP,
+        "--batch-sizes",
+        "2",
+        "--image-sizes",
+        "224",
+        "225",
+        "--out",
+        str(out),
+        "--",
+        "model=tiny",
+        "data.train_size=16",
+    ]
     got = scaling(tmp_path, cache, *args)
     assert got.returncode == 1, got.stdout[-3000:] + got.stderr[-3000:]
     summary = json.loads((out / "scaling.json").read_text())
     good, bad = sorted(summary["rows"], key=lambda r: r["image_size"])
     assert (good["image_size"], good["ok"]) == ("224", True) and good["samples_per_second"] > 0
-    assert (bad["image_size"], bad["ok"]) == ("225", False) and "Could not find 'image_size/225'" in bad["error"].splitlines()[0]
+    assert (bad["image_size"], bad["ok"]) == ("225", False) and "Could not find 'image_size/225'" in bad[
+        "error"
+    ].splitlines()[0]
     assert [(f["image_size"], f["batch"]) for f in summary["failed"]] == [("225", 2)]
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "FAILED" in got.stdout and (out / "225-2" / "bench_train.log").is_file()
@@ -174,7 +240,9 @@ def test_scaling_records_a_failed_run_and_keeps_the_others(tmp_path, cache):
 @pytest.mark.parametrize("bad", [["--batch-sizes", "0"], ["--recipes", "c,x"], ["image_size=448"], []])
 def test_scaling_refuses_bad_arguments(tmp_path, bad):
     args = [*bad, "--out", str(tmp_path / "out")] if bad else []  # [] : --out missing
-    got = subprocess.run([sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    got = subprocess.run(
+        [sys.executable, str(SCALING), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert got.returncode == 2, got.stderr
     assert not (tmp_path / "out").exists()
 
@@ -192,12 +260,29 @@ def test_scaling_keeps_the_points_run_when_the_sweep_is_stopped(tmp_path, monkey
         if len(calls) == 2:
             raise KeyboardInterrupt  # the second point never finishes
         row = {"image_size": size, "batch": batch, "recipe": "c", "name": "hf-tuned", "run": "x", "ok": True}
-        return [dict(row, samples_per_second=10.0, tokens_per_second=100.0, peak_memory_gb=1.0, mfu=0.1, recipe_batch=batch)], None
+        return [
+            dict(row, samples_per_second=10.0, tokens_per_second=100.0, peak_memory_gb=1.0, mfu=0.1, recipe_batch=batch)
+        ], None
 
     monkeypatch.setattr(module, "run_one", fake_run_one)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        module.main(["--recipes", "c", "--batch-sizes", "2", "4", "8", "--image-sizes", "224", "--out", str(out), "--", "model=tiny"])
+        module.main(
+            [
+                "--recipes",
+                "c",
+                "--batch-sizes",
+                "2",
+                "4",
+                "8",
+                "--image-sizes",
+                "224",
+                "--out",
+                str(out),
+                "--",
+                "model=tiny",
+            ]
+        )
     summary = json.loads((out / "scaling.json").read_text())
     assert [(r["batch"], r["samples_per_second"]) for r in summary["rows"]] == [(2, 10.0)]
     assert summary["not_run"] == [{"image_size": "224", "batch": 4}, {"image_size": "224", "batch": 8}]
@@ -213,11 +298,33 @@ def test_scaling_keeps_the_recipe_that_fits_where_another_runs_out_of_memory(tmp
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     plain = module.command
-    monkeypatch.setattr(module, "command", lambda args, size, batch, out: [*plain(args, size, batch, out)[:2], "--fault-oom", "c", *plain(args, size, batch, out)[2:]])
+    monkeypatch.setattr(
+        module,
+        "command",
+        lambda args, size, batch, out: [
+            *plain(args, size, batch, out)[:2],
+            "--fault-oom",
+            "c",
+            *plain(args, size, batch, out)[2:],
+        ],
+    )
     monkeypatch.setenv("VLMQC_CACHE_DIR", str(cache))
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "out"
-    rc = module.main([*SWEEP, "--batch-sizes", "2", "--image-sizes", "224", "--out", str(out), "--", "model=tiny", "data.train_size=16"])
+    rc = module.main(
+        [
+            *SWEEP,
+            "--batch-sizes",
+            "2",
+            "--image-sizes",
+            "224",
+            "--out",
+            str(out),
+            "--",
+            "model=tiny",
+            "data.train_size=16",
+        ]
+    )
     assert rc == 1
     summary = json.loads((out / "scaling.json").read_text())
     rows = {r["recipe"]: r for r in summary["rows"]}

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-COLD_VARS = ["VLMQC_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "MPLCONFIGDIR"]
+COLD_VARS = [
+    "VLMQC_CACHE_DIR",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "WANDB_DIR",
+    "WANDB_CACHE_DIR",
+    "WANDB_CONFIG_DIR",
+    "MPLCONFIGDIR",
+]
 
 
 def stub(bin_dir: Path, name: str, body: str) -> None:
@@ -52,7 +60,9 @@ def test_ci_runs_the_suite_with_every_cache_in_an_empty_folder_removed_at_exit(t
         env.pop(var, None)
     out = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    seen = {name: (value, state) for name, value, state in (line.split(" ") for line in record.read_text().splitlines())}
+    seen = {
+        name: (value, state) for name, value, state in (line.split(" ") for line in record.read_text().splitlines())
+    }
     assert seen.pop("VLMQC_REQUIRE_CHROMIUM")[0] == "1"
     assert set(seen) == set(COLD_VARS)
     folders = {Path(value) for value, _ in seen.values()}
@@ -60,7 +70,9 @@ def test_ci_runs_the_suite_with_every_cache_in_an_empty_folder_removed_at_exit(t
     (cold,) = {f.parent for f in folders}  # all in one temporary folder
     assert all(state == "empty" for _, state in seen.values()), seen
     assert not cold.exists()  # removed at exit
-    assert args.read_text() == "[-m][pytest][-m][]"  # the full suite: an empty marker expression selects the slow tests too
+    assert (
+        args.read_text() == "[-m][pytest][-m][]"
+    )  # the full suite: an empty marker expression selects the slow tests too
 
 
 def test_the_suite_has_a_per_test_timeout(request):
@@ -72,7 +84,13 @@ def test_the_suite_has_a_per_test_timeout(request):
 def test_a_hung_test_fails_at_its_timeout_with_the_stacks(tmp_path):
     (tmp_path / "test_hang.py").write_text("import threading\n\n\ndef test_hangs():\n    threading.Event().wait()\n")
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--timeout=3", "test_hang.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--timeout=3", "test_hang.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert out.returncode == 1, out.stdout[-3000:]
-    assert "Timeout (>3.0s) from pytest-timeout" in out.stdout and "threading.Event().wait()" in out.stdout  # where it hung
+    assert (
+        "Timeout (>3.0s) from pytest-timeout" in out.stdout and "threading.Event().wait()" in out.stdout
+    )  # where it hung

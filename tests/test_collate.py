@@ -22,15 +22,21 @@ LLAVA, QWEN = families()["llava"], families()["qwen2_vl"]
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    return AutoProcessor.from_pretrained(random_checkpoint(ModelConfig(name="tiny"), None, tmp_path_factory.mktemp("models")))
+    return AutoProcessor.from_pretrained(
+        random_checkpoint(ModelConfig(name="tiny"), None, tmp_path_factory.mktemp("models"))
+    )
 
 
 @pytest.fixture(scope="module")
 def qwen_processor(tmp_path_factory):
-    return QWEN.load_processor(str(random_checkpoint(QWEN.tiny_config(), None, tmp_path_factory.mktemp("models"))), False)
+    return QWEN.load_processor(
+        str(random_checkpoint(QWEN.tiny_config(), None, tmp_path_factory.mktemp("models"))), False
+    )
 
 
-def row(task="pair", verdict="defective", defects=(("C5", "missing"),), target="", answer="", size=(448, 386), meta=None):
+def row(
+    task="pair", verdict="defective", defects=(("C5", "missing"),), target="", answer="", size=(448, 386), meta=None
+):
     return {
         "meta": json.dumps(meta or {}),
         "id": f"test-{task}-{verdict}",
@@ -54,7 +60,9 @@ def test_golden_label_mask(processor):
     answer = render_answer(prompt, ex)
     assert answer == "The bottom product is defective: missing terminal at C5."
     expected_prompt = tok("<|user|>\n", add_special_tokens=False)["input_ids"] + [image_id] * 196
-    expected_prompt += tok("\n" + instruction(prompt, "pair") + "\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    expected_prompt += tok("\n" + instruction(prompt, "pair") + "\n<|assistant|>\n", add_special_tokens=False)[
+        "input_ids"
+    ]
     expected_answer = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ids == expected_prompt + expected_answer
     assert labels == [IGNORE] * len(expected_prompt) + expected_answer
@@ -64,7 +72,11 @@ def test_golden_label_mask(processor):
 
 def test_padding_and_prompts_of_different_lengths_are_masked(processor):
     prompt = prompt_option("long")
-    rows = [row(), row(task="star", verdict="", defects=(), target="U3", size=(448, 190)), row(verdict="pass", defects=())]
+    rows = [
+        row(),
+        row(task="star", verdict="", defects=(), target="U3", size=(448, 190)),
+        row(verdict="pass", defects=()),
+    ]
     batch = Collator(processor, LLAVA, prompt, train=True)(rows)
     assert batch["input_ids"].shape == batch["labels"].shape
     for i, ex in enumerate(rows):
@@ -79,7 +91,9 @@ def test_padding_and_prompts_of_different_lengths_are_masked(processor):
 
 def test_generation_batches_are_prompts_padded_on_the_left(processor):
     prompt = prompt_option("json")
-    batch = Collator(processor, LLAVA, prompt, train=False)([row(), row(task="star", verdict="", defects=(), target="U3")])
+    batch = Collator(processor, LLAVA, prompt, train=False)(
+        [row(), row(task="star", verdict="", defects=(), target="U3")]
+    )
     assert "labels" not in batch
     assert batch["attention_mask"][:, -1].all()
     last = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
@@ -97,7 +111,8 @@ def test_a_template_that_breaks_the_prefix_property_fails_loudly(processor):
     broken = AutoProcessor.from_pretrained(processor.tokenizer.name_or_path)
     # the classic mismatch: the generation prompt ends in a newline, the rendered turn in a space
     broken.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% for c in m['content'] %}{% if c['type'] == "
+        "'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
         "{% else %}<|assistant|> {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
@@ -120,17 +135,27 @@ def test_a_separate_pair_is_two_images_reference_first_and_the_answer_alone_is_l
     ex = {**row(meta={"stack": {"top": 190, "gap": 6}}), "image": pair}
     reference, candidate = row_images(ex, Layout.separate)
     assert reference.size == candidate.size == (448, 190)
-    assert reference.getpixel((5, 5)) == (200, 0, 0) and candidate.getpixel((5, 5)) == (0, 0, 200)  # the gap is left out
+    assert reference.getpixel((5, 5)) == (200, 0, 0) and candidate.getpixel((5, 5)) == (
+        0,
+        0,
+        200,
+    )  # the gap is left out
     batch = Collator(qwen_processor, QWEN, prompt, train=True, layout=Layout.separate)(
         [ex, row(verdict="pass", defects=(), meta={"stack": {"top": 190, "gap": 6}})]
     )
     tok = qwen_processor.tokenizer
     assert batch["image_grid_thw"].shape[0] == 4  # two images per example
-    assert batch["image_grid_thw"][0].tolist() == batch["image_grid_thw"][1].tolist()  # two halves of one size, not the whole
+    assert (
+        batch["image_grid_thw"][0].tolist() == batch["image_grid_thw"][1].tolist()
+    )  # two halves of one size, not the whole
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     text = tok.decode(ids)
-    assert text.count("<|vision_start|>") == 2 and instruction(prompt, "pair", 2) in text and prompt.pair_separate in text
-    assert text.index("<|vision_end|>") < text.rindex("<|vision_start|>") < text.index(prompt.pair_separate)  # both images, then the words
+    assert (
+        text.count("<|vision_start|>") == 2 and instruction(prompt, "pair", 2) in text and prompt.pair_separate in text
+    )
+    assert (
+        text.index("<|vision_end|>") < text.rindex("<|vision_start|>") < text.index(prompt.pair_separate)
+    )  # both images, then the words
     learnt = labels[labels != IGNORE].tolist()
     assert tok.decode(learnt) == render_answer(prompt, ex) + "<|im_end|>\n"  # Qwen's turn ends with a newline
     image_pad = tok.convert_tokens_to_ids("<|image_pad|>")

@@ -18,7 +18,14 @@ from PIL import Image
 
 from vlmqc.cli import compare
 
-TINY = ["data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
+TINY = [
+    "data.train_size=32",
+    "data.test_size=12",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=2",
+    "trainer.samples=4",
+    "logger=none",
+]
 XSS = '<script>alert(1)</script> & "quoted"'
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -53,7 +60,16 @@ def sweep(tmp_path_factory) -> Path:
     sweep = root / "sweep"
     finish(train(root, "data=pair_mixed", "prompt=short,json", "lora=r4", f"hydra.sweep.dir={sweep}", multirun=True), 0)
     # the first trial cached the data and the tiny model, so these two can share the CPU
-    failed = train(root, "data=pair_mixed", "prompt=short", "lora=r4", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", f"hydra.run.dir={sweep / 'failed'}")
+    failed = train(
+        root,
+        "data=pair_mixed",
+        "prompt=short",
+        "lora=r4",
+        "trainer.lr=1e30",
+        "trainer.max_grad_norm=1e30",
+        "trainer.logging_steps=1",
+        f"hydra.run.dir={sweep / 'failed'}",
+    )
     star = train(root, "data=star", "lora=r4", "trainer.max_steps=2", f"hydra.run.dir={sweep / 'star'}")
     finish(failed, 1)
     finish(star, 0)
@@ -149,14 +165,22 @@ def test_one_row_per_trial_with_its_status_and_reason(sweep, report):
     assert len(rows) == 6
     status = column(head, "status")
     assert {k: cells[status][1]["data-value"] for k, cells in by_name.items()} == {
-        "short": "completed", "json": "completed", "xss": "completed", "star": "completed", "failed": "failed", "corrupt": "unreadable",
+        "short": "completed",
+        "json": "completed",
+        "xss": "completed",
+        "star": "completed",
+        "failed": "failed",
+        "corrupt": "unreadable",
     }
     reason = json.loads((sweep / "failed" / "summary.json").read_text())["reason"]
     assert reason.startswith("non-finite training loss at step") and reason in by_name["failed"][status][2]
     assert "summary.json" in by_name["corrupt"][status][2]
     # a swept override is its own column; a trial that did not type it shows its config's value
     assert [by_name[k][column(head, "prompt")][2] for k in ("short", "json", "star")] == ["short", "json", "long"]
-    assert by_name["failed"][column(head, "trainer.lr")][2] == "1e30" and by_name["json"][column(head, "trainer.lr")][2] == "0.001"
+    assert (
+        by_name["failed"][column(head, "trainer.lr")][2] == "1e30"
+        and by_name["json"][column(head, "trainer.lr")][2] == "0.001"
+    )
 
 
 @pytest.mark.slow
@@ -170,13 +194,18 @@ def test_table_cells_carry_the_numbers_to_sort_on(sweep, report):
         for kind in ("final", "best"):
             for metric, value in summary[kind].items():
                 if metric.startswith("eval/"):
-                    assert float(cells[column(head, f"{kind} {metric.removeprefix('eval/')}")][1]["data-value"]) == value
+                    assert (
+                        float(cells[column(head, f"{kind} {metric.removeprefix('eval/')}")][1]["data-value"]) == value
+                    )
         assert float(cells[column(head, "runtime")][1]["data-value"]) == summary["runtime_seconds"]
     # a metric the trial has not got sorts as missing; the chosen metric's column is marked
     failed = rows[runs(sweep)["failed"].name]
     assert failed[column(head, "final exact_match")][1]["data-value"] == ""
     assert "chosen" in failed[column(head, "final exact_match")][1]["class"]
-    assert "defect_recall" in head[column(head, "final defect_recall")] and rows[runs(sweep)["star"].name][column(head, "final defect_recall")][1]["data-value"] == ""
+    assert (
+        "defect_recall" in head[column(head, "final defect_recall")]
+        and rows[runs(sweep)["star"].name][column(head, "final defect_recall")][1]["data-value"] == ""
+    )
 
 
 @pytest.mark.slow
@@ -222,7 +251,11 @@ def test_samples_line_up_every_trial_escaped(sweep, report):
     assert XSS not in text and "<script>alert" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; " in text  # escaped, whichever entity a quote gets
     # the star trial's samples are another dataset's: a table of their own
-    (star,) = [t for t in Tables(text).find(**{"class": "samples"}) if any(c[2].startswith(label["star"]) for c in t["head"][0][1])]
+    (star,) = [
+        t
+        for t in Tables(text).find(**{"class": "samples"})
+        if any(c[2].startswith(label["star"]) for c in t["head"][0][1])
+    ]
     assert len(star["head"][0][1]) == 4 and len(star["rows"]) == 4
 
 
@@ -258,7 +291,12 @@ def test_confusion_matrices_match_a_hand_count(sweep, report):
         step = re.search(r"step (\d+)", table["caption"]).group(1)
         predictions = last(trials[name] / "predictions")
         assert int(step) == int(predictions.stem.split("-")[1])
-        counted = {(c[1]["data-true"], c[1]["data-pred"]): int(c[2]) for _, cells in table["rows"] for c in cells if "data-true" in c[1]}
+        counted = {
+            (c[1]["data-true"], c[1]["data-pred"]): int(c[2])
+            for _, cells in table["rows"]
+            for c in cells
+            if "data-true" in c[1]
+        }
         expected = hand_count(jsonl(predictions))
         assert {k: v for k, v in counted.items() if v} == expected
         assert sum(counted.values()) == 12  # test_size, one defect or none per row
@@ -267,7 +305,9 @@ def test_confusion_matrices_match_a_hand_count(sweep, report):
     assert f"{html.escape(star_label)}</b>: star task" in text
 
 
-def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_falls_back(completed_trial, tmp_path, monkeypatch):
+def test_single_run_report_goes_to_the_working_folder_and_an_unknown_metric_falls_back(
+    completed_trial, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     run, _ = completed_trial  # a star trial (tests/conftest.py)
     report = compare.main([str(run), "--metric", "eval/no_such_metric"])
@@ -301,13 +341,20 @@ def test_corrupt_summary_alone_still_makes_a_report(tmp_path):
     assert out.returncode == 0, out.stderr
     head, rows = trials_table((tmp_path / "out" / "report.html").read_text())
     cells = rows["broken"]
-    assert cells[column(head, "status")][1]["data-value"] == "unreadable" and "summary.json:" in cells[column(head, "status")][2]
+    assert (
+        cells[column(head, "status")][1]["data-value"] == "unreadable"
+        and "summary.json:" in cells[column(head, "status")][2]
+    )
 
 
 def page_notes(text: str) -> list[str]:
     """The page's notes on what it could not use, as plain text."""
     found = re.search(r'<ul class="notes">(.*?)</ul>', text, re.S)
-    return [html.unescape(re.sub(r"<[^>]+>", "", li)) for li in re.findall(r"<li>(.*?)</li>", found.group(1), re.S)] if found else []
+    return (
+        [html.unescape(re.sub(r"<[^>]+>", "", li)) for li in re.findall(r"<li>(.*?)</li>", found.group(1), re.S)]
+        if found
+        else []
+    )
 
 
 def rewrite(path: Path, rows: list[dict]) -> None:
@@ -337,8 +384,12 @@ def test_bad_fields_are_named_in_the_notes_and_the_rest_renders(sweep, tmp_path)
     text = (tmp_path / "out" / "report.html").read_text()
     notes = page_notes(text)
     for where, field in [
-        (bad / "summary.json", "final"), (bad / "summary.json", "facts"), (bad / "summary.json", "overrides"),
-        (f"{bad / 'metrics.jsonl'}:{line}", "trainer/global_step"), (f"{samples}:2", "prediction"), (f"{predictions}:3", "parsed"),
+        (bad / "summary.json", "final"),
+        (bad / "summary.json", "facts"),
+        (bad / "summary.json", "overrides"),
+        (f"{bad / 'metrics.jsonl'}:{line}", "trainer/global_step"),
+        (f"{samples}:2", "prediction"),
+        (f"{predictions}:3", "parsed"),
     ]:
         assert [n for n in notes if n.startswith(f"{where}: {field}: ")], (where, field, notes)
     assert not [n for n in notes if str(good) in n]
@@ -350,12 +401,27 @@ def test_bad_fields_are_named_in_the_notes_and_the_rest_renders(sweep, tmp_path)
     assert rows["good"][column(head, "final exact_match")][1]["data-value"] != ""
     assert (tmp_path / "out" / "curves.png").exists()
     tables = Tables(text)
-    (pair,) = [t for t in tables.find(**{"class": "samples"}) if any(c[1].get("data-trial") == "bad" for _, cells in t["rows"] for c in cells)]
-    shown_bad = {attrs["data-id"]: next(c[2] for c in cells if c[1].get("data-trial") == "bad") for attrs, cells in pair["rows"]}
+    (pair,) = [
+        t
+        for t in tables.find(**{"class": "samples"})
+        if any(c[1].get("data-trial") == "bad" for _, cells in t["rows"] for c in cells)
+    ]
+    shown_bad = {
+        attrs["data-id"]: next(c[2] for c in cells if c[1].get("data-trial") == "bad") for attrs, cells in pair["rows"]
+    }
     for i, row in enumerate(sample_rows):
-        assert shown(row["prediction"]) in shown_bad[row["id"]] if i != 1 else "(no readable prediction)" in shown_bad[row["id"]]
+        assert (
+            shown(row["prediction"]) in shown_bad[row["id"]]
+            if i != 1
+            else "(no readable prediction)" in shown_bad[row["id"]]
+        )
     (matrix,) = tables.find(**{"class": "confusion", "data-trial": "bad"})
-    counted = {(c[1]["data-true"], c[1]["data-pred"]): int(c[2]) for _, cells in matrix["rows"] for c in cells if "data-true" in c[1]}
+    counted = {
+        (c[1]["data-true"], c[1]["data-pred"]): int(c[2])
+        for _, cells in matrix["rows"]
+        for c in cells
+        if "data-true" in c[1]
+    }
     assert {k: v for k, v in counted.items() if v} == hand_count(prediction_rows[:2] + prediction_rows[3:])
     assert "1 row(s) of" in text
 
@@ -384,15 +450,25 @@ def test_sample_images_are_embedded_only_from_inside_the_run_folder(sweep, tmp_p
 
 @pytest.mark.slow
 def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is_marked(sweep, tmp_path):
-    """Summaries with the base model's evaluation, the dataset's chance levels and the best value's step, beside one without."""
+    """Summaries with the base model's evaluation, the dataset's chance levels and the best value's step, beside one
+    without."""
     plain = copy_run(runs(sweep)["json"], tmp_path / "plain")
-    # training evaluates the base model and records chance levels (and, on pair data, the pixel ceiling) by default: the plain trial is one written without them
+    # training evaluates the base model and records chance levels (and, on pair data, the pixel ceiling) by
+    # default: the plain trial is one written without them
     summary = json.loads((plain / "summary.json").read_text())
     assert summary["ceiling"]["examples"] >= 1  # the sweep's real trial recorded one
-    (plain / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in ("baseline", "chance", "ceiling")}))
+    (plain / "summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k not in ("baseline", "chance", "ceiling")})
+    )
     # chance levels flat, and as the run record writes them (the higher guesser's level counts)
-    chances = {"above": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.5},
-               "at": {"answer": {"pair": "pass"}, "prior": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.375}, "uniform": {"eval/verdict_accuracy": 0.5}}}
+    chances = {
+        "above": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.5},
+        "at": {
+            "answer": {"pair": "pass"},
+            "prior": {"eval/exact_match": 0.25, "eval/verdict_accuracy": 0.375},
+            "uniform": {"eval/verdict_accuracy": 0.5},
+        },
+    }
     for name, final in (("above", 0.6), ("at", 0.25)):
         run = copy_run(plain, tmp_path / name)
         summary = json.loads((run / "summary.json").read_text())
@@ -400,7 +476,12 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
         summary["best"] |= {"step": 3, "eval/exact_match": 0.7}
         summary |= {"baseline": {"step": 0, "eval/exact_match": 0.125}, "chance": chances[name]}
         if name == "above":  # the pixel-difference detector's levels, as a trial on pair data records them
-            summary["ceiling"] = {"eval/verdict_accuracy": 0.99, "eval/position_accuracy": 1.0, "verdict_auroc": 0.998, "examples": 12}
+            summary["ceiling"] = {
+                "eval/verdict_accuracy": 0.99,
+                "eval/position_accuracy": 1.0,
+                "verdict_auroc": 0.998,
+                "examples": 12,
+            }
         (run / "summary.json").write_text(json.dumps(summary))
     out = cli(*(str(tmp_path / n) for n in ("plain", "above", "at")), "--out", "out", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -409,13 +490,22 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
     for name in ("above", "at"):
         cells = rows[name]
         assert float(cells[column(head, "baseline exact_match")][1]["data-value"]) == 0.125
-        assert "chance 0.250" in cells[column(head, "final exact_match")][2] and "chance 0.500" in cells[column(head, "final verdict_accuracy")][2]
+        assert (
+            "chance 0.250" in cells[column(head, "final exact_match")][2]
+            and "chance 0.500" in cells[column(head, "final verdict_accuracy")][2]
+        )
         assert "step 3" in cells[column(head, "best exact_match")][2]
     assert rows["plain"][column(head, "baseline exact_match")][1]["data-value"] == ""
     assert "chance" not in rows["plain"][column(head, "final exact_match")][2]
     assert "pixels 0.990" in rows["above"][column(head, "final verdict_accuracy")][2]
-    assert "pixels" not in rows["at"][column(head, "final verdict_accuracy")][2] + rows["plain"][column(head, "final verdict_accuracy")][2]
-    assert "pixels" not in rows["above"][column(head, "final exact_match")][2]  # the detector has no exact match: nothing shown
+    assert (
+        "pixels"
+        not in rows["at"][column(head, "final verdict_accuracy")][2]
+        + rows["plain"][column(head, "final verdict_accuracy")][2]
+    )
+    assert (
+        "pixels" not in rows["above"][column(head, "final exact_match")][2]
+    )  # the detector has no exact match: nothing shown
     (table,) = Tables(text).find(id="trials")
     marked = {Path(attrs["data-dir"]).name for attrs, _ in table["rows"] if "below-chance" in attrs["class"].split()}
     assert marked == {"at"}
@@ -425,38 +515,65 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
 
 @pytest.mark.slow
 # .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
-@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"), reason="needs Chromium at /usr/bin/chromium (Debian package chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"),
+    reason="needs Chromium at /usr/bin/chromium (Debian package chromium)",
+)
 def test_report_in_a_browser_loads_clean_and_sorts(sweep, report, tmp_path):
     from playwright.sync_api import sync_playwright
 
     problems, dialogs = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
             page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None)
+            page.on(
+                "request",
+                lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None,
+            )
             page.goto(report.resolve().as_uri())
             page.wait_for_load_state("load")
             assert page.locator("#trials tbody tr").count() == 6
 
-            head = page.locator("#trials thead th.chosen", has_text="final").first  # not the baseline's column: the failed trial has one
+            head = page.locator(
+                "#trials thead th.chosen", has_text="final"
+            ).first  # not the baseline's column: the failed trial has one
             index = page.locator("#trials thead th").all_inner_texts().index(head.inner_text())
 
             def values() -> list[str]:
-                return page.eval_on_selector_all("#trials tbody tr", f"rows => rows.map(r => r.cells[{index}].getAttribute('data-value'))")
+                return page.eval_on_selector_all(
+                    "#trials tbody tr", f"rows => rows.map(r => r.cells[{index}].getAttribute('data-value'))"
+                )
 
             head.click()
             first = values()
             numbers = [float(v) for v in first if v]
-            assert numbers == sorted(numbers, reverse=True) and first[len(numbers):] == [""] * (len(first) - len(numbers)) and len(numbers) == 4
+            assert (
+                numbers == sorted(numbers, reverse=True)
+                and first[len(numbers) :] == [""] * (len(first) - len(numbers))
+                and len(numbers) == 4
+            )
             head.click()
             second = values()
-            assert [float(v) for v in second if v] == sorted(numbers) and second[-2:] == ["", ""]  # missing values stay last
+            assert [float(v) for v in second if v] == sorted(numbers) and second[-2:] == [
+                "",
+                "",
+            ]  # missing values stay last
             assert head.get_attribute("aria-sort") == "ascending"
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:

@@ -11,7 +11,16 @@ from conftest import CONF, DATA_OPTIONS, compose_app, run_app
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from vlmqc.config import ConfigError, CustomConfig, DiffConfig, PairConfig, StarConfig, run_name_of, data_config, to_object
+from vlmqc.config import (
+    ConfigError,
+    CustomConfig,
+    DiffConfig,
+    PairConfig,
+    StarConfig,
+    data_config,
+    run_name_of,
+    to_object,
+)
 from vlmqc.preflight import check_command_line, validate
 
 
@@ -31,7 +40,9 @@ def test_every_data_option_composes_and_validates(option):
 TRAIN_GROUPS = ("model", "prompt", "lora", "image_size", "trainer", "logger")
 
 
-@pytest.mark.parametrize("group, option", [(g, p.stem) for g in TRAIN_GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+@pytest.mark.parametrize(
+    "group, option", [(g, p.stem) for g in TRAIN_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+)
 def test_every_train_option_composes_and_validates(group, option):
     cfg = compose_app("train", [f"{group}='{option}'"])
     obj = to_object(cfg[group], group)
@@ -179,7 +190,9 @@ def test_every_numeric_knob_has_a_range(tmp_path, override, key):
 
 
 def test_the_sweep_metric_must_be_a_registered_metric(tmp_path):
-    with pytest.raises(ConfigError, match=r"^sweep_metric='eval/exact_mach': must be one of the metrics: .*eval/exact_match"):
+    with pytest.raises(
+        ConfigError, match=r"^sweep_metric='eval/exact_mach': must be one of the metrics: .*eval/exact_match"
+    ):
         validated(tmp_path, "sweep_metric=eval/exact_mach")
     validated(tmp_path, "sweep_metric=eval/escape_rate")
 
@@ -205,8 +218,13 @@ def test_a_qwen2_vl_image_size_below_its_processors_floor_is_refused_across_grou
 
 @pytest.mark.parametrize(
     "path, rule",
-    [("./no/such/folder", "folder not found"), ("~/no-such-folder-here", "folder not found"), ("/no/such/folder", "folder not found"),
-     ("not a hub id", "is neither an existing folder nor a hub id"), ("org/name/extra", "is neither an existing folder nor a hub id")],
+    [
+        ("./no/such/folder", "folder not found"),
+        ("~/no-such-folder-here", "folder not found"),
+        ("/no/such/folder", "folder not found"),
+        ("not a hub id", "is neither an existing folder nor a hub id"),
+        ("org/name/extra", "is neither an existing folder nor a hub id"),
+    ],
 )
 def test_a_model_path_must_be_a_folder_or_a_hub_id(tmp_path, path, rule):
     with pytest.raises(ConfigError) as e:
@@ -229,7 +247,9 @@ def test_custom_data_needs_an_existing_folder(tmp_path):
 def test_a_sweep_is_checked_trial_by_trial_before_it_starts():
     assert check_command_line("train", ["-m", "prompt=short,json", "lora=r4,r8"]) == 4
     assert check_command_line("train", ["-m", "experiment=lora_rank"]) == 5  # its hydra.sweeper.params
-    assert check_command_line("train", ["-m", "hydra/sweeper=lr_rank"]) == 1  # Optuna: the config without the swept values
+    assert (
+        check_command_line("train", ["-m", "hydra/sweeper=lr_rank"]) == 1
+    )  # Optuna: the config without the swept values
     with pytest.raises(ConfigError, match=r"^lora.r=0: must be >= 1"):
         check_command_line("train", ["-m", "lora.r=8,0"])
     with pytest.raises(ConfigError, match=r"^lora=nope: no such option \(available: full, r16, r4, r64, r8\)"):
@@ -237,8 +257,12 @@ def test_a_sweep_is_checked_trial_by_trial_before_it_starts():
 
 
 def test_long_run_names_fit_a_file_name_and_stay_distinct(tmp_path):
-    assert run_name_of("data=pair_round,lora=r16,trainer.lr=0.0002") == "data=pair_round,lora=r16,trainer.lr=0.0002"  # unchanged
-    overrides = ",".join(f"data.nuisance.{k}=0.0{i}" for i, k in enumerate(["brightness", "contrast", "gradient", "shift", "blur"] * 8))
+    assert (
+        run_name_of("data=pair_round,lora=r16,trainer.lr=0.0002") == "data=pair_round,lora=r16,trainer.lr=0.0002"
+    )  # unchanged
+    overrides = ",".join(
+        f"data.nuisance.{k}=0.0{i}" for i, k in enumerate(["brightness", "contrast", "gradient", "shift", "blur"] * 8)
+    )
     other = overrides.replace("blur=0.04", "blur=0.05", 1)
     name = run_name_of(overrides)
     assert len(name.encode()) <= 255 and name.startswith(overrides[:100]) and re.fullmatch(r".*-[0-9a-f]{10}", name)
@@ -281,7 +305,8 @@ def test_every_config_error_is_refused_naming_the_key_before_anything_runs(cli_e
 # the same, as a user meets it: a real process each (a Python start and the app's imports, ~6 s
 # for vlmqc.train); one case of each app in the default run, every case in the full suite
 @pytest.mark.parametrize(
-    "app, args, key", [pytest.param(*case, marks=[] if i in (0, 8) else [pytest.mark.slow]) for i, case in enumerate(CONFIG_ERRORS)]
+    "app, args, key",
+    [pytest.param(*case, marks=[] if i in (0, 8) else [pytest.mark.slow]) for i, case in enumerate(CONFIG_ERRORS)],
 )
 def test_every_config_error_exits_2_naming_the_key_before_anything_runs(tmp_path, app, args, key):
     out = run_app(tmp_path, app, *app_args(app, args), timeout=300)
@@ -335,4 +360,6 @@ def test_a_prompt_without_two_image_wording_is_refused_only_for_the_separate_lay
     # a prompt recorded before layouts existed has no pair_separate: it still loads (rescore, predict)
     validated(tmp_path, "data=pair_round", "model=qwen2_vl_2b_random", "prompt.pair_separate=null")
     with pytest.raises(ConfigError, match=r"^prompt.pair_separate=None: required by data.layout=separate"):
-        validated(tmp_path, "data=pair_round", "data.layout=separate", "model=qwen2_vl_2b_random", "prompt.pair_separate=null")
+        validated(
+            tmp_path, "data=pair_round", "data.layout=separate", "model=qwen2_vl_2b_random", "prompt.pair_separate=null"
+        )

@@ -45,7 +45,8 @@ def batch(processor, family, examples=None) -> dict:
 
 
 def step(model, batch: dict) -> dict:
-    """Loss, the logits that predict answer tokens, and every trainable parameter's gradient, of one forward and backward."""
+    """Loss, the logits that predict answer tokens, and every trainable parameter's gradient, of one forward and
+    backward."""
     model.zero_grad()
     out = model(**dict(batch))  # a copy: the pre-hook pops the keys from the kwargs, not from the batch
     out.loss.backward()
@@ -109,7 +110,9 @@ def test_the_memory_tier_stays_under_its_bound(models_dir, tmp_path):
     one = next(iter(probe.memory.values()))
     size = one.numel() * one.element_size()
 
-    model1, processor1, family1 = adapted("llava", models_dir)  # a fresh model: the probe's hook would take the keys first
+    model1, processor1, family1 = adapted(
+        "llava", models_dir
+    )  # a fresh model: the probe's hook would take the keys first
     cache = features.enable(model1, family1, processor1, "memory", None, "fp32", "cpu", memory_gb=1.5 * size / 2**30)
     calls = tower_calls(model1)
     assert_same(plain, step(model1, b))
@@ -155,7 +158,9 @@ def test_a_trainable_image_path_disables_the_cache(models_dir, target, full):
     cache = features.enable(model, family, processor, "memory", None, "fp32", "cpu")
     assert not cache.active and "trains" in cache.reason
     assert features.facts(cache)["used"] is False
-    assert features.KEY not in Collator(processor, family, prompt_option("short"), train=True, image_keys=cache.active)(rows())
+    assert features.KEY not in Collator(processor, family, prompt_option("short"), train=True, image_keys=cache.active)(
+        rows()
+    )
 
 
 def test_a_tower_made_trainable_after_enabling_stops_the_cache_on_its_first_training_step(models_dir):
@@ -212,8 +217,20 @@ def test_the_switch_is_checked_naming_the_key():
     assert compose_app("train", []).trainer.vision_cache.value == "off"  # the safe default: transformers' own path
 
 
-TRIAL = ["logger=none", "data.train_size=8", "data.test_size=4", "trainer.epochs=2", "trainer.batch_size=4", "trainer.eval_batch_size=4",
-         "trainer.samples=0", "trainer.max_new_tokens=4", "trainer.save_steps=100", "trainer.logging_steps=1", "trainer.vision_cache=disk"]  # fmt: skip
+TRIAL = [
+    "logger=none",
+    "data.train_size=8",
+    "data.test_size=4",
+    "trainer.epochs=2",
+    "trainer.batch_size=4",
+    "trainer.eval_batch_size=4",
+    # fmt: skip
+    "trainer.samples=0",
+    "trainer.max_new_tokens=4",
+    "trainer.save_steps=100",
+    "trainer.logging_steps=1",
+    "trainer.vision_cache=disk",
+]
 
 
 @pytest.mark.slow
@@ -240,7 +257,10 @@ def test_encoded_rows_carry_the_collators_image_keys(models_dir):
     added as vlmqc/train.py adds it, through Arrow) gives EncodedCollator's batch the keys, in the
     order, that Collator(image_keys=True) gives the raw rows, and the same tensors."""
     _, processor, family = adapted("llava", models_dir)
-    examples = [*rows(), {**pair_row("pass", (448, 190), "c"), "task": "star", "verdict": "", "defects": [], "target": "U3"}]
+    examples = [
+        *rows(),
+        {**pair_row("pass", (448, 190), "c"), "task": "star", "verdict": "", "defects": [], "target": "U3"},
+    ]
     plain = Collator(processor, family, prompt_option("short"), train=True)
     encoded = datasets.Dataset.from_dict({"tensors": [encode_row(plain, r, PixelStorage.fp32) for r in examples]})
     encoded = encoded.add_column(features.KEY, features.row_keys(examples, Layout.stacked))
@@ -252,7 +272,9 @@ def test_encoded_rows_carry_the_collators_image_keys(models_dir):
 
 
 def train_losses(run) -> list[float]:
-    return [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    return [
+        r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 @pytest.mark.slow
@@ -265,8 +287,15 @@ def test_a_trial_with_preprocess_once_and_the_memory_cache_hits_in_epoch_2_and_t
     facts = json.loads((tmp_path / "on" / "summary.json").read_text())["facts"]
     assert facts["preprocess"]["mode"] == "once" and facts["vision_cache"]["used"]
     assert facts["vision_cache"]["epochs"] == [{"hits": 0, "misses": 8}, {"hits": 8, "misses": 0}]
-    off = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'off'}", *TRIAL[:-1], "trainer.eval_before=false")
+    off = run_app(
+        tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'off'}", *TRIAL[:-1], "trainer.eval_before=false"
+    )
     assert off.returncode == 0, off.stderr[-3000:]
-    assert json.loads((tmp_path / "off" / "summary.json").read_text())["facts"]["vision_cache"] == {"mode": "off", "used": False}
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["facts"]["vision_cache"] == {
+        "mode": "off",
+        "used": False,
+    }
     assert len(train_losses(tmp_path / "off")) == 4
-    assert train_losses(tmp_path / "on") == train_losses(tmp_path / "off")  # the first log's loss, and those of epoch 2, from cached features
+    assert train_losses(tmp_path / "on") == train_losses(
+        tmp_path / "off"
+    )  # the first log's loss, and those of epoch 2, from cached features

@@ -63,7 +63,10 @@ for _ in range({writes}):
 def test_concurrent_processes_never_leave_a_mixed_or_missing_file(tmp_path):
     target = tmp_path / "summary.json"
     code = WRITER.format(writes=WRITES, size=SIZE)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(n)], stderr=subprocess.PIPE, text=True) for n in range(1, 4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(target), str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(1, 4)
+    ]
     while any(p.poll() is None for p in procs):
         if target.exists():
             data = target.read_bytes()

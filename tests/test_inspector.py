@@ -47,7 +47,9 @@ def recorded(run_dir: Path) -> tuple[list, list[dict], dict]:
 def halves(image: Image.Image, meta: str) -> tuple[Image.Image, Image.Image]:
     """Reference and candidate of a stored stacked pair, cut where its meta says."""
     stack = json.loads(meta)["stack"]
-    return image.crop((0, 0, image.width, stack["top"])), image.crop((0, stack["top"] + stack["gap"], image.width, image.height))
+    return image.crop((0, 0, image.width, stack["top"])), image.crop(
+        (0, stack["top"] + stack["gap"], image.width, image.height)
+    )
 
 
 def write_pairs(folder: Path, test: list[dict], pair_of, labels: bool = True) -> Path:
@@ -99,7 +101,9 @@ def test_star_trial_answers_its_held_out_images_as_it_did(star_trial, tmp_path, 
     assert [Path(g["image"]).stem for g in got] == [r.id for r in rows]
     assert [g["answer"] for g in got] == [r.prediction for r in rows]  # the same texts, byte for byte
     assert len({g["answer"] for g in got}) > 1  # not one answer for every image: the images reached the model
-    assert [g["target"] for g in got] == [r.parsed["target"] for r in rows] and [g["parsed"] for g in got] == [r.parsed["ok"] for r in rows]
+    assert [g["target"] for g in got] == [r.parsed["target"] for r in rows] and [g["parsed"] for g in got] == [
+        r.parsed["ok"] for r in rows
+    ]
     assert all(g["seconds"] > 0 and g["reference"] is None for g in got)
     assert "predicting" in out.err  # the progress bar, on stderr
     assert not (tmp_path / "p.metrics.json").exists()  # no labels, no metrics
@@ -115,13 +119,18 @@ def test_pair_trial_restacks_files_as_in_training_and_prints_its_metrics(pair_tr
     assert [g["answer"] for g in got] == [r.prediction for r in rows]
     assert [g["verdict"] for g in got] == [r.parsed["verdict"] for r in rows]
     assert [g["defects"] for g in got] == [[{"position": p, "type": t} for p, t in r.parsed["defects"]] for r in rows]
-    assert got[0]["labels"]["verdict"] == test[0]["verdict"] and Path(got[0]["reference"]).name == f"{test[0]['id']}-reference.png"
+    assert (
+        got[0]["labels"]["verdict"] == test[0]["verdict"]
+        and Path(got[0]["reference"]).name == f"{test[0]['id']}-reference.png"
+    )
     # the trial's metrics: every one it recorded at its final step (eval/loss is the Trainer's, not an answer's)
     final = {k: v for k, v in summary["final"].items() if k not in ("step", "eval/loss")}
     written = json.loads((tmp_path / "p.metrics.json").read_text())["metrics"]
     assert written.keys() == final.keys() and all(written[k] == pytest.approx(v) for k, v in final.items())
     printed = dict(line.split(" = ") for line in out.stdout.splitlines() if " = " in line)
-    assert printed.keys() == final.keys() and all(float(printed[k]) == pytest.approx(v, abs=1e-4) for k, v in final.items())
+    assert printed.keys() == final.keys() and all(
+        float(printed[k]) == pytest.approx(v, abs=1e-4) for k, v in final.items()
+    )
 
 
 @pytest.mark.slow  # a pair trial
@@ -150,9 +159,9 @@ def test_diff_trial_computes_its_image_from_the_pair_as_in_training(tmp_path_fac
 def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from vlmqc.evaluation.generate import predict
     from vlmqc.inspector import Trial
     from vlmqc.models import family_for
-    from vlmqc.evaluation.generate import predict
 
     rows, test, _ = recorded(pair_trial)
     out = predict_cli(tmp_path, str(pair_trial), "--merge", str(tmp_path / "merged"))
@@ -164,7 +173,9 @@ def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, t
     assert not any("lora" in name for name, _ in model.named_parameters())
     processor = AutoProcessor.from_pretrained(tmp_path / "merged")
     trial = Trial.read(pair_trial)
-    answers = predict(model, processor, family_for(model.config.model_type), trial.prompt, test, 8, trial.trainer.max_new_tokens)
+    answers = predict(
+        model, processor, family_for(model.config.model_type), trial.prompt, test, 8, trial.trainer.max_new_tokens
+    )
     assert [a["text"] for a in answers] == [r.prediction for r in rows]
     # a second merge into the same folder is refused: the first is not overwritten
     again = predict_cli(tmp_path, str(pair_trial), "--merge", str(tmp_path / "merged"))
@@ -198,11 +209,23 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, 
         ([str(running), str(tmp_path / "cand.png")], [str(running), "'running'"]),
         ([str(no_adapter), str(tmp_path / "cand.png")], [str(no_adapter), "adapter/"]),
         ([str(garbled), str(tmp_path / "cand.png")], [str(garbled / "summary.json"), "not JSON"]),
-        ([str(pair_trial), str(tmp_path / "broken.png"), "--reference", str(tmp_path / "cand.png")], [str(tmp_path / "broken.png"), "unreadable"]),
-        ([str(pair_trial), str(tmp_path / "cand.png"), "--reference", str(tmp_path / "small-ref.png")], [str(tmp_path / "small-ref.png"), "size"]),
-        ([str(pair_trial), str(tmp_path / "meta" / "metadata.jsonl")], [f"{tmp_path / 'meta' / 'metadata.jsonl'}:2", "no image"]),
+        (
+            [str(pair_trial), str(tmp_path / "broken.png"), "--reference", str(tmp_path / "cand.png")],
+            [str(tmp_path / "broken.png"), "unreadable"],
+        ),
+        (
+            [str(pair_trial), str(tmp_path / "cand.png"), "--reference", str(tmp_path / "small-ref.png")],
+            [str(tmp_path / "small-ref.png"), "size"],
+        ),
+        (
+            [str(pair_trial), str(tmp_path / "meta" / "metadata.jsonl")],
+            [f"{tmp_path / 'meta' / 'metadata.jsonl'}:2", "no image"],
+        ),
         ([str(star_trial), str(tmp_path / "cand.png"), "--reference", str(tmp_path / "cand.png")], ["star task"]),
-        ([str(star_trial), str(tmp_path / "cand.png"), "--merge", str(tmp_path / "meta")], ["--merge", str(tmp_path / "meta"), "not an empty folder"]),
+        (
+            [str(star_trial), str(tmp_path / "cand.png"), "--merge", str(tmp_path / "meta")],
+            ["--merge", str(tmp_path / "meta"), "not an empty folder"],
+        ),
     ]
     if not torch.cuda.is_available():
         cases.append(([str(star_trial), str(tmp_path / "cand.png"), "--device", "cuda"], ["'cuda'", "no CUDA device"]))
@@ -240,14 +263,19 @@ def test_custom_trial_stacks_each_rows_reference_as_its_data_did(pair_trial, tmp
     lines = []
     for split, rows in (("train", train_rows), ("test", test)):
         write_pairs(folder / split, rows, lambda r: halves(r["image"], r["meta"]))
-        lines += [{**json.loads(line), "split": split} for line in (folder / split / "metadata.jsonl").read_text().splitlines()]
+        lines += [
+            {**json.loads(line), "split": split}
+            for line in (folder / split / "metadata.jsonl").read_text().splitlines()
+        ]
     for line in lines:
         line["file"], line["reference"] = f"{line['split']}/{line['file']}", f"{line['split']}/{line['reference']}"
     (folder / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     run_dir = train(tmp_path_factory.mktemp("custom"), "data=custom", f"data.path={folder}", sizes=[])
     rows, _, _ = recorded(run_dir)
     assert [r.id for r in rows] == [f"test/{r['id']}.png" for r in test]
-    out = predict_cli(tmp_path, str(run_dir), str(folder / "test" / "metadata.jsonl"), "--out", str(tmp_path / "p.jsonl"))
+    out = predict_cli(
+        tmp_path, str(run_dir), str(folder / "test" / "metadata.jsonl"), "--out", str(tmp_path / "p.jsonl")
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert [g["answer"] for g in rows_of(tmp_path / "p.jsonl")] == [r.prediction for r in rows]
 

@@ -13,12 +13,12 @@ from PIL import Image
 
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, LoraConfig, ModelConfig
-from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.preview import activation_bytes, preview, source
 from vlmqc.models import adapt, families, load
 from vlmqc.models.family import ImageFacts
+from vlmqc.preflight import validate
+from vlmqc.preview import activation_bytes, preview, source
 
 # Qwen2-VL-2B-Instruct's preprocessor_config.json and config.json, as published
 QWEN2_VL_2B = ModelConfig(
@@ -26,8 +26,19 @@ QWEN2_VL_2B = ModelConfig(
     path="Qwen/Qwen2-VL-2B-Instruct",
     family="qwen2_vl",
     processor={
-        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 12845056,
-        "text_config": {"hidden_size": 1536, "num_hidden_layers": 28, "intermediate_size": 8960, "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936},
+        "patch_size": 14,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "text_config": {
+            "hidden_size": 1536,
+            "num_hidden_layers": 28,
+            "intermediate_size": 8960,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+        },
         "vision_config": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4},
     },
 )
@@ -37,9 +48,19 @@ LLAVA_1_5_7B = ModelConfig(
     path="llava-hf/llava-1.5-7b-hf",
     family="llava",
     processor={
-        "image_size": 336, "patch_size": 14, "crop_size": 336, "shortest_edge": 336, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
+        "image_size": 336,
+        "patch_size": 14,
+        "crop_size": 336,
+        "shortest_edge": 336,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
         "text_config": {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008, "vocab_size": 32064},
-        "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 4096, "num_attention_heads": 16},
+        "vision_config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+        },
     },
 )
 SMALL = ["data.train_size=8", "data.test_size=4"]
@@ -108,7 +129,9 @@ def test_numbers_agree_with_the_real_processor_on_the_tiny_models(family, size, 
 # process: slow-marked; the default run resizes the same images to the 448 budget
 SIZES = [(190, 448), (380, 448), (1000, 500), (30, 40), (4000, 3000), (5000, 5000)]
 RESIZES = [
-    pytest.param(hw, size, id=f"{size}-hw{i}", marks=[pytest.mark.slow] if size is None and hw[0] * hw[1] > 10**7 else [])
+    pytest.param(
+        hw, size, id=f"{size}-hw{i}", marks=[pytest.mark.slow] if size is None and hw[0] * hw[1] > 10**7 else []
+    )
     for size in (None, 448)
     for i, hw in enumerate(SIZES)
 ]
@@ -131,7 +154,9 @@ def test_llava_1_5_offline_is_336_pixels_and_576_tokens_and_refuses_another_size
 
     fam, processor, config, _ = source(LLAVA_1_5_7B, ImageSizeConfig(name="native"), "unused")
     image = Image.new("RGB", (448, 380))
-    facts = fam.image_facts(processor, type("M", (), {"config": config}), [image], fam.encode(processor, ["Q"], [[image]], ["A"], "right"))
+    facts = fam.image_facts(
+        processor, type("M", (), {"config": config}), [image], fam.encode(processor, ["Q"], [[image]], ["A"], "right")
+    )
     assert facts.processed_pixels == [[336, 336]] and facts.image_tokens == 576
     with pytest.raises(ConfigError, match="336"):
         source(LLAVA_1_5_7B, ImageSizeConfig(name="448", size=448), "unused")
@@ -160,15 +185,26 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_measured_saved_activation
     measured = sum(seen.values())
     facts = family.image_facts(processor, model, row_images(rows[0], objs["data"].layout), batch)
     estimate = activation_bytes(model.config, facts, batch["input_ids"].shape[1], 4, vision_trains=False)
-    print(f"tiny llava, one sample, fp32: estimate {estimate} B, measured {measured} B, ratio {estimate / measured:.2f}")
+    print(
+        f"tiny llava, one sample, fp32: estimate {estimate} B, measured {measured} B, ratio {estimate / measured:.2f}"
+    )
     assert 0.5 < estimate / measured < 2
 
 
 @pytest.mark.slow  # a trial and the app, each in its own process
 def test_inspect_reports_what_a_trial_records(models_dir, tmp_path):
     overrides = ["data=star", *SMALL, "image_size=224"]
-    trial = run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "trainer.max_steps=1", "trainer.eval_before=false",
-                    "trainer.eval_limit=2", "trainer.samples=0", *overrides)
+    trial = run_app(
+        tmp_path,
+        "vlmqc.train",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        "trainer.max_steps=1",
+        "trainer.eval_before=false",
+        "trainer.eval_limit=2",
+        "trainer.samples=0",
+        *overrides,
+    )
     assert trial.returncode == 0, trial.stderr[-2000:]
     recorded = json.loads((tmp_path / "run" / "summary.json").read_text())["facts"]
     out = run_app(tmp_path, "vlmqc.inspect", *overrides, "examples=1")
@@ -177,7 +213,12 @@ def test_inspect_reports_what_a_trial_records(models_dir, tmp_path):
     cells = line.split()
     images = ImageFacts(**recorded["images"])
     h, w = images.input_pixels[0]
-    assert cells[2:6] == [f"{h}x{w}", "x".join(map(str, recorded["processed_resolution"])), str(images.tiles[0]), str(recorded["image_tokens_per_sample"])]
+    assert cells[2:6] == [
+        f"{h}x{w}",
+        "x".join(map(str, recorded["processed_resolution"])),
+        str(images.tiles[0]),
+        str(recorded["image_tokens_per_sample"]),
+    ]
 
 
 @pytest.mark.slow  # the app in its own process; preview() itself is tested in-process above
@@ -189,7 +230,11 @@ def test_the_app_prints_the_table(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-CONFIG_ERRORS = [(["examples=0"], "examples"), (["model.path=org/some-model", "model.family=nope"], "model.family"), (["image_size=999"], "image_size")]
+CONFIG_ERRORS = [
+    (["examples=0"], "examples"),
+    (["model.path=org/some-model", "model.family=nope"], "model.family"),
+    (["image_size=999"], "image_size"),
+]
 
 
 @pytest.mark.parametrize("args, key", CONFIG_ERRORS)
@@ -210,7 +255,9 @@ def test_inspect_draws_only_what_it_shows_and_writes_no_model(tmp_path):
     """The README's own example: Qwen2-VL-2B's shape (4.4 GB of random weights) and one example.
     inspect needs the processor and the config's shapes, not weights, and the examples it shows,
     not the dataset: it wrote 4.2 GB to the cache and drew all 800 images (issue 21)."""
-    out = run_app(tmp_path, "vlmqc.inspect", "model=qwen2_vl_2b_random", "data=pair_round", "image_size=448", "examples=1")
+    out = run_app(
+        tmp_path, "vlmqc.inspect", "model=qwen2_vl_2b_random", "data=pair_round", "image_size=448", "examples=1"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(li for li in out.stdout.splitlines() if li.startswith("448 "))
     assert "built without weights" in out.stdout

@@ -10,9 +10,9 @@ import re
 import pytest
 from conftest import CONF, compose_app
 
+from vlmqc.answers import Parsed, parse_answer
 from vlmqc.config import AnswerFormat, PromptConfig, to_object
 from vlmqc.labels import DEFECT_NAMES, POSITIONS, DefectType
-from vlmqc.answers import Parsed, parse_answer
 from vlmqc.prompts import instruction, render_answer
 
 PROMPT_OPTIONS = sorted(p.stem for p in (CONF / "prompt").glob("*.yaml"))
@@ -27,7 +27,14 @@ def prompt(name: str) -> PromptConfig:
 
 
 def row(task: str, verdict: str = "", defects=(), target: str = "", answer: str = "") -> dict:
-    return {"id": "x", "task": task, "verdict": verdict, "defects": [{"position": p, "type": t} for p, t in defects], "target": target, "answer": answer}
+    return {
+        "id": "x",
+        "task": task,
+        "verdict": verdict,
+        "defects": [{"position": p, "type": t} for p, t in defects],
+        "target": target,
+        "answer": answer,
+    }
 
 
 def labelled_examples() -> list[dict]:
@@ -41,14 +48,19 @@ def labelled_examples() -> list[dict]:
     ]
     for task in ("pair", "diff", "custom"):
         examples += [row(task, "pass")] + [row(task, "defective", d) for d in multi]
-        examples += [row(task, "defective", [(pos, t)]) for t, pos in zip(TYPES, ["U1", "C5", "D9", "U9", "D1", "C2"], strict=True)]
+        examples += [
+            row(task, "defective", [(pos, t)])
+            for t, pos in zip(TYPES, ["U1", "C5", "D9", "U9", "D1", "C2"], strict=True)
+        ]
     return examples + [row("star", target=pos) for pos in POSITIONS]
 
 
 def expected(example: dict) -> Parsed:
     if example["task"] == "star":
         return Parsed(target=example["target"], ok=True)
-    defects = tuple(sorted(((d["position"], d["type"]) for d in example["defects"]), key=lambda d: POSITIONS.index(d[0])))
+    defects = tuple(
+        sorted(((d["position"], d["type"]) for d in example["defects"]), key=lambda d: POSITIONS.index(d[0]))
+    )
     return Parsed(verdict=example["verdict"], defects=defects, ok=True)
 
 
@@ -67,7 +79,16 @@ def test_prompt_options_are_the_ones_the_study_needs():
 
 def test_long_instruction_is_the_studys():
     cfg = prompt("long")
-    for phrase in ("two images", "1 to 9 across", "U, C, D down", "position by position", "top", "passed inspection", "bottom", "defective"):
+    for phrase in (
+        "two images",
+        "1 to 9 across",
+        "U, C, D down",
+        "position by position",
+        "top",
+        "passed inspection",
+        "bottom",
+        "defective",
+    ):
         assert phrase in cfg.pair
     for name in DEFECT_NAMES.values():
         assert name in cfg.pair and name in cfg.diff
@@ -79,7 +100,15 @@ def test_japanese_prompt_names_every_defect_in_japanese():
     assert set(cfg.defect_names) == set(TYPES)
     assert cfg.defect_names["missing"] == "端子欠落" and cfg.defect_names["discoloured"] == "端子焦げ"
     assert "合格" in cfg.answer_pass and "不良" in cfg.answer_defective
-    for text in (cfg.pair, cfg.diff, cfg.star, cfg.answer_pass, cfg.answer_defective.format(defects=""), cfg.answer_star.format(position="C5"), *cfg.defect_names.values()):
+    for text in (
+        cfg.pair,
+        cfg.diff,
+        cfg.star,
+        cfg.answer_pass,
+        cfg.answer_defective.format(defects=""),
+        cfg.answer_star.format(position="C5"),
+        *cfg.defect_names.values(),
+    ):
         assert not re.search("[A-Za-z]{2,}", text), text  # no English word: only coordinates are Latin
 
 
@@ -92,19 +121,27 @@ def test_json_prompt_asks_for_json():
 def test_rendered_answers_read_as_the_study_wrote_them():
     long, ja, js = prompt("long"), prompt("ja"), prompt("json")
     board = row("pair", "defective", [("C5", "missing"), ("U3", "shifted")])
-    assert render_answer(long, board) == "The bottom product is defective: shifted terminal at U3; missing terminal at C5."
+    assert (
+        render_answer(long, board) == "The bottom product is defective: shifted terminal at U3; missing terminal at C5."
+    )
     assert render_answer(long, row("pair", "pass")) == "The bottom product passed."
     assert render_answer(long, row("star", target="C5")) == "The red star is at C5."
     assert render_answer(ja, board) == "下の製品は不良です：U3に端子ずれ、C5に端子欠落。"
     assert render_answer(ja, row("diff", "pass")) == "下の製品は合格です。"
-    assert render_answer(js, board) == '{"verdict":"defective","defects":[{"position":"U3","type":"shifted"},{"position":"C5","type":"missing"}]}'
+    assert (
+        render_answer(js, board)
+        == '{"verdict":"defective","defects":[{"position":"U3","type":"shifted"},{"position":"C5","type":"missing"}]}'
+    )
     assert render_answer(js, row("pair", "pass")) == '{"verdict":"pass"}'
     assert render_answer(js, row("star", target="D9")) == '{"position":"D9"}'
 
 
 def test_answer_only_rows_render_their_text_verbatim():
     for option in PROMPT_OPTIONS:
-        assert render_answer(prompt(option), row("custom", answer="Scratch on the lid, reject.")) == "Scratch on the lid, reject."
+        assert (
+            render_answer(prompt(option), row("custom", answer="Scratch on the lid, reject."))
+            == "Scratch on the lid, reject."
+        )
 
 
 def test_a_custom_defect_type_renders_by_its_key():
@@ -147,13 +184,25 @@ MESSY = [
     ("defective at C 5 (bent)", "defective", (("C5", "deformed"),)),
     ("Defective. Row C column 5 is burnt.", "defective", (("C5", "discoloured"),)),
     ("Defective: column 7, row D is misaligned", "defective", (("D7", "shifted"),)),
-    ("**Verdict:** defective\n- C5: missing terminal\n- U3: offset", "defective", (("U3", "shifted"), ("C5", "missing"))),
+    (
+        "**Verdict:** defective\n- C5: missing terminal\n- U3: offset",
+        "defective",
+        (("U3", "shifted"), ("C5", "missing")),
+    ),
     ("```\nThe bottom product is defective: foreign object at D1.\n```", "defective", (("D1", "foreign_particle"),)),
-    ("The top product passed inspection; the bottom one is defective: discolored terminal at U9.", "defective", (("U9", "discoloured"),)),
+    (
+        "The top product passed inspection; the bottom one is defective: discolored terminal at U9.",
+        "defective",
+        (("U9", "discoloured"),),
+    ),
     ("The product failed, wrong_shape at C2", "defective", (("C2", "wrong_shape"),)),
     ("Defective: missing terminals at C5 and C6", "defective", (("C5", "missing"), ("C6", "missing"))),
     ("defective: C5 missing U3 bent", "defective", (("U3", "deformed"), ("C5", "missing"))),
-    ("Defective. Burned terminal at D4, particle at U2.", "defective", (("U2", "foreign_particle"), ("D4", "discoloured"))),
+    (
+        "Defective. Burned terminal at D4, particle at U2.",
+        "defective",
+        (("U2", "foreign_particle"), ("D4", "discoloured")),
+    ),
     ("U3 is fine, but C5 is absent", "defective", (("C5", "missing"),)),
     ("Verdict: FAIL. Row U looks good.", "defective", ()),
     ("Defective at C5; all other terminals passed.", "defective", (("C5", None),)),
@@ -219,10 +268,22 @@ def test_star_answers(answer, target):
 # (answer, verdict, defects): pair task, json prompt
 JSON_ANSWERS = [
     ('{"verdict": "pass"}', "pass", ()),
-    ('```json\n{"verdict": "defective", "defects": [{"position": "c5", "type": "missing"}]}\n```', "defective", (("C5", "missing"),)),
-    ('Here you go: {"Verdict": "NG", "Defects": [{"position": "D-9", "type": "burnt terminal"}]} Hope it helps.', "defective", (("D9", "discoloured"),)),
+    (
+        '```json\n{"verdict": "defective", "defects": [{"position": "c5", "type": "missing"}]}\n```',
+        "defective",
+        (("C5", "missing"),),
+    ),
+    (
+        'Here you go: {"Verdict": "NG", "Defects": [{"position": "D-9", "type": "burnt terminal"}]} Hope it helps.',
+        "defective",
+        (("D9", "discoloured"),),
+    ),
     ('{"verdict": "defective", "defects": "C5"}', "defective", (("C5", None),)),
-    ('{"verdict": "defective", "defects": ["C5 missing", 3, null, {"type": "bent"}]}', "defective", (("C5", "missing"),)),
+    (
+        '{"verdict": "defective", "defects": ["C5 missing", 3, null, {"type": "bent"}]}',
+        "defective",
+        (("C5", "missing"),),
+    ),
     ('{"verdict": "defective", "defects": [{"position": 5, "type": ["missing"]}]}', "defective", ()),
     ('{"defects": [{"position": "U2", "type": "shifted"}]}', "defective", (("U2", "shifted"),)),
     ('{"verdict": "pass", "defects": [{"position": "U2", "type": "shifted"}]}', "pass", ()),
@@ -294,11 +355,55 @@ def test_huge_answers_are_read():
 def test_parse_never_raises_on_arbitrary_text():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
-    # fragments that reach the parser's corners (JSON, negations, positions, both languages) more often than random text does
-    fragments = st.sampled_from(["C5", "c-5", "row", "column", " ", ",", ";", ".", "\n", "{", "}", "[", "]", '"', ":", "verdict", "defects", "position", "type",
-                                 "not", "no", "pass", "defective", "missing", "bent", "top", "red star", "不良", "合格", "なし", "、", "端子欠落", "```"])
-    texts = st.one_of(st.text(), st.lists(fragments, max_size=40).map("".join), st.recursive(st.none() | st.integers() | st.text(max_size=5) | fragments,
-                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | fragments, inner, max_size=4)).map(json.dumps))
+    # fragments that reach the parser's corners (JSON, negations, positions, both languages) more often than random
+    # text does
+    fragments = st.sampled_from(
+        [
+            "C5",
+            "c-5",
+            "row",
+            "column",
+            " ",
+            ",",
+            ";",
+            ".",
+            "\n",
+            "{",
+            "}",
+            "[",
+            "]",
+            '"',
+            ":",
+            "verdict",
+            "defects",
+            "position",
+            "type",
+            "not",
+            "no",
+            "pass",
+            "defective",
+            "missing",
+            "bent",
+            "top",
+            "red star",
+            "不良",
+            "合格",
+            "なし",
+            "、",
+            "端子欠落",
+            "```",
+        ]
+    )
+    texts = st.one_of(
+        st.text(),
+        st.lists(fragments, max_size=40).map("".join),
+        st.recursive(
+            st.none() | st.integers() | st.text(max_size=5) | fragments,
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | fragments, inner, max_size=4)
+            ),
+        ).map(json.dumps),
+    )
 
     @hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
     @hypothesis.given(text=texts, task=st.sampled_from(TASKS), option=st.sampled_from(PROMPT_OPTIONS))

@@ -19,12 +19,21 @@ import requests
 from conftest import run_app
 from PIL import Image
 
+from vlmqc.cli.serve import is_loopback
 from vlmqc.data import board
 from vlmqc.data.synth import pair_gap
 from vlmqc.serve import marks
-from vlmqc.cli.serve import is_loopback
 
-TINY = ["data=pair_mixed", "lora=r4", "data.train_size=32", "data.test_size=12", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.samples=4", "logger=none"]
+TINY = [
+    "data=pair_mixed",
+    "lora=r4",
+    "data.train_size=32",
+    "data.test_size=12",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=2",
+    "trainer.samples=4",
+    "logger=none",
+]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -65,7 +74,9 @@ def expected(trial, pair) -> dict:
 def server(trial, tmp_path_factory):
     """The page, as a user starts it, on a free port; its own TMPDIR, to see it stays empty."""
     tmp = tmp_path_factory.mktemp("server-tmp")
-    proc = run_app(trial.parent, "vlmqc.serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False)
+    proc = run_app(
+        trial.parent, "vlmqc.serve", str(trial), "--port", "0", "--device", "cpu", env={"TMPDIR": str(tmp)}, wait=False
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -81,7 +92,9 @@ def server(trial, tmp_path_factory):
 
 
 def ask(server, **files) -> requests.Response:
-    return requests.post(server["url"] + "api/predict", files={k: (f"{k}.png", v, "image/png") for k, v in files.items()}, timeout=120)
+    return requests.post(
+        server["url"] + "api/predict", files={k: (f"{k}.png", v, "image/png") for k, v in files.items()}, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -118,8 +131,16 @@ def test_bad_uploads_get_a_clear_message_and_nothing_is_spooled_to_disk(server, 
     spooled = sorted(os.listdir(server["tmp"]))
     cases = [
         ({"candidate": b"GIF89a but not really"}, 400, "the candidate is not an image Pillow can read"),
-        ({"candidate": png(candidate), "reference": png(reference.resize((100, 50)))}, 400, "the reference is 100 x 50 pixels but the candidate is"),
-        ({"candidate": png(candidate)}, 400, "stacked pair"),  # a pair trial's candidate alone: the inspector's own refusal
+        (
+            {"candidate": png(candidate), "reference": png(reference.resize((100, 50)))},
+            400,
+            "the reference is 100 x 50 pixels but the candidate is",
+        ),
+        (
+            {"candidate": png(candidate)},
+            400,
+            "stacked pair",
+        ),  # a pair trial's candidate alone: the inspector's own refusal
         ({"candidate": b"\0" * (17 * 2**20)}, 413, "larger than 16 MB"),
     ]
     for files, status, message in cases:
@@ -160,7 +181,9 @@ def test_the_app_in_process_shows_the_trial_and_answers_as_the_inspector_does(co
     for key in ("verdict", "defects", "target", "answer", "parsed"):
         assert picked.json[key] == expected[key], key
     assert picked.json["seconds"] > 0
-    uploaded = client.post("/api/predict", data={"candidate": (io.BytesIO((run / sample.image).read_bytes()), "board.png")})
+    uploaded = client.post(
+        "/api/predict", data={"candidate": (io.BytesIO((run / sample.image).read_bytes()), "board.png")}
+    )
     assert uploaded.status_code == 200 and uploaded.json["answer"] == expected["answer"]
     shown = client.post("/", data={"example": sample.id})
     assert shown.status_code == 200 and 'id="marked"' in shown.text and 'id="truth"' in shown.text
@@ -176,7 +199,9 @@ def test_marks_outline_the_named_cells_only():
     assert note is None
     ys, xs = np.nonzero(np.all(np.asarray(marked) == marks.MARK, axis=-1))
     x0, y0, x1, y1 = board.Geometry(marked.width).cell_box(1, 4)
-    assert xs.min() < x0 < xs.max() and xs.min() < x1 < xs.max() and ys.min() < y0 < ys.max() and ys.min() < y1 < ys.max()
+    assert (
+        xs.min() < x0 < xs.max() and xs.min() < x1 < xs.max() and ys.min() < y0 < ys.max() and ys.min() < y1 < ys.max()
+    )
     assert xs.max() - xs.min() < 1.5 * (x1 - x0)  # one cell, not a row of them
     unmarked, note = marks.mark(Image.new("RGB", (300, 300)), ["C5"])
     assert "cannot be placed" in note and not np.all(np.asarray(unmarked) == marks.MARK, axis=-1).any()
@@ -204,7 +229,10 @@ def test_only_loopback_is_local():
 
 @pytest.mark.slow
 # .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
-@pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"), reason="needs Chromium at /usr/bin/chromium (Debian package chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"),
+    reason="needs Chromium at /usr/bin/chromium (Debian package chromium)",
+)
 def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -214,14 +242,29 @@ def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_pat
     problems, dialogs = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
             page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith((server["url"], "data:")) else None)
+            page.on(
+                "request",
+                lambda r: (
+                    problems.append(f"request: {r.url}") if not r.url.startswith((server["url"], "data:")) else None
+                ),
+            )
             page.goto(server["url"])
             page.wait_for_load_state("load")
             page.set_input_files("input[name=candidate]", str(tmp_path / "candidate.png"))
@@ -230,7 +273,9 @@ def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_pat
                 page.click("button[type=submit]")
             assert page.locator("#verdict").inner_text() == (expected["verdict"] or "unreadable")
             # control characters (tiny models write NULs) are shown written out, as \x00
-            assert page.locator("#answer").inner_text() == re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", expected["answer"])
+            assert page.locator("#answer").inner_text() == re.sub(
+                r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", expected["answer"]
+            )
             assert page.eval_on_selector("#marked", "img => img.complete && img.naturalWidth") == 2 * candidate.width
             page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         finally:

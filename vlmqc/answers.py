@@ -61,7 +61,9 @@ class Parsed:
     """What an answer says, in label terms."""
 
     verdict: str | None = None  # "pass", "defective", or None when the answer gives none
-    defects: tuple[tuple[str, str | None], ...] = ()  # (position, type key or None), sorted, distinct; empty unless defective
+    defects: tuple[
+        tuple[str, str | None], ...
+    ] = ()  # (position, type key or None), sorted, distinct; empty unless defective
     target: str | None = None  # star task: the position answered
     ok: bool = False  # readable for its task: a target (star) or a verdict (the others)
     text: str = field(default="", compare=False, repr=False)  # the answer as given: answer-only rows are scored on it
@@ -97,7 +99,11 @@ _VERDICT_WORDS = (
     (rf"{_A}(?:faulty|flawed|damaged){_Z}", DEFECTIVE, True),
     (rf"{_A}(?:ok|okay|good|fine|normal|intact|flawless|identical|match(?:es|ed)?){_Z}", PASS, False),
     (r"正常|良好", PASS, False),
-    (rf"{_A}(?:defects?|faults?|flaws?|anomal(?:y|ies|ous)|abnormal(?:ity|ities)?|problems?|issues?){_Z}", DEFECTIVE, False),
+    (
+        rf"{_A}(?:defects?|faults?|flaws?|anomal(?:y|ies|ous)|abnormal(?:ity|ities)?|problems?|issues?){_Z}",
+        DEFECTIVE,
+        False,
+    ),
     (r"欠陥|異常|問題", DEFECTIVE, False),
 )
 _VERDICT = re.compile("|".join(f"(?P<v{i}>{p})" for i, (p, _, _) in enumerate(_VERDICT_WORDS)), re.IGNORECASE)
@@ -105,18 +111,29 @@ _VERDICT = re.compile("|".join(f"(?P<v{i}>{p})" for i, (p, _, _) in enumerate(_V
 _WORD = re.compile(r"[a-z0-9']+", re.IGNORECASE)
 _NEGATION = re.compile(
     r"(?<![a-z0-9'])(?:not|no|never|without|nor|neither|none|zero|0|cannot|can't|cant|isn't|isnt|aren't|arent|wasn't|wasnt|weren't|"
-    r"doesn't|doesnt|don't|dont|didn't|didnt|couldn't|won't|hasn't|haven't|free of|fails? to|failed to|unable to)(?![a-z0-9'])",
+    r"doesn't|doesnt|don't|dont|didn't|didnt|couldn't|won't|hasn't|haven't|free of|fails? to|failed to|unable "
+    r"to)(?![a-z0-9'])",
     re.IGNORECASE,
 )
 _NEGATION_WINDOW = 4  # words before a verdict word that a cue may stand in
-_NEGATION_AFTER_JA = re.compile(r"\s*品?\s*[はがも]?\s*(?:なし|無し|ない|無い|ありません|ございません|見られません|見当たりません|見つかりません|ではない|ではありません|じゃない|でない|しない|しません)")
-_NONE_AFTER = re.compile(r"[ \t]*(?:found|detected|observed)?[ \t]*[:=-]?[ \t]*(?:none|nothing|zero|0|n/a|nil)(?![a-z0-9])", re.IGNORECASE)
-_LABEL_BEFORE = re.compile(r"(?:verdict|result|conclusion|answer|judge?ment|decision|判定|結果|結論)[\s\"'*_`]*(?:[:=]|is|は)[\s\"'*_`]*(?:(?:not|no)\s+)?$", re.IGNORECASE)
+_NEGATION_AFTER_JA = re.compile(
+    r"\s*品?\s*[はがも]?\s*(?:なし|無し|ない|無い|ありません|ございません|見られません|見当たりません|見つかりません|ではない|ではありません|じゃない|でない|しない|しません)"
+)
+_NONE_AFTER = re.compile(
+    r"[ \t]*(?:found|detected|observed)?[ \t]*[:=-]?[ \t]*(?:none|nothing|zero|0|n/a|nil)(?![a-z0-9])", re.IGNORECASE
+)
+_LABEL_BEFORE = re.compile(
+    r"(?:verdict|result|conclusion|answer|judge?ment|decision|判定|結果|結論)[\s\"'*_`]*(?:[:=]|is|は)[\s\"'*_`]*(?:(?:not|no)\s+)?$",
+    re.IGNORECASE,
+)
 
 _SENTENCE = r"[.!?。！？\n]"
 _CLAUSE = re.compile(rf"{_SENTENCE}|[,;、]|(?<![a-z])(?:and|but|while|whereas|however)(?![a-z])", re.IGNORECASE)
 # where a negation's reach ends: clauses, and also colons, brackets and "so"-like conjunctions
-_SCOPE = re.compile(rf"{_SENTENCE}|[,;:、()\[\]{{}}]|(?<![a-z])(?:and|but|while|whereas|however|so|therefore|hence|thus|although|though|because|except)(?![a-z])", re.IGNORECASE)
+_SCOPE = re.compile(
+    rf"{_SENTENCE}|[,;:、()\[\]{{}}]|(?<![a-z])(?:and|but|while|whereas|however|so|therefore|hence|thus|although|though|because|except)(?![a-z])",
+    re.IGNORECASE,
+)
 _SENTENCE_RE = re.compile(_SENTENCE)
 _REFERENCE = re.compile(rf"{_A}(?:top|reference){_Z}|上の|上側|基準|参照|お手本", re.IGNORECASE)
 _CANDIDATE = re.compile(rf"{_A}(?:bottom|lower|candidate){_Z}|下の|下側|対象", re.IGNORECASE)
@@ -125,13 +142,62 @@ _STAR = re.compile(rf"{_A}stars?{_Z}|星", re.IGNORECASE)
 
 _SYNONYMS = {
     DefectType.missing: ("missing", "absent", "empty", "no terminal", "not present", "lacking", "欠落", "欠品"),
-    DefectType.shifted: ("shifted", "shift", "offset", "misaligned", "misalignment", "displaced", "misplaced", "out of position", "moved", "ずれ", "位置ずれ"),
-    DefectType.wrong_shape: ("wrong shape", "wrongly shaped", "incorrect shape", "different shape", "shape mismatch", "wrong terminal shape", "形状違い", "形状不良"),
-    DefectType.discoloured: ("burnt", "burned", "burn", "burn mark", "scorched", "charred", "blackened", "discoloured", "discolored", "discolouration", "discoloration", "焦げ", "変色"),
-    DefectType.foreign_particle: ("foreign particle", "foreign object", "foreign matter", "foreign material", "foreign body", "particle", "debris", "contamination", "contaminant", "dust", "異物"),
+    DefectType.shifted: (
+        "shifted",
+        "shift",
+        "offset",
+        "misaligned",
+        "misalignment",
+        "displaced",
+        "misplaced",
+        "out of position",
+        "moved",
+        "ずれ",
+        "位置ずれ",
+    ),
+    DefectType.wrong_shape: (
+        "wrong shape",
+        "wrongly shaped",
+        "incorrect shape",
+        "different shape",
+        "shape mismatch",
+        "wrong terminal shape",
+        "形状違い",
+        "形状不良",
+    ),
+    DefectType.discoloured: (
+        "burnt",
+        "burned",
+        "burn",
+        "burn mark",
+        "scorched",
+        "charred",
+        "blackened",
+        "discoloured",
+        "discolored",
+        "discolouration",
+        "discoloration",
+        "焦げ",
+        "変色",
+    ),
+    DefectType.foreign_particle: (
+        "foreign particle",
+        "foreign object",
+        "foreign matter",
+        "foreign material",
+        "foreign body",
+        "particle",
+        "debris",
+        "contamination",
+        "contaminant",
+        "dust",
+        "異物",
+    ),
     DefectType.deformed: ("deformed", "deformation", "bent", "warped", "distorted", "crushed", "変形", "曲がり"),
 }
-_Vocabulary = tuple[re.Pattern, tuple[str, ...]]  # every defect name in one regex, and the type key of each of its groups
+_Vocabulary = tuple[
+    re.Pattern, tuple[str, ...]
+]  # every defect name in one regex, and the type key of each of its groups
 _JSON_TRIES = 16  # opening braces tried as the start of an object: bounds the work on brace-heavy text
 
 

@@ -29,13 +29,23 @@ class Collator:
     ``train=False``: the prompt alone, padded on the left, ready for ``generate``.
     ``image_keys``: each image's key for the vision feature cache (vlmqc/features.py) in the batch."""
 
-    def __init__(self, processor, family, prompt: PromptConfig, train: bool, layout: Layout = Layout.stacked, image_keys: bool = False):
+    def __init__(
+        self,
+        processor,
+        family,
+        prompt: PromptConfig,
+        train: bool,
+        layout: Layout = Layout.stacked,
+        image_keys: bool = False,
+    ):
         self.processor, self.family, self.prompt, self.train, self.layout = processor, family, prompt, train, layout
         self.image_keys = image_keys
 
     def __call__(self, examples: list[dict]) -> dict:
         images = [row_images(ex, self.layout) for ex in examples]
-        instructions = [instruction(self.prompt, ex["task"], len(imgs)) for ex, imgs in zip(examples, images, strict=True)]
+        instructions = [
+            instruction(self.prompt, ex["task"], len(imgs)) for ex, imgs in zip(examples, images, strict=True)
+        ]
 
         def encode(answers, side):
             return self.family.encode(self.processor, instructions, images, answers, side)
@@ -49,7 +59,8 @@ class Collator:
         for i, n in enumerate(prompt_only["attention_mask"].sum(dim=1).tolist()):
             if not torch.equal(batch["input_ids"][i, :n], prompt_only["input_ids"][i, :n]):
                 raise ValueError(
-                    f"example {examples[i].get('id')!r}: the prompt does not tokenize to a prefix of prompt + answer, so the answer tokens cannot be found"
+                    f"example {examples[i].get('id')!r}: the prompt does not tokenize to a prefix of prompt + "
+                    f"answer, so the answer tokens cannot be found"
                 )
             labels[i, :n] = IGNORE
         batch["labels"] = labels
@@ -67,14 +78,25 @@ def sequence_lengths(collator: Collator, dataset) -> list[int]:
     """
     import datasets
 
-    headers = dataset.select_columns(["image", "meta"] if "meta" in dataset.column_names else ["image"]).cast_column("image", datasets.Image(decode=False))
+    headers = dataset.select_columns(["image", "meta"] if "meta" in dataset.column_names else ["image"]).cast_column(
+        "image", datasets.Image(decode=False)
+    )
     answers = dataset.remove_columns([c for c in ("image", "source_image") if c in dataset.column_names])
     tokenizer = getattr(collator.processor, "tokenizer", collator.processor)
-    counts = [len(ids) for ids in tokenizer([render_answer(collator.prompt, row) for row in answers], add_special_tokens=False)["input_ids"]]
+    counts = [
+        len(ids)
+        for ids in tokenizer([render_answer(collator.prompt, row) for row in answers], add_special_tokens=False)[
+            "input_ids"
+        ]
+    ]
     base: dict[tuple, int] = {}  # kind -> its sequence length less its answer's tokens
     lengths = []
     for i, (header, row) in enumerate(zip(headers, answers, strict=True)):
-        size = Image.open(io.BytesIO(header["image"]["bytes"])).size if header["image"]["bytes"] else header["image"]["path"]  # the header alone
+        size = (
+            Image.open(io.BytesIO(header["image"]["bytes"])).size
+            if header["image"]["bytes"]
+            else header["image"]["path"]
+        )  # the header alone
         kind = (row["task"], size, json.dumps(json.loads(header.get("meta") or "{}").get("stack")))
         if kind not in base:
             base[kind] = int(collator([dataset[i]])["attention_mask"].sum()) - counts[i]

@@ -49,7 +49,16 @@ def is_quiet() -> bool:
 def progress(total: int, desc: str, unit: str, disable: bool = False, **kwargs) -> tqdm:
     """A bar on stderr: redrawn often on a terminal, every 30 s in a log file (CI), none when quiet."""
     tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable or _quiet, dynamic_ncols=tty, mininterval=0.2 if tty else 30, **kwargs)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=disable or _quiet,
+        dynamic_ncols=tty,
+        mininterval=0.2 if tty else 30,
+        **kwargs,
+    )
 
 
 class TrainingBar(TrainerCallback):
@@ -75,7 +84,9 @@ class TrainingBar(TrainerCallback):
         now = time.perf_counter()
         fields = {"loss": f"{float(logs['loss']):.4f}", "lr": f"{float(logs.get('learning_rate', 0)):.2e}"}
         if self._last and now > self._last[0] and state.global_step > self._last[1]:
-            fields["samples/s"] = f"{(state.global_step - self._last[1]) * self.samples_per_step / (now - self._last[0]):.1f}"
+            fields["samples/s"] = (
+                f"{(state.global_step - self._last[1]) * self.samples_per_step / (now - self._last[0]):.1f}"
+            )
         self._last = (now, state.global_step)
         self.bar.set_postfix(fields, refresh=False)
 

@@ -22,7 +22,11 @@ def resolve_precision(precision: Precision | str, device: str) -> Precision:
     precision = Precision(precision)
     if precision is not Precision.auto:
         return precision
-    return Precision.bf16 if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else Precision.fp32
+    return (
+        Precision.bf16
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else Precision.fp32
+    )
 
 
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}

@@ -93,10 +93,16 @@ def _refusal(base: torch.nn.Module, family) -> str | None:
         return f"no vision tower or projector found in this {family.name} model"
     trainable = [n for n, p in params if p.requires_grad]
     if trainable:
-        return f"the image path trains ({len(trainable)} tensors, e.g. {trainable[0]}), so its features change every step"
+        return (
+            f"the image path trains ({len(trainable)} tensors, e.g. {trainable[0]}), so its features change every step"
+        )
     if not callable(getattr(_inner(base), "get_image_features", None)):
         return f"this {family.name} model has no get_image_features"
-    dropout = [n for n, m in base.named_modules() if family.part(n) in IMAGE_PARTS and isinstance(m, torch.nn.Dropout) and m.p > 0]
+    dropout = [
+        n
+        for n, m in base.named_modules()
+        if family.part(n) in IMAGE_PARTS and isinstance(m, torch.nn.Dropout) and m.p > 0
+    ]
     vision_config = getattr(base.config, "vision_config", None)
     dropout += [
         f"vision_config.{k}"
@@ -111,7 +117,9 @@ def _refusal(base: torch.nn.Module, family) -> str | None:
 def _inner(base: torch.nn.Module) -> torch.nn.Module:
     """The module whose forward calls ``get_image_features``: transformers 5's ``XForConditionalGeneration.model``."""
     inner = getattr(base, "model", None)
-    return inner if isinstance(inner, torch.nn.Module) and callable(getattr(inner, "get_image_features", None)) else base
+    return (
+        inner if isinstance(inner, torch.nn.Module) and callable(getattr(inner, "get_image_features", None)) else base
+    )
 
 
 def fingerprint(base: torch.nn.Module, family, processor, precision: str, device: str) -> tuple[str, dict]:
@@ -158,7 +166,12 @@ class FeatureCache:
         self.checked = False  # the first call with autograd on confirmed that nothing trainable feeds the features
         self.active = True
         self.reason: str | None = None
-        self.stats = {"train": {"hits": 0, "misses": 0}, "eval": {"hits": 0, "misses": 0}, "disk_hits": 0, "disk_writes": 0}
+        self.stats = {
+            "train": {"hits": 0, "misses": 0},
+            "eval": {"hits": 0, "misses": 0},
+            "disk_hits": 0,
+            "disk_writes": 0,
+        }
         self.epochs: list[dict] = []
         if self.folder is not None:
             meta = read_json(self.folder / "meta.json")
@@ -189,7 +202,8 @@ class FeatureCache:
             if not self.memory_full:
                 self.memory_full = True
                 log.info(
-                    "vision feature cache: trainer.vision_cache_memory_gb=%g reached after %d images; further images are %s",
+                    "vision feature cache: trainer.vision_cache_memory_gb=%g reached after %d images; further "
+                    "images are %s",
                     self.memory_limit / 2**30,
                     len(self.memory),
                     "read from disk" if self.folder is not None else "computed again each time",
@@ -253,7 +267,10 @@ class FeatureCache:
                     out = original(*args, **kwargs)
             kind, features = self._unpack(out)
             if len(features) != len(keys):
-                self._stop(f"get_image_features gave {len(features)} feature tensors for {len(keys)} images; this family's layout is not one per image")
+                self._stop(
+                    f"get_image_features gave {len(features)} feature tensors for {len(keys)} images; this "
+                    f"family's layout is not one per image"
+                )
                 return out
             self._remember_kind(kind)
             counts["misses"] += len(keys)
@@ -272,7 +289,13 @@ class FeatureCache:
 
     def _pack(self, features: list[torch.Tensor]):
         wrapped, container = self.kind
-        pooled = torch.stack(features) if container == "tensor" else tuple(features) if container == "tuple" else list(features)
+        pooled = (
+            torch.stack(features)
+            if container == "tensor"
+            else tuple(features)
+            if container == "tuple"
+            else list(features)
+        )
         return BaseModelOutputWithPooling(pooler_output=pooled) if wrapped else pooled
 
     # ------------------------------------------------------------------ records
@@ -293,7 +316,8 @@ class FeatureCache:
             "epochs": self.epochs,
             "cached_images": len(self.memory),
             "memory_bytes": self.memory_bytes,
-            "memory_full": self.memory_full,  # trainer.vision_cache_memory_gb was reached: later images not kept in memory
+            # trainer.vision_cache_memory_gb was reached: later images not kept in memory
+            "memory_full": self.memory_full,
         }
 
     def callback(self) -> TrainerCallback:
@@ -321,7 +345,14 @@ class _EpochLog(TrainerCallback):
 
 
 def enable(
-    model: torch.nn.Module, family, processor, mode: VisionCache | str, folder: str | Path | None, precision: str, device: str, memory_gb: float = 8.0
+    model: torch.nn.Module,
+    family,
+    processor,
+    mode: VisionCache | str,
+    folder: str | Path | None,
+    precision: str,
+    device: str,
+    memory_gb: float = 8.0,
 ) -> FeatureCache | None:
     """Cache ``model``'s image features (after ``adapt``), or say in one log line why not.
 
@@ -341,9 +372,16 @@ def enable(
     digest, spec = fingerprint(base, family, processor, precision, device)
     cache = FeatureCache(mode, Path(folder).expanduser() if folder is not None else None, digest, spec, memory_gb)
     inner = _inner(base)
-    inner.get_image_features = cache.wrap(inner.get_image_features)  # an instance attribute: forward's self.get_image_features
+    inner.get_image_features = cache.wrap(
+        inner.get_image_features
+    )  # an instance attribute: forward's self.get_image_features
     base.register_forward_pre_hook(cache.pre_hook, with_kwargs=True)
-    log.info("trainer.vision_cache=%s: image features cached under fingerprint %s%s", mode.value, digest, f" in {cache.folder}" if cache.folder else "")
+    log.info(
+        "trainer.vision_cache=%s: image features cached under fingerprint %s%s",
+        mode.value,
+        digest,
+        f" in {cache.folder}" if cache.folder else "",
+    )
     return cache
 
 

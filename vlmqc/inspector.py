@@ -29,7 +29,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlmqc.config import DATA_SCHEMAS, ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, PromptConfig, TrainerConfig, to_object
+from vlmqc.config import (
+    DATA_SCHEMAS,
+    ConfigError,
+    ImageSizeConfig,
+    LoraConfig,
+    ModelConfig,
+    PromptConfig,
+    TrainerConfig,
+    to_object,
+)
 from vlmqc.data import board, custom, diff, synth
 from vlmqc.evaluation.generate import predict
 from vlmqc.files import publish
@@ -62,7 +71,14 @@ def open_image(image: ImageInput, what: str = "image") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return custom.rgb(ImageOps.exif_transpose(im))  # decodes every pixel: a truncated file fails here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
         raise InspectorError(f"{what} {path}: unreadable image ({e})") from None
 
 
@@ -96,9 +112,16 @@ class CompletedRun:
             reason = f": {summary.reason}" if summary.reason else ""
             raise InspectorError(f"{run_dir}: the trial is not completed (status {summary.status!r}{reason})")
         config = summary.config
-        missing = [k for k in ("model", "image_size", "prompt", "data", "lora", "trainer", "paths") if not isinstance(config.get(k), dict)]
+        missing = [
+            k
+            for k in ("model", "image_size", "prompt", "data", "lora", "trainer", "paths")
+            if not isinstance(config.get(k), dict)
+        ]
         if missing or problems:
-            raise InspectorError(f"{run_dir}/summary.json: unreadable trial record ({', '.join(problems) or 'no config for ' + ', '.join(missing)})")
+            raise InspectorError(
+                f"{run_dir}/summary.json: unreadable trial record "
+                f"({', '.join(problems) or 'no config for ' + ', '.join(missing)})"
+            )
         try:
             lora = _schema(LoraConfig, config["lora"], "lora")
             task = config["data"].get("task")
@@ -142,11 +165,14 @@ class CompletedRun:
         row = {"id": name, "task": task.value, "source_image": None, "meta": "{}"}
         if task is Task.star:
             if ref is not None:
-                raise InspectorError(f"reference {ref_name}: the trial's star task shows one image, without a reference")
+                raise InspectorError(
+                    f"reference {ref_name}: the trial's star task shows one image, without a reference"
+                )
             return {**row, "image": cand}
         if ref is not None and ref.size != cand.size:
             raise InspectorError(
-                f"reference {ref_name} is {ref.width}x{ref.height} pixels, the candidate {name} {cand.width}x{cand.height}: a pair must be of one size"
+                f"reference {ref_name} is {ref.width}x{ref.height} pixels, the candidate {name} "
+                f"{cand.width}x{cand.height}: a pair must be of one size"
             )
         if task is Task.custom:
             if ref is None:
@@ -160,15 +186,22 @@ class CompletedRun:
             top = (cand.height - gap) // 2
             if top < 1 or 2 * top + gap != cand.height:
                 raise InspectorError(
-                    f"candidate {name} ({cand.width}x{cand.height}) is not a stacked pair of two equal boards {gap} pixels apart; give its reference"
+                    f"candidate {name} ({cand.width}x{cand.height}) is not a stacked pair of two equal boards "
+                    f"{gap} pixels apart; give its reference"
                 )
             stacked, stack = cand, {"top": top, "gap": gap}
-            ref, cand = stacked.crop((0, 0, stacked.width, top)), stacked.crop((0, top + gap, stacked.width, stacked.height))
+            ref, cand = (
+                stacked.crop((0, 0, stacked.width, top)),
+                stacked.crop((0, top + gap, stacked.width, stacked.height)),
+            )
         else:
             stacked, stack = synth.stack(ref, cand, gap), {"top": ref.height, "gap": gap}
         if task is Task.diff:
             if cand.width != data.render.width:
-                raise InspectorError(f"candidate {name} is {cand.width} pixels wide: the diff trial's boards are data.render.width={data.render.width}")
+                raise InspectorError(
+                    f"candidate {name} is {cand.width} pixels wide: the diff trial's boards are "
+                    f"data.render.width={data.render.width}"
+                )
             return {**row, "image": diff.concentrate(ref, cand, board.Geometry(data.render.width), data.diff).image}
         return {**row, "image": stacked, "meta": _meta(stack)}
 
@@ -196,12 +229,16 @@ class Inspector:
             raise InspectorError(f"device {device!r}: no CUDA device is visible")
         layout = trial.data.layout
         if trial.full:
-            model, processor, family, _ = load_model(replace(trial.model, path=str(trial.weights)), trial.image_size, trial.models_dir, device, layout)
+            model, processor, family, _ = load_model(
+                replace(trial.model, path=str(trial.weights)), trial.image_size, trial.models_dir, device, layout
+            )
         else:
             from peft import PeftModel
 
             base, _, family, _ = load_model(trial.model, trial.image_size, trial.models_dir, device, layout)
-            processor = family.load_processor(str(trial.weights), trial.model.trust_remote_code)  # the trial's own, as saved
+            processor = family.load_processor(
+                str(trial.weights), trial.model.trust_remote_code
+            )  # the trial's own, as saved
             if trial.image_size.size is not None:
                 family.set_image_size(processor, base, trial.image_size.size)
             with peft_warnings_off():
@@ -250,9 +287,24 @@ class Inspector:
             began = time.perf_counter()
             rows = [
                 self.row(c, r, i)
-                for c, r, i in zip(candidates[start : start + batch_size], references[start : start + batch_size], ids[start : start + batch_size], strict=True)
+                for c, r, i in zip(
+                    candidates[start : start + batch_size],
+                    references[start : start + batch_size],
+                    ids[start : start + batch_size],
+                    strict=True,
+                )
             ]
-            answers = predict(self.model, self.processor, self.family, self.trial.prompt, rows, len(rows), t.max_new_tokens, layout, progress=False)
+            answers = predict(
+                self.model,
+                self.processor,
+                self.family,
+                self.trial.prompt,
+                rows,
+                len(rows),
+                t.max_new_tokens,
+                layout,
+                progress=False,
+            )
             seconds = (time.perf_counter() - began) / len(rows)
             for a in answers:
                 p = a["parsed"]
@@ -281,7 +333,9 @@ class Inspector:
         merged model (the same answers)."""
         out = Path(out_dir)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InspectorError(f"{out}: already exists and is not an empty folder; the merged checkpoint needs a new one")
+            raise InspectorError(
+                f"{out}: already exists and is not an empty folder; the merged checkpoint needs a new one"
+            )
         if not self.trial.full:
             self.model = self.model.merge_and_unload()
 

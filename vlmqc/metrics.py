@@ -24,12 +24,25 @@ _PRIOR = "score of the prior-only answer: every test row answered with the train
 METRICS: dict[str, Metric] = {
     "eval/verdict_accuracy": Metric(True, "pass / defective rows whose predicted verdict is the true one", _PRIOR),
     "eval/defect_recall": Metric(True, "defective rows predicted defective / defective rows", _PRIOR),
-    "eval/escape_rate": Metric(False, "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall", _PRIOR),
+    "eval/escape_rate": Metric(
+        False, "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall", _PRIOR
+    ),
     "eval/false_reject_rate": Metric(False, "pass rows predicted defective / pass rows", _PRIOR),
-    "eval/position_accuracy": Metric(True, "star rows with the right target and defective rows predicted defective with the true set of positions / those rows",
-                                     _PRIOR + "; also 1/27, a uniformly guessed position"),
-    "eval/defect_type_accuracy": Metric(True, "true defects whose position the answer names with the true type / true defects", _PRIOR),
-    "eval/exact_match": Metric(True, "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); answer-only text", _PRIOR),
+    "eval/position_accuracy": Metric(
+        True,
+        "star rows with the right target and defective rows predicted defective with the true set of positions / "
+        "those rows",
+        _PRIOR + "; also 1/27, a uniformly guessed position",
+    ),
+    "eval/defect_type_accuracy": Metric(
+        True, "true defects whose position the answer names with the true type / true defects", _PRIOR
+    ),
+    "eval/exact_match": Metric(
+        True,
+        "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); "
+        "answer-only text",
+        _PRIOR,
+    ),
     "eval/unparseable_rate": Metric(False, "answers the parser could not read / rows with structured labels", _PRIOR),
     "eval/loss": Metric(False, "the language-model loss on the test answers", "none"),
 }
@@ -52,7 +65,11 @@ def chance_level(chance: dict | None, metric: str) -> float | None:
     """The level a trial must beat on ``metric``: the best (in the metric's direction) of the
     prior-only answer's, the best constant answer's and the uniform guess's score, from a
     summary's ``chance``."""
-    levels = [v for kind in CHANCE_KINDS if isinstance(v := ((chance or {}).get(kind) or {}).get(metric), (int, float)) and math.isfinite(v)]
+    levels = [
+        v
+        for kind in CHANCE_KINDS
+        if isinstance(v := ((chance or {}).get(kind) or {}).get(metric), (int, float)) and math.isfinite(v)
+    ]
     if not levels or metric not in METRICS:
         return None
     return max(levels) if METRICS[metric].higher_is_better else min(levels)

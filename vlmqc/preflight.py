@@ -20,7 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vlmqc import models
-from vlmqc.config import CONF_DIR, ConfigError, CustomConfig, DataAppConfig, ImageSizeConfig, Layout, PreviewAppConfig, TrainAppConfig, register, to_object
+from vlmqc.config import (
+    CONF_DIR,
+    ConfigError,
+    CustomConfig,
+    DataAppConfig,
+    ImageSizeConfig,
+    Layout,
+    PreviewAppConfig,
+    TrainAppConfig,
+    register,
+    to_object,
+)
 from vlmqc.config.checks import _check
 from vlmqc.metrics import METRICS
 
@@ -50,7 +61,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if app is DataAppConfig:
         return objs
     if app is TrainAppConfig:
-        _check(cfg.sweep_metric in METRICS, "sweep_metric", cfg.sweep_metric, f"must be one of the metrics: {', '.join(METRICS)}")
+        _check(
+            cfg.sweep_metric in METRICS,
+            "sweep_metric",
+            cfg.sweep_metric,
+            f"must be one of the metrics: {', '.join(METRICS)}",
+        )
     else:
         _check(1 <= cfg.examples <= 100, "examples", cfg.examples, "must be between 1 and 100")
     model, size = objs["model"], objs["image_size"] or ImageSizeConfig(name="native")
@@ -65,18 +81,33 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         )
     models.check(model, size, data.layout)  # the families' checks, without loading a model
     if data.layout is Layout.separate and "prompt" in objs:
-        _check(objs["prompt"].pair_separate is not None, "prompt.pair_separate", None,
-               f"required by data.layout=separate: the {objs['prompt'].name} prompt has no wording for a pair given as two images")
+        _check(
+            objs["prompt"].pair_separate is not None,
+            "prompt.pair_separate",
+            None,
+            f"required by data.layout=separate: the {objs['prompt'].name} prompt has no wording for a pair given "
+            f"as two images",
+        )
     if app is PreviewAppConfig and model.path is not None and not os.path.isdir(model.path):
         # no checkpoint on disk: the processor is built offline from the preset's published facts
-        _check(model.family in models.families(), "model.family", model.family, f"must name the family of {model.path} to preview it without its files (families: {', '.join(sorted(models.families()))})")
+        _check(
+            model.family in models.families(),
+            "model.family",
+            model.family,
+            f"must name the family of {model.path} to preview it without its files (families: "
+            f"{', '.join(sorted(models.families()))})",
+        )
         family = models.families()[model.family]
-        _check(type(family).offline_processor is not models.Family.offline_processor, "model.family", model.family,
-               "this family cannot be previewed offline yet (it has no offline_processor); give model.path=<a local checkpoint folder>")
+        _check(
+            type(family).offline_processor is not models.Family.offline_processor,
+            "model.family",
+            model.family,
+            "this family cannot be previewed offline yet (it has no offline_processor); give model.path=<a local "
+            "checkpoint folder>",
+        )
         _check(bool(model.processor), "model.processor", {}, f"must hold the published processor facts of {model.path}")
         family.check(model, size, data.layout)
     return objs
-
 
 
 NUMERIC_GROUPS = ("image_size",)  # config groups whose option names are numbers: image_size=448
@@ -137,7 +168,15 @@ def check_command_line(config_name: str, argv: list[str]) -> int:
     from hydra.errors import HydraException
 
     args = get_args_parser().parse_args(argv)
-    if args.help or args.hydra_help or args.shell_completion or args.info or args.experimental_rerun or args.config_path or args.config_dir:
+    if (
+        args.help
+        or args.hydra_help
+        or args.shell_completion
+        or args.info
+        or args.experimental_rerun
+        or args.config_path
+        or args.config_dir
+    ):
         return 0  # no trial runs, or the config comes from elsewhere: Hydra handles it
     name = args.config_name or config_name
     try:
@@ -150,7 +189,11 @@ def check_command_line(config_name: str, argv: list[str]) -> int:
                 trials = [fixed]
                 if sweeper.get("_target_") == BASIC_SWEEPER:
                     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-                    trials = [t for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + args.overrides), None) for t in batch]
+                    trials = [
+                        t
+                        for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + args.overrides), None)
+                        for t in batch
+                    ]
             for overrides in trials:
                 cfg = compose(name, list(overrides))
                 # Hydra names the run folder when the job starts; until then ${hydra:runtime.output_dir} has no value
@@ -169,9 +212,11 @@ def _hydra_message(e: Exception) -> str:
 
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options is not None:
         group, _, option = e.missing_cfg_file.rpartition("/")
-        return f"{group}={option}: no such option (available: {', '.join(o for o in e.options if not o.endswith('_schema'))})"
+        return (
+            f"{group}={option}: no such option (available: "
+            f"{', '.join(o for o in e.options if not o.endswith('_schema'))})"
+        )
     text = str(e).splitlines()[0].rstrip(".")
     if e.__cause__ is not None:
         text += ": " + str(e.__cause__).splitlines()[0]
     return text
-

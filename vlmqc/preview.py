@@ -106,11 +106,18 @@ def source(model_cfg, size: ImageSizeConfig, models_dir: str, scratch: str | Non
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         family = models.family_for(config.model_type)
         processor = family.load_processor(path, model_cfg.trust_remote_code)
-        origin = path if model_cfg.path is not None or path.startswith(os.path.expanduser(models_dir)) else f"the {family.name} random model's config and processor, built without weights"
+        origin = (
+            path
+            if model_cfg.path is not None or path.startswith(os.path.expanduser(models_dir))
+            else f"the {family.name} random model's config and processor, built without weights"
+        )
     else:
         family = models.families()[model_cfg.family]
         processor, config = family.offline_processor(model_cfg.processor)
-        origin = f"{model_cfg.path}: its processor built offline from model.processor (text tokens: offline tokenizer, an estimate)"
+        origin = (
+            f"{model_cfg.path}: its processor built offline from model.processor (text tokens: offline "
+            f"tokenizer, an estimate)"
+        )
     if size.size is not None:
         family.set_image_size(processor, SimpleNamespace(config=config), size.size)
     return family, processor, config, origin
@@ -133,7 +140,9 @@ def activation_bytes(config, facts: ImageFacts, sequence: int, bytes_per_value: 
         v = config.vision_config
         layers, hidden, mlp = _vision_shape(v)
         patch = v.patch_size
-        patches = sum(n * (h // patch) * (w // patch) for n, (h, w) in zip(facts.tiles, facts.processed_pixels, strict=True))
+        patches = sum(
+            n * (h // patch) * (w // patch) for n, (h, w) in zip(facts.tiles, facts.processed_pixels, strict=True)
+        )
         total += layers * patches * (8 * hidden + 2 * mlp) * bytes_per_value
     return total
 
@@ -148,7 +157,9 @@ def preview(objs: dict, models_dir: str, rows_data: list[dict]) -> tuple[list[Ro
     """The table's rows for every requested size, and one line per size saying where its processor came from."""
     sizes = [objs["image_size"]] if objs["image_size"] is not None else image_size_options()
     lora = objs["lora"]
-    vision_trains = (lora.full and lora.train_vision) or (not lora.full and LoraTarget(lora.target) is not LoraTarget.language)
+    vision_trains = (lora.full and lora.train_vision) or (
+        not lora.full and LoraTarget(lora.target) is not LoraTarget.language
+    )
     _, b = precision_bytes(objs["trainer"].precision, objs["trainer"].device)
     layout = objs["data"].layout
     scratch = tempfile.mkdtemp(prefix="vlmqc-inspect-")
@@ -176,8 +187,20 @@ def _rows(objs, models_dir, rows_data, sizes, vision_trains, b, layout, scratch)
             sequence = int(batch["attention_mask"].sum())
             # a preset built offline knows the model's shapes only if its facts carry config.json's text_config;
             # the family's default config would be some other model's
-            shaped = objs["model"].path is None or os.path.isdir(objs["model"].path) or "text_config" in objs["model"].processor
-            rows.append(Row(size.name, str(row["id"]), facts, sequence, activation_bytes(config, facts, sequence, b, vision_trains) if shaped else None))
+            shaped = (
+                objs["model"].path is None
+                or os.path.isdir(objs["model"].path)
+                or "text_config" in objs["model"].processor
+            )
+            rows.append(
+                Row(
+                    size.name,
+                    str(row["id"]),
+                    facts,
+                    sequence,
+                    activation_bytes(config, facts, sequence, b, vision_trains) if shaped else None,
+                )
+            )
     return rows, origins
 
 
@@ -190,18 +213,51 @@ def _mib(n: int | None) -> str:
 
 
 def table(rows: list[Row], batch_size: int) -> str:
-    header = ["image_size", "example", "input px (HxW)", "processed px", "tiles", "image tok", "text tok", "sequence", "act/sample*", f"act/batch of {batch_size}*"]
+    header = [
+        "image_size",
+        "example",
+        "input px (HxW)",
+        "processed px",
+        "tiles",
+        "image tok",
+        "text tok",
+        "sequence",
+        "act/sample*",
+        f"act/batch of {batch_size}*",
+    ]
     lines = []
     for r in rows:
         if r.facts is None:
             lines.append([r.size, r.example, f"cannot: {r.note}"])
             continue
         f = r.facts
-        lines.append([r.size, r.example, _pixels(f.input_pixels), _pixels(f.processed_pixels), "+".join(map(str, f.tiles)), str(f.image_tokens),
-                      str(r.sequence - f.image_tokens), str(r.sequence), _mib(r.activation_bytes), _mib(None if r.activation_bytes is None else r.activation_bytes * batch_size)])
+        lines.append(
+            [
+                r.size,
+                r.example,
+                _pixels(f.input_pixels),
+                _pixels(f.processed_pixels),
+                "+".join(map(str, f.tiles)),
+                str(f.image_tokens),
+                str(r.sequence - f.image_tokens),
+                str(r.sequence),
+                _mib(r.activation_bytes),
+                _mib(None if r.activation_bytes is None else r.activation_bytes * batch_size),
+            ]
+        )
     full = [line for line in lines if len(line) == len(header)]
     widths = [max(len(x[i]) for x in [header, *full]) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
+
+    def fmt(cells):
+        return "  ".join(
+            c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     out = [fmt(header), fmt(["-" * w for w in widths])]
-    out += [fmt(line) if len(line) == len(header) else "  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]), line[2]]) for line in lines]
+    out += [
+        fmt(line)
+        if len(line) == len(header)
+        else "  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]), line[2]])
+        for line in lines
+    ]
     return "\n".join(out)

@@ -23,7 +23,10 @@ def instruction(cfg: PromptConfig, task: str, images: int = 1) -> str:
     task = Task(task)
     if task in (Task.pair, Task.custom):
         if images == 2 and cfg.pair_separate is None:
-            raise ConfigError(f"prompt.pair_separate: the {cfg.name} prompt has no wording for a pair given as two images; set it, or use data.layout=stacked")
+            raise ConfigError(
+                f"prompt.pair_separate: the {cfg.name} prompt has no wording for a pair given as two images; set "
+                f"it, or use data.layout=stacked"
+            )
         return cfg.pair_separate if images == 2 else cfg.pair
     return getattr(cfg, task.value)
 
@@ -51,8 +54,13 @@ def render_answer(cfg: PromptConfig, example: dict) -> str:
         raise ValueError(f"example {example.get('id')!r}: unknown verdict {verdict!r}")
     defects = sorted(example.get("defects") or [], key=lambda d: (*board_order(d["position"]), d["type"]))
     if as_json:
-        return _dumps({"verdict": DEFECTIVE, "defects": [{"position": d["position"], "type": d["type"]} for d in defects]})
-    items = [cfg.defect_item.format(name=cfg.defect_names.get(d["type"]) or _CANONICAL.get(d["type"], d["type"]), position=d["position"]) for d in defects]
+        return _dumps(
+            {"verdict": DEFECTIVE, "defects": [{"position": d["position"], "type": d["type"]} for d in defects]}
+        )
+    items = [
+        cfg.defect_item.format(
+            name=cfg.defect_names.get(d["type"]) or _CANONICAL.get(d["type"], d["type"]), position=d["position"]
+        )
+        for d in defects
+    ]
     return cfg.answer_defective.format(defects=cfg.defect_separator.join(items))
-
-

@@ -18,7 +18,15 @@ SHRINK = ["data.train_size=12", "data.test_size=9"]
 def command(tmp_path: Path, *overrides: str) -> list[str]:
     flags = [o for o in overrides if o.startswith("-")]  # Hydra takes its flags before the overrides
     overrides = [o for o in overrides if not o.startswith("-")]
-    return [sys.executable, "-m", "vlmqc.data", *flags, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'multirun'}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "vlmqc.data",
+        *flags,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        *overrides,
+    ]
 
 
 def app_env(tmp_path: Path) -> dict[str, str]:
@@ -26,7 +34,9 @@ def app_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_app(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(tmp_path, *overrides), capture_output=True, text=True, env=app_env(tmp_path), cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        command(tmp_path, *overrides), capture_output=True, text=True, env=app_env(tmp_path), cwd=tmp_path, timeout=300
+    )
 
 
 def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
@@ -43,7 +53,8 @@ def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
     assert "generating" not in again.stderr
 
 
-@pytest.mark.slow  # five datasets generated in one process; tests/runs/test_sweep.py's sweep is the default run's multirun
+# five datasets generated in one process; tests/runs/test_sweep.py's sweep is the default run's multirun
+@pytest.mark.slow
 def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
     options = [o for o in DATA_OPTIONS if o != "custom"]
     out = run_app(tmp_path, "-m", f"data={','.join(options)}", *SHRINK, "baseline=false")
@@ -80,7 +91,12 @@ def test_runs_started_at_once_into_one_output_folder_all_succeed(tmp_path):
     (tmp_path / "run" / "contact_sheet.png").unlink()
     runs = [
         subprocess.Popen(
-            command(tmp_path, *SHRINK, "baseline=false"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=app_env(tmp_path), cwd=tmp_path
+            command(tmp_path, *SHRINK, "baseline=false"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=app_env(tmp_path),
+            cwd=tmp_path,
         )
         for _ in range(4)
     ]
@@ -102,7 +118,9 @@ def test_the_pixel_ceiling_fits_its_threshold_and_skips_star_data():
     # worked by hand: "> 0.35" separates them; with one pass scoring above the defect, "all pass" is best
     assert _best_threshold_accuracy(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, True, False, True])) == 1.0
     assert _best_threshold_accuracy(np.array([0.5, 0.2]), np.array([False, True])) == 0.5
-    assert _best_threshold_accuracy(np.array([0.3, 0.3]), np.array([True, True])) == 1.0  # "all defective": the lowest cut
+    assert (
+        _best_threshold_accuracy(np.array([0.3, 0.3]), np.array([True, True])) == 1.0
+    )  # "all defective": the lowest cut
     assert pixel_ceiling([{"task": "star"}], StarConfig(name="star")) is None
 
 
@@ -114,7 +132,9 @@ def test_the_pixel_ceiling_is_kept_beside_the_dataset_for_the_next_trial(tmp_pat
     from vlmqc.data import get_dataset
     from vlmqc.data.report import pixel_ceiling
 
-    cfg = data_config(compose_app("data_app", ["data=pair_round", "data.train_size=2", "data.test_size=6", "paths.output_dir=."]))
+    cfg = data_config(
+        compose_app("data_app", ["data=pair_round", "data.train_size=2", "data.test_size=6", "paths.output_dir=."])
+    )
     dsd, data_path = get_dataset(cfg, tmp_path / "cache", num_workers=1, progress=False)
     rows = list(dsd["test"])
     first = pixel_ceiling(rows, cfg, data_path)

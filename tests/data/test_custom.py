@@ -144,14 +144,18 @@ def test_line_separator_inside_an_answer_text_does_not_split_the_line(folder):
 
 
 def test_windows_line_endings_are_accepted(folder):
-    (folder / META).write_bytes(jsonl(passed("a.png", split="train"), {"file": "b.png", "verdict": "broken"}, end="\r\n").encode())
+    (folder / META).write_bytes(
+        jsonl(passed("a.png", split="train"), {"file": "b.png", "verdict": "broken"}, end="\r\n").encode()
+    )
     msg = error(folder)
     assert f"{META}:2:" in msg and "'broken'" in msg and "1 problem(s)" in msg
 
 
 def test_byte_order_mark_is_accepted(folder):
     # editors on Windows often save UTF-8 with a BOM
-    (folder / META).write_bytes(b"\xef\xbb\xbf" + jsonl(passed("a.png", split="train"), passed("b.png", split="test")).encode())
+    (folder / META).write_bytes(
+        b"\xef\xbb\xbf" + jsonl(passed("a.png", split="train"), passed("b.png", split="test")).encode()
+    )
     source = custom.read(config(folder))
     assert source.size == 2
 
@@ -185,7 +189,11 @@ def test_unknown_label_value_names_line_and_value(folder, line, value, rule):
 
 
 def test_defect_types_come_from_the_config(folder):
-    write_meta(folder, defective("a.png", ("C5", "missing"), split="train"), defective("b.png", ("D1", "scratch"), split="test"))
+    write_meta(
+        folder,
+        defective("a.png", ("C5", "missing"), split="train"),
+        defective("b.png", ("D1", "scratch"), split="test"),
+    )
     msg = error(folder, defect_types=["scratch"])
     assert f"{META}:1:" in msg and "unknown defect type 'missing'" in msg
     source = custom.read(config(folder, defect_types=["scratch", "missing"]))
@@ -291,13 +299,21 @@ def png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
     "width, height, message",
     [
-        (10_000, 10_000, "10000x10000 = 100000000 pixels, more than data.max_pixels=89478485"),  # over ours, under Pillow's ceiling
+        (
+            10_000,
+            10_000,
+            "10000x10000 = 100000000 pixels, more than data.max_pixels=89478485",
+        ),  # over ours, under Pillow's ceiling
         (20_000, 20_000, "too large to decode"),  # over Pillow's ceiling: its DecompressionBombError, not an OSError
     ],
     ids=["over-max_pixels", "over-pillows-ceiling"],
@@ -420,14 +436,22 @@ def test_valid_folder_loads_both_splits_with_ids_and_labels(valid):
     assert rows["cand/0001.png"]["answer"] == ""
     assert rows["cand/0002.png"]["verdict"] == "pass" and rows["cand/0002.png"]["defects"] == []
     assert rows["cand/0003.jpg"]["verdict"] == "" and rows["cand/0003.jpg"]["answer"] == "The bottom product passed."
-    assert rows["cand/0004.png"]["defects"] == [{"position": "U1", "type": "shifted"}, {"position": "D9", "type": "foreign_particle"}]
+    assert rows["cand/0004.png"]["defects"] == [
+        {"position": "U1", "type": "shifted"},
+        {"position": "D9", "type": "foreign_particle"},
+    ]
     assert rows["cand/0004.png"]["answer"] == "Two defects."
     assert rows["cand/0005.png"]["verdict"] == "" and rows["cand/0005.png"]["answer"] == "Defective: C5 burnt terminal."
     assert all(r["task"] == "custom" for r in rows.values())
     meta = json.loads(rows["cand/0001.png"]["meta"])
     # the reference (128 x 80) stacked above the candidate at the candidate's width, 2 pixels apart:
     # where data.layout=separate cuts the pair again
-    assert meta == {"file": "cand/0001.png", "line": 1, "reference": "ref/0001.png", "stack": {"top": 80 * SIZE[0] // 128, "gap": 2}}
+    assert meta == {
+        "file": "cand/0001.png",
+        "line": 1,
+        "reference": "ref/0001.png",
+        "stack": {"top": 80 * SIZE[0] // 128, "gap": 2},
+    }
 
 
 def test_reference_is_stacked_on_top_of_the_candidate(valid):
@@ -539,7 +563,11 @@ def test_a_moved_folder_is_the_same_cached_dataset(tmp_path):
         folder = tmp_path / name
         write_image(folder / "a.png", (200, 10, 10))
         write_image(folder / "b.png", (10, 200, 10))
-        write_meta(folder, {"file": "a.png", "verdict": "pass", "split": "train"}, {"file": "b.png", "verdict": "pass", "split": "test"})
+        write_meta(
+            folder,
+            {"file": "a.png", "verdict": "pass", "split": "train"},
+            {"file": "b.png", "verdict": "pass", "split": "test"},
+        )
     _, first = load(tmp_path / "first", tmp_path / "cache")
     _, second = load(tmp_path / "second", tmp_path / "cache")
     assert first == second
@@ -553,7 +581,11 @@ def test_a_photo_with_an_exif_rotation_is_stored_upright(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     img.save(folder / "rotated.jpg", format="JPEG", exif=exif)
     write_image(folder / "plain.png", (10, 200, 10))
-    write_meta(folder, {"file": "rotated.jpg", "verdict": "pass", "split": "train"}, {"file": "plain.png", "verdict": "pass", "split": "test"})
+    write_meta(
+        folder,
+        {"file": "rotated.jpg", "verdict": "pass", "split": "train"},
+        {"file": "plain.png", "verdict": "pass", "split": "test"},
+    )
     dsd, _ = load(folder, tmp_path / "cache")
     assert dsd["train"][0]["image"].size == (20, 60)
     raw = dsd["test"].cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
@@ -601,11 +633,21 @@ def save_mode(mode: str, left, right, fmt: str = "PNG"):
     "write, name, left, right",
     [
         (sixteen_bit_png, "grey16.png", (128, 128, 128), (255, 255, 255)),  # convert("RGB") would clip both to white
-        (palette_png_with_transparency, "palette.png", (255, 255, 255), (200, 30, 30)),  # transparent on white, not black
+        (
+            palette_png_with_transparency,
+            "palette.png",
+            (255, 255, 255),
+            (200, 30, 30),
+        ),  # transparent on white, not black
         (cmyk_jpeg, "cmyk.jpg", (255, 0, 0), (255, 0, 0)),
         (save_mode("RGBA", (0, 0, 0, 0), (30, 200, 30, 255)), "rgba.png", (255, 255, 255), (30, 200, 30)),
         (save_mode("LA", (0, 0), (100, 255)), "la.png", (255, 255, 255), (100, 100, 100)),
-        (save_mode("I", 1000, 65535, "TIFF"), "int32.tif", (4, 4, 4), (255, 255, 255)),  # 16-bit values in a 32-bit image
+        (
+            save_mode("I", 1000, 65535, "TIFF"),
+            "int32.tif",
+            (4, 4, 4),
+            (255, 255, 255),
+        ),  # 16-bit values in a 32-bit image
         (save_mode("F", 0.5, 1.0, "TIFF"), "float.tif", (128, 128, 128), (255, 255, 255)),  # convert("RGB") gives black
         (save_mode("1", 0, 1), "bilevel.png", (0, 0, 0), (255, 255, 255)),
         (save_mode("L", 40, 220), "grey.png", (40, 40, 40), (220, 220, 220)),
@@ -613,7 +655,9 @@ def save_mode(mode: str, left, right, fmt: str = "PNG"):
     ids=["I;16-png", "P-transparency", "CMYK-jpeg", "RGBA", "LA", "I-tiff", "F-tiff", "1", "L"],
 )
 @pytest.mark.parametrize("stack_reference", [False, True], ids=["alone", "stacked"])
-def test_every_mode_pillow_opens_is_stored_as_the_rgb_a_person_sees(tmp_path, write, name, left, right, stack_reference):
+def test_every_mode_pillow_opens_is_stored_as_the_rgb_a_person_sees(
+    tmp_path, write, name, left, right, stack_reference
+):
     folder = (tmp_path / "modes").resolve()
     folder.mkdir()
     write(folder / name)

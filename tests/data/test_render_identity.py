@@ -21,8 +21,12 @@ CASES = {
     "star": StarConfig(name="star", **SMALL),
     "pair_mixed": PairConfig(name="pair_mixed", terminal_shapes=SHAPES, **SMALL),
     "diff_overlay": DiffConfig(name="diff", terminal_shapes=SHAPES, **SMALL),
-    "diff_heatmap": DiffConfig(name="diff", terminal_shapes=SHAPES, diff=DiffImageConfig(mode=DiffMode.heatmap), **SMALL),
-    "diff_cells": DiffConfig(name="diff", terminal_shapes=SHAPES, diff=DiffImageConfig(mode=DiffMode.cells, keep_source=False), **SMALL),
+    "diff_heatmap": DiffConfig(
+        name="diff", terminal_shapes=SHAPES, diff=DiffImageConfig(mode=DiffMode.heatmap), **SMALL
+    ),
+    "diff_cells": DiffConfig(
+        name="diff", terminal_shapes=SHAPES, diff=DiffImageConfig(mode=DiffMode.cells, keep_source=False), **SMALL
+    ),
 }
 # sha256 of every row's stored image bytes, source-image bytes and meta, from main at ecb427b
 # (before the speed-ups), Pillow 13.0.0 and numpy 2.4.6: the drawing and the encoder depend on them
@@ -47,7 +51,10 @@ def _digest(cfg) -> str:
     return h.hexdigest()[:32]
 
 
-@pytest.mark.skipif((PIL.__version__, np.__version__) != GOLDEN_VERSIONS, reason=f"golden hashes recorded with Pillow/numpy {GOLDEN_VERSIONS}")
+@pytest.mark.skipif(
+    (PIL.__version__, np.__version__) != GOLDEN_VERSIONS,
+    reason=f"golden hashes recorded with Pillow/numpy {GOLDEN_VERSIONS}",
+)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_rendered_rows_are_byte_identical_to_the_code_before_the_speedups(case):
     assert _digest(CASES[case]) == GOLDEN[case]
@@ -88,7 +95,9 @@ def test_lighting_with_blur_equals_blurring_the_rgb_image():
     img = _noisy_board(1, rng)
     for sigma in (0.1, 0.45, 0.8):
         d = nuisance.Draw(0, 0, 0, 1.0, 1.0, 0, 0, sigma, 0.0)
-        expected = nuisance.photometric(img.filter(ImageFilter.GaussianBlur(sigma)), nuisance.Draw(0, 0, 0, 1.0, 1.0, 0, 0, 0.0, 0.0), rng)
+        expected = nuisance.photometric(
+            img.filter(ImageFilter.GaussianBlur(sigma)), nuisance.Draw(0, 0, 0, 1.0, 1.0, 0, 0, 0.0, 0.0), rng
+        )
         assert np.array_equal(np.asarray(nuisance.photometric(img, d, rng)), np.asarray(expected))
 
 

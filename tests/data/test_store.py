@@ -66,7 +66,9 @@ def test_a_worker_killed_mid_build_fails_the_build_at_once_and_caches_nothing(tm
     killer.start()
     start = time.monotonic()
     with pytest.raises(store.WorkerDied, match="'victim'.*worker process died"):
-        store.build(final, splits, rows_waiting_to_be_killed, {"name": "victim", "examples": 8}, num_workers=2, progress=False)
+        store.build(
+            final, splits, rows_waiting_to_be_killed, {"name": "victim", "examples": 8}, num_workers=2, progress=False
+        )
     killer.join(timeout=5)
     assert time.monotonic() - start < 60  # not the victim's 120 s sleep, nor forever
     assert not final.exists()
@@ -103,7 +105,8 @@ if __name__ == "__main__":
     for t in threads:
         t.start()
     time.sleep(0.2)
-    dsd = store.build(Path(sys.argv[1]), {splits!r}, rows, {{"name": "locked", "examples": 8}}, num_workers=2, progress=False)
+    dsd = store.build(Path(sys.argv[1]), {splits!r}, rows, {{"name": "locked", "examples": 8}}, num_workers=2,
+        progress=False)
     done.set()
     print(sorted(int(i) for split in dsd.values() for i in split["id"]))
 """
@@ -114,7 +117,11 @@ def test_a_build_started_beside_threads_holding_locks_completes(tmp_path):
     script.write_text(LOCKED_BUILD.format(tests=str(Path(__file__).parent), splits=SPLITS))
     # its own session: if the build hangs, the script and its workers are killed as one group
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "cache" / "locked-0")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, str(script), str(tmp_path / "cache" / "locked-0")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=60)
@@ -147,7 +154,8 @@ def rows(task):
 
 
 if __name__ == "__main__":
-    dsd = store.build(store.Path(sys.argv[1]), {splits!r}, rows, {{"name": "threads", "examples": 8}}, num_workers=2, progress=False)
+    dsd = store.build(store.Path(sys.argv[1]), {splits!r}, rows, {{"name": "threads", "examples": 8}}, num_workers=2,
+        progress=False)
     print(json.dumps(sorted({{m for split in dsd.values() for m in split["meta"]}})))
 """
 
@@ -161,9 +169,17 @@ def test_build_workers_run_one_thread_each_and_warn_nothing(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "build.py").write_text(THREADS_BUILD.format(tests=str(Path(__file__).parent), splits=SPLITS))
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}  # torch's default: one thread per core
+    env = {
+        k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")
+    }  # torch's default: one thread per core
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "threadpkg.build", str(tmp_path / "cache" / "threads-0")], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "threadpkg.build", str(tmp_path / "cache" / "threads-0")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [json.loads(m) for m in json.loads(proc.stdout.strip().splitlines()[-1])]
     assert seen == [{"threads": 1, "omp": "1"}]

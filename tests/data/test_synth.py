@@ -60,7 +60,10 @@ def test_same_config_gives_byte_identical_images_whatever_the_worker_count(tmp_p
     two, _ = get_dataset(cfg, tmp_path / "b", num_workers=2, progress=False)
     for split in ("train", "test"):
         assert raw_images(one[split]) == raw_images(two[split])
-        assert one[split].remove_columns(["image", "source_image"]).to_list() == two[split].remove_columns(["image", "source_image"]).to_list()
+        assert (
+            one[split].remove_columns(["image", "source_image"]).to_list()
+            == two[split].remove_columns(["image", "source_image"]).to_list()
+        )
     other, _ = get_dataset(dataclasses.replace(cfg, seed=1), tmp_path / "c", num_workers=1, progress=False)
     assert raw_images(other["test"]) != raw_images(one["test"])
 
@@ -185,7 +188,14 @@ def test_star_is_in_the_labelled_cell(cache_dir, nuisance):
 
 @pytest.mark.parametrize("per_candidate", [IntRange(1, 1), IntRange(2, 3)], ids=["one", "several"])
 def test_clean_pair_differs_exactly_at_the_labelled_cells(cache_dir, per_candidate):
-    cfg = PairConfig(name="p", terminal_shapes=[Shape.square, Shape.round], nuisance=CLEAN, defects_per_candidate=per_candidate, train_size=12, test_size=60)
+    cfg = PairConfig(
+        name="p",
+        terminal_shapes=[Shape.square, Shape.round],
+        nuisance=CLEAN,
+        defects_per_candidate=per_candidate,
+        train_size=12,
+        test_size=60,
+    )
     dsd, _ = get_dataset(cfg, cache_dir, num_workers=2, progress=False)
     geom = board.Geometry(cfg.render.width)
     seen = Counter()
@@ -211,7 +221,9 @@ def test_with_nuisance_no_two_renders_are_equal_but_the_defect_cells_stand_out(c
         if ex["verdict"] != "defective":
             continue
         defective += 1
-        ranked = diff.concentrate(Image.fromarray(ref.astype(np.uint8)), Image.fromarray(cand.astype(np.uint8)), geom, DiffImageConfig()).ranked()
+        ranked = diff.concentrate(
+            Image.fromarray(ref.astype(np.uint8)), Image.fromarray(cand.astype(np.uint8)), geom, DiffImageConfig()
+        ).ranked()
         hit = ranked[0] == ex["defects"][0]["position"]
         located += hit
         per_type[ex["defects"][0]["type"]] += hit
@@ -235,7 +247,13 @@ def test_diff_is_derived_from_the_same_pairs_as_pair_mixed(cache_dir):
 
 @pytest.mark.parametrize("mode", list(DiffMode))
 def test_diff_image_is_dark_where_nothing_differs(cache_dir, mode):
-    cfg = DiffConfig(name="diff", terminal_shapes=[Shape.square, Shape.round], diff=DiffImageConfig(mode=mode, keep_source=False), train_size=4, test_size=30)
+    cfg = DiffConfig(
+        name="diff",
+        terminal_shapes=[Shape.square, Shape.round],
+        diff=DiffImageConfig(mode=mode, keep_source=False),
+        train_size=4,
+        test_size=30,
+    )
     dsd, _ = get_dataset(cfg, cache_dir, num_workers=2, progress=False)
     geom = board.Geometry(cfg.render.width)
     assert dsd["test"][0]["source_image"] is None
@@ -257,7 +275,9 @@ def test_scores_in_the_diff_row_come_from_pixels_not_labels(cache_dir):
     ex = dsd["test"][3]
     scores = np.array(json.loads(ex["meta"])["diff"]["scores"])
     ref, cand = halves(ex["source_image"], cfg.render.width)
-    again = diff.concentrate(Image.fromarray(ref.astype(np.uint8)), Image.fromarray(cand.astype(np.uint8)), board.Geometry(448), cfg.diff)
+    again = diff.concentrate(
+        Image.fromarray(ref.astype(np.uint8)), Image.fromarray(cand.astype(np.uint8)), board.Geometry(448), cfg.diff
+    )
     assert np.allclose(again.scores, scores, atol=1e-3)
 
 
@@ -280,7 +300,9 @@ def test_each_split_is_balanced_over_verdict_defect_type_position_and_shape(spli
 
 
 def test_defect_rate_and_types_are_honoured():
-    cfg = PairConfig(name="p", defect_rate=0.2, defect_types=[DefectType.missing, DefectType.shifted], train_size=100, test_size=50)
+    cfg = PairConfig(
+        name="p", defect_rate=0.2, defect_types=[DefectType.missing, DefectType.shifted], train_size=100, test_size=50
+    )
     specs = synth.plan(cfg, "train")
     assert sum(s["verdict"] == "defective" for s in specs) == 20
     assert {d["type"] for s in specs for d in s["defects"]} == {"missing", "shifted"}

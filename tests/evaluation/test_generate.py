@@ -11,8 +11,8 @@ from PIL import Image
 from tests.conftest import prompt_option
 from vlmqc.collate import Collator
 from vlmqc.config import ImageSizeConfig, ModelConfig
-from vlmqc.models import load
 from vlmqc.evaluation.generate import _batches, predict
+from vlmqc.models import load
 
 
 def _rows() -> list[dict]:
@@ -20,9 +20,22 @@ def _rows() -> list[dict]:
     pads; noise images, so that each row gets its own answer."""
     rng = np.random.default_rng(0)
     rows = []
-    for i, (task, size) in enumerate([("star", (448, 190)), ("pair", (448, 386)), ("star", (448, 190)), ("pair", (448, 386)), ("pair", (448, 386))]):
+    for i, (task, size) in enumerate(
+        [("star", (448, 190)), ("pair", (448, 386)), ("star", (448, 190)), ("pair", (448, 386)), ("pair", (448, 386))]
+    ):
         image = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
-        rows.append({"id": f"r{i}", "task": task, "image": image, "verdict": "", "defects": [], "target": "", "answer": "", "meta": "{}"})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "task": task,
+                "image": image,
+                "verdict": "",
+                "defects": [],
+                "target": "",
+                "answer": "",
+                "meta": "{}",
+            }
+        )
     return rows
 
 
@@ -30,7 +43,9 @@ def test_batched_predictions_equal_one_by_one(models_dir):
     model, processor, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
     prompt, rows = prompt_option("long"), _rows()
     mask = Collator(processor, family, prompt, train=False)(rows)["attention_mask"]
-    assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all(), "the batch must be left-padded for the test to mean anything"
+    assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all(), (
+        "the batch must be left-padded for the test to mean anything"
+    )
     one = predict(model, processor, family, prompt, rows, 1, 6)
     batched = predict(model, processor, family, prompt, rows, len(rows), 6)
     two = predict(model, processor, family, prompt, rows, 2, 6)
@@ -54,7 +69,9 @@ def test_collating_workers_give_the_same_answers(models_dir):
     collate = Collator(processor, family, prompt, train=False)
     mine, theirs = list(_batches(collate, rows, 2, 0)), list(_batches(collate, rows, 2, 2))
     assert [b["input_ids"].shape[0] for b in theirs] == [2, 2, 1]
-    assert len(mine) == len(theirs) and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(mine, theirs, strict=True))
+    assert len(mine) == len(theirs) and all(
+        a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(mine, theirs, strict=True)
+    )
     assert len({p["text"] for p in here}) > 1, "every row got the same answer: the comparison would prove nothing"
 
 
@@ -87,6 +104,8 @@ def test_sharded_predictions_with_workers_are_the_single_process_ones(models_dir
     model, processor, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(models_dir), "cpu")
     want = predict(model, processor, family, prompt_option("long"), _rows(), 2, 6)
     out = tmp_path / "preds"
-    mp.start_processes(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(models_dir), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(
+        _rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(models_dir), str(out)), nprocs=2, start_method="spawn"
+    )
     for rank in range(2):
         assert pickle.loads((tmp_path / f"preds.{rank}").read_bytes()) == want, rank

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import prompt_option
 
-from vlmqc.evaluation.scoring import score
 from vlmqc.answers import PARSER_VERSION, Parsed, parse_answer
-from vlmqc.runs.records import SCHEMA_VERSION, read_summary
 from vlmqc.cli.rescore import main
+from vlmqc.evaluation.scoring import score
+from vlmqc.runs.records import SCHEMA_VERSION, read_summary
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run_v1"
 
@@ -28,7 +28,10 @@ def independent_scores(run_dir: Path) -> dict[int, dict]:
     for path in sorted((run_dir / "predictions").glob("step-*.jsonl")):
         rows = lines(path)
         examples = [{k: r.get(k, "") for k in ("id", "task", "verdict", "defects", "target", "answer")} for r in rows]
-        out[int(path.stem[5:])] = {f"eval/{k}": v for k, v in score(examples, [parse_answer(prompt, r["prediction"], r["task"]) for r in rows]).items()}
+        out[int(path.stem[5:])] = {
+            f"eval/{k}": v
+            for k, v in score(examples, [parse_answer(prompt, r["prediction"], r["task"]) for r in rows]).items()
+        }
     return out
 
 
@@ -62,7 +65,9 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
     assert problems == []
     assert summary.schema_version == SCHEMA_VERSION and summary.rescored["parser_version"] == PARSER_VERSION
     assert summary.final == pytest.approx({**expected[4], "eval/loss": old_final["eval/loss"], "step": 4})
-    assert summary.baseline["step"] == 0 and summary.baseline["eval/verdict_accuracy"] == pytest.approx(expected[0]["eval/verdict_accuracy"])
+    assert summary.baseline["step"] == 0 and summary.baseline["eval/verdict_accuracy"] == pytest.approx(
+        expected[0]["eval/verdict_accuracy"]
+    )
     # exact_match ties at steps 2 and 4; step 0 is the baseline, never best: the earliest other step wins
     assert expected[0]["eval/exact_match"] == expected[2]["eval/exact_match"] == expected[4]["eval/exact_match"]
     assert summary.best["step"] == 2 and summary.best_metric == "eval/exact_match"
@@ -73,7 +78,10 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
     assert "chance levels left as they were" not in printed
     assert summary.chance["constant"]["eval/verdict_accuracy"] == pytest.approx(0.5)
     assert summary.chance["constant"]["eval/exact_match"] == pytest.approx(0.5)
-    assert summary.chance["constant"]["eval/defect_recall"] == 1.0 and summary.chance["constant"]["eval/escape_rate"] == 0.0
+    assert (
+        summary.chance["constant"]["eval/defect_recall"] == 1.0
+        and summary.chance["constant"]["eval/escape_rate"] == 0.0
+    )
     assert summary.diagnosis is not None and summary.diagnosis["metric"] == "eval/exact_match"
 
     rows = lines(old_run / "predictions" / "step-000004.jsonl")
@@ -84,13 +92,19 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
 
 def test_rescoring_uses_the_current_parser(old_run, monkeypatch):
     """A parser change shows in the rescored rows: here a parser that reads every answer as pass."""
-    monkeypatch.setattr("vlmqc.evaluation.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text))
+    monkeypatch.setattr(
+        "vlmqc.evaluation.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text)
+    )
     assert main([str(old_run)]) == 0
     rows = lines(old_run / "predictions" / "step-000004.jsonl")
     assert all(r["parsed"] == {"verdict": "pass", "defects": [], "target": None, "ok": True} for r in rows)
     final = read_summary(old_run / "summary.json")[0].final
     passed = sum(r["verdict"] == "pass" for r in rows) / len(rows)
-    assert final["eval/unparseable_rate"] == 0.0 and final["eval/verdict_accuracy"] == pytest.approx(passed) and final["eval/escape_rate"] == 1.0
+    assert (
+        final["eval/unparseable_rate"] == 0.0
+        and final["eval/verdict_accuracy"] == pytest.approx(passed)
+        and final["eval/escape_rate"] == 1.0
+    )
 
 
 def test_a_bad_prediction_line_leaves_that_evaluation_as_it_was(old_run, capsys):
@@ -99,4 +113,6 @@ def test_a_bad_prediction_line_leaves_that_evaluation_as_it_was(old_run, capsys)
     before = [r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r]
     assert main([str(old_run)]) == 0
     assert "step-000002.jsonl:25: id: expected str" in capsys.readouterr().out
-    assert [r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r] == before
+    assert [
+        r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r
+    ] == before

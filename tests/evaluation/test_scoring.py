@@ -5,13 +5,20 @@ from __future__ import annotations
 import pytest
 from conftest import compose_app
 
+from vlmqc.answers import Parsed, parse_answer
 from vlmqc.config import to_object
 from vlmqc.evaluation.scoring import confusion, score
-from vlmqc.answers import Parsed, parse_answer
 
 
 def row(task: str, verdict: str = "", defects=(), target: str = "", answer: str = "") -> dict:
-    return {"id": "x", "task": task, "verdict": verdict, "defects": [{"position": p, "type": t} for p, t in defects], "target": target, "answer": answer}
+    return {
+        "id": "x",
+        "task": task,
+        "verdict": verdict,
+        "defects": [{"position": p, "type": t} for p, t in defects],
+        "target": target,
+        "answer": answer,
+    }
 
 
 def defective(*defects) -> Parsed:
@@ -26,7 +33,10 @@ PAIR = [
     (row("pair", "defective", [("C5", "missing")]), defective(("C5", "missing"))),  # all right
     (row("pair", "defective", [("U3", "shifted")]), PASSED),  # escape
     (row("pair", "pass"), defective(("D1", "deformed"))),  # false reject
-    (row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]), defective(("U3", "shifted"), ("C5", "missing"))),  # positions right, a type wrong
+    (
+        row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]),
+        defective(("U3", "shifted"), ("C5", "missing")),
+    ),  # positions right, a type wrong
     (row("pair", "pass"), UNREADABLE),  # unparseable
     (row("diff", "defective", [("D9", "discoloured")]), defective(("D8", "discoloured"))),  # type right, position wrong
 ]
@@ -76,21 +86,38 @@ def test_answer_only_rows_count_in_exact_match_alone():
         (row("custom", answer="Scratch on the lid."), Parsed(verdict="defective", ok=True, text="A dent on the lid.")),
     ]
     assert scored(free) == {"exact_match": 0.5}
-    assert scored(free + PAIR[:2]) == pytest.approx({"verdict_accuracy": 0.5, "defect_recall": 0.5, "escape_rate": 0.5, "position_accuracy": 0.5,
-                                                      "defect_type_accuracy": 0.5, "exact_match": 2 / 4, "unparseable_rate": 0.0})
+    assert scored(free + PAIR[:2]) == pytest.approx(
+        {
+            "verdict_accuracy": 0.5,
+            "defect_recall": 0.5,
+            "escape_rate": 0.5,
+            "position_accuracy": 0.5,
+            "defect_type_accuracy": 0.5,
+            "exact_match": 2 / 4,
+            "unparseable_rate": 0.0,
+        }
+    )
 
 
 def test_an_unreadable_answer_on_a_defective_row_is_an_escape():
     """Nothing flagged the defective product, so it ships: the old definition (escape = predicted
     pass) scored this row neither caught nor escaped."""
     assert scored([(row("pair", "defective", [("C5", "missing")]), UNREADABLE)]) == {
-        "verdict_accuracy": 0.0, "defect_recall": 0.0, "escape_rate": 1.0, "position_accuracy": 0.0,
-        "defect_type_accuracy": 0.0, "exact_match": 0.0, "unparseable_rate": 1.0,
+        "verdict_accuracy": 0.0,
+        "defect_recall": 0.0,
+        "escape_rate": 1.0,
+        "position_accuracy": 0.0,
+        "defect_type_accuracy": 0.0,
+        "exact_match": 0.0,
+        "unparseable_rate": 1.0,
     }
 
 
 def test_recall_and_escape_sum_to_one_whatever_the_answers():
-    pairs = PAIR + [(row("pair", "defective", [("U1", "bent")]), UNREADABLE), (row("diff", "defective", [("D2", "missing")]), Parsed(verdict="pass", ok=True))]
+    pairs = PAIR + [
+        (row("pair", "defective", [("U1", "bent")]), UNREADABLE),
+        (row("diff", "defective", [("D2", "missing")]), Parsed(verdict="pass", ok=True)),
+    ]
     metrics = scored(pairs + STAR)
     assert metrics["defect_recall"] == pytest.approx(3 / 6) and metrics["escape_rate"] == pytest.approx(3 / 6)
     assert metrics["defect_recall"] + metrics["escape_rate"] == 1
@@ -99,12 +126,32 @@ def test_recall_and_escape_sum_to_one_whatever_the_answers():
 def test_defect_type_is_judged_at_each_true_position():
     """A right type at the wrong position is wrong; the old set-of-types comparison counted it right.
     Over true defects: one of this row's two defects is named at its position with its type."""
-    swapped = [(row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]), defective(("C5", "deformed"), ("U3", "missing")))]
+    swapped = [
+        (
+            row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]),
+            defective(("C5", "deformed"), ("U3", "missing")),
+        )
+    ]
     assert scored(swapped)["defect_type_accuracy"] == 0.0
-    half = [(row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]), defective(("C5", "missing"), ("U4", "deformed")))]
+    half = [
+        (
+            row("pair", "defective", [("C5", "missing"), ("U3", "deformed")]),
+            defective(("C5", "missing"), ("U4", "deformed")),
+        )
+    ]
     assert scored(half)["defect_type_accuracy"] == 0.5
     # a pass verdict names nothing, whatever defects an answer might carry
-    assert scored([(row("pair", "defective", [("C5", "missing")]), Parsed(verdict="pass", defects=(("C5", "missing"),), ok=True))])["defect_type_accuracy"] == 0.0
+    assert (
+        scored(
+            [
+                (
+                    row("pair", "defective", [("C5", "missing")]),
+                    Parsed(verdict="pass", defects=(("C5", "missing"),), ok=True),
+                )
+            ]
+        )["defect_type_accuracy"]
+        == 0.0
+    )
 
 
 def test_no_examples_no_metrics():
@@ -120,7 +167,14 @@ def test_mismatched_lengths_and_unlabelled_rows_fail():
 
 def test_scores_from_text_answers():
     cfg = to_object(compose_app(None, ["+prompt=long"]).prompt, "prompt")
-    answers = ["Defective: missing terminal at C5.", "PASS", "NG, D1 bent", "defective: C5 missing, U3 offset", "hmm", "Defective, burnt at D8"]
+    answers = [
+        "Defective: missing terminal at C5.",
+        "PASS",
+        "NG, D1 bent",
+        "defective: C5 missing, U3 offset",
+        "hmm",
+        "Defective, burnt at D8",
+    ]
     parsed = [parse_answer(cfg, text, e["task"]) for (e, _), text in zip(PAIR, answers, strict=True)]
     assert parsed == [p for _, p in PAIR]
     assert score([e for e, _ in PAIR], parsed) == scored(PAIR)
@@ -153,29 +207,65 @@ def test_chance_levels_are_the_score_of_the_prior_only_answer():
     from vlmqc.evaluation.scoring import chance, prior_answers
 
     train = [
-        row("pair", "pass"), row("pair", "pass"), row("pair", "pass"),
-        row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("C5", "bent"), ("U1", "missing")]),
-        row("star", target="U2"), row("star", target="U2"), row("star", target="D9"),
+        row("pair", "pass"),
+        row("pair", "pass"),
+        row("pair", "pass"),
+        row("pair", "defective", [("C5", "missing")]),
+        row("pair", "defective", [("C5", "bent"), ("U1", "missing")]),
+        row("star", target="U2"),
+        row("star", target="U2"),
+        row("star", target="D9"),
     ]
     answers = prior_answers(train)
-    assert answers["pair"]["verdict"] == "pass" and answers["pair"]["position"] == "C5" and answers["pair"]["type"] == "missing"
+    assert (
+        answers["pair"]["verdict"] == "pass"
+        and answers["pair"]["position"] == "C5"
+        and answers["pair"]["type"] == "missing"
+    )
     assert answers["star"]["target"] == "U2"
-    test = [row("pair", "pass"), row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("D1", "bent")]),
-            row("star", target="U2"), row("star", target="C3")]
+    test = [
+        row("pair", "pass"),
+        row("pair", "defective", [("C5", "missing")]),
+        row("pair", "defective", [("D1", "bent")]),
+        row("star", target="U2"),
+        row("star", target="C3"),
+    ]
     levels = chance(test, answers)
     # by hand: every pair row answered "pass", every star row "U2"
-    assert levels["prior"] == pytest.approx({
-        "eval/verdict_accuracy": 1 / 3, "eval/defect_recall": 0.0, "eval/escape_rate": 1.0, "eval/false_reject_rate": 0.0,
-        "eval/position_accuracy": 1 / 4,  # one star row right of 2 star + 2 defective rows
-        "eval/defect_type_accuracy": 0.0, "eval/exact_match": 2 / 5, "eval/unparseable_rate": 0.0,
-    })
+    assert levels["prior"] == pytest.approx(
+        {
+            "eval/verdict_accuracy": 1 / 3,
+            "eval/defect_recall": 0.0,
+            "eval/escape_rate": 1.0,
+            "eval/false_reject_rate": 0.0,
+            "eval/position_accuracy": 1 / 4,  # one star row right of 2 star + 2 defective rows
+            "eval/defect_type_accuracy": 0.0,
+            "eval/exact_match": 2 / 5,
+            "eval/unparseable_rate": 0.0,
+        }
+    )
     assert levels["uniform"] == {"eval/position_accuracy": 1 / 27}
     # a defective majority answers one defect at the most frequent position, with the most frequent type
-    flipped = prior_answers([row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("C5", "bent")]), row("pair", "defective", [("U1", "missing")]), row("pair", "pass")])
-    assert chance(test[:3], flipped)["prior"] == pytest.approx({
-        "eval/verdict_accuracy": 2 / 3, "eval/defect_recall": 1.0, "eval/escape_rate": 0.0, "eval/false_reject_rate": 1.0,
-        "eval/position_accuracy": 1 / 2, "eval/defect_type_accuracy": 1 / 2, "eval/exact_match": 1 / 3, "eval/unparseable_rate": 0.0,
-    })
+    flipped = prior_answers(
+        [
+            row("pair", "defective", [("C5", "missing")]),
+            row("pair", "defective", [("C5", "bent")]),
+            row("pair", "defective", [("U1", "missing")]),
+            row("pair", "pass"),
+        ]
+    )
+    assert chance(test[:3], flipped)["prior"] == pytest.approx(
+        {
+            "eval/verdict_accuracy": 2 / 3,
+            "eval/defect_recall": 1.0,
+            "eval/escape_rate": 0.0,
+            "eval/false_reject_rate": 1.0,
+            "eval/position_accuracy": 1 / 2,
+            "eval/defect_type_accuracy": 1 / 2,
+            "eval/exact_match": 1 / 3,
+            "eval/unparseable_rate": 0.0,
+        }
+    )
 
 
 def test_the_constant_chance_level_is_the_best_answer_given_without_looking():
@@ -185,12 +275,25 @@ def test_the_constant_chance_level_is_the_best_answer_given_without_looking():
     from vlmqc.evaluation.scoring import chance, prior_answers
 
     train = [row("pair", "defective", [("C5", "missing")]), row("pair", "pass")]  # a tie: the prior picks one verdict
-    test = [row("pair", "pass"), row("pair", "pass"), row("pair", "defective", [("C5", "missing")]), row("pair", "defective", [("D1", "bent")])]
+    test = [
+        row("pair", "pass"),
+        row("pair", "pass"),
+        row("pair", "defective", [("C5", "missing")]),
+        row("pair", "defective", [("D1", "bent")]),
+    ]
     levels = chance(test, prior_answers(train))
     # by hand: "pass" to all: verdict 2/4, exact 2/4, escape 1, recall 0, false reject 0;
     # "defective at C5, missing" to all: verdict 2/4, exact 1/4, recall 1, escape 0, false reject 1,
     # position 1/2, type 1/2
-    assert levels["constant"] == pytest.approx({
-        "eval/verdict_accuracy": 0.5, "eval/exact_match": 0.5, "eval/defect_recall": 1.0, "eval/escape_rate": 0.0,
-        "eval/false_reject_rate": 0.0, "eval/position_accuracy": 0.5, "eval/defect_type_accuracy": 0.5, "eval/unparseable_rate": 0.0,
-    })
+    assert levels["constant"] == pytest.approx(
+        {
+            "eval/verdict_accuracy": 0.5,
+            "eval/exact_match": 0.5,
+            "eval/defect_recall": 1.0,
+            "eval/escape_rate": 0.0,
+            "eval/false_reject_rate": 0.0,
+            "eval/position_accuracy": 0.5,
+            "eval/defect_type_accuracy": 0.5,
+            "eval/unparseable_rate": 0.0,
+        }
+    )

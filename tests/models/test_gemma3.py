@@ -52,7 +52,11 @@ def test_image_size_is_the_tower_or_a_multiple_of_it_for_pan_and_scan(tiny):
     family.set_image_size(processor, model, 672)
     assert ip.do_pan_and_scan is True and ip.pan_and_scan_max_num_crops == 3
     for size in (336, 896 + 1, 112):
-        with pytest.raises(ConfigError, match=rf"image_size.size={size}: gemma3 .* fixed 224 x 224 pixels; use image_size=native .*, 224 .* 448, 672"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"image_size.size={size}: gemma3 .* fixed 224 x 224 pixels; use image_size=native .*, 224 .* "
+            rf"448, 672",
+        ):
             family.set_image_size(processor, model, size)
 
 
@@ -68,7 +72,9 @@ def test_crops_and_image_tokens_are_the_processors(tiny, size, crops):
     assert batch["pixel_values"].shape[0] == sum(facts.tiles)
     assert facts.image_tokens == 49 * sum(facts.tiles)
     assert facts.processed_pixels == [[224, 224], [224, 224]] and facts.input_pixels == [[500, 1500], [400, 400]]
-    assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<start_of_image>")).sum()) == sum(facts.tiles)
+    assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<start_of_image>")).sum()) == sum(
+        facts.tiles
+    )
 
 
 def test_the_processors_own_default_would_ignore_pan_and_scan(tiny):
@@ -76,14 +82,20 @@ def test_the_processors_own_default_would_ignore_pan_and_scan(tiny):
     model, processor, family, _ = tiny
     family.set_image_size(processor, model, 448)
     wide = Image.new("RGB", (1500, 500))
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}], add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}], add_generation_prompt=True
+    )
     assert processor(text=[text], images=[[wide]], return_tensors="pt")["pixel_values"].shape[0] == 1
     assert family.encode(processor, ["x"], [[wide]], None, "right")["pixel_values"].shape[0] == 3
 
 
 def test_every_linear_layer_falls_in_its_part(tiny):
     model, _, family, _ = tiny
-    parts = {n: family.part(n) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()}
+    parts = {
+        n: family.part(n)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+    }
     assert {p for n, p in parts.items() if n.startswith("model.vision_tower.")} == {"vision"}
     assert {p for n, p in parts.items() if n.startswith("model.language_model.")} == {"language"}
     assert set(parts.values()) == {"vision", "language"}  # the projector is a weight matrix, no linear layer
@@ -109,7 +121,9 @@ def test_the_offline_processor_sees_what_the_published_4b_sees():
     wide = Image.new("RGB", (2000, 600))
     batch = G3.encode(processor, ["Is it defective?"], [[wide]], None, "right")
     facts = G3.image_facts(processor, model, [wide], batch)
-    assert facts.tiles == [1] and facts.processed_pixels == [[896, 896]] and facts.image_tokens == 256  # native: pan-and-scan off
+    assert (
+        facts.tiles == [1] and facts.processed_pixels == [[896, 896]] and facts.image_tokens == 256
+    )  # native: pan-and-scan off
     assert (896 // 14) ** 2 // 16 == 256  # 64 x 64 patches pooled 4 x 4
     G3.set_image_size(processor, model, 1792)
     batch = G3.encode(processor, ["Is it defective?"], [[wide]], None, "right")

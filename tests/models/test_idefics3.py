@@ -21,7 +21,13 @@ TILE = FAMILY.tiny_config().tiny.patch_size * 4  # the tiny tower: 4 x 4 patches
 
 
 def tiny(models_dir, size=None):
-    return load(FAMILY.tiny_config(), ImageSizeConfig(name=str(size or "native"), size=size), str(models_dir), "cpu", Layout.separate)
+    return load(
+        FAMILY.tiny_config(),
+        ImageSizeConfig(name=str(size or "native"), size=size),
+        str(models_dir),
+        "cpu",
+        Layout.separate,
+    )
 
 
 def pair(verdict="defective", size=(448, 200)):
@@ -56,11 +62,15 @@ def test_tiles_and_image_tokens_are_the_processors(models_dir, size, image_size)
 def test_image_size_sets_the_longest_edge_in_whole_tiles(models_dir):
     _, processor, _, _ = tiny(models_dir, 4 * TILE)
     ip = processor.image_processor
-    assert ip.size == {"longest_edge": 4 * TILE} and ip.max_image_size == {"longest_edge": TILE} and ip.do_image_splitting
+    assert (
+        ip.size == {"longest_edge": 4 * TILE} and ip.max_image_size == {"longest_edge": TILE} and ip.do_image_splitting
+    )
     _, processor, _, _ = tiny(models_dir, TILE)
     assert not processor.image_processor.do_image_splitting  # one tile: the whole image, not split
     for bad in (TILE + 16, 224):
-        with pytest.raises(ConfigError, match=rf"image_size.size={bad}: .*{TILE}-pixel tiles.*{TILE}, {2 * TILE}, {3 * TILE}"):
+        with pytest.raises(
+            ConfigError, match=rf"image_size.size={bad}: .*{TILE}-pixel tiles.*{TILE}, {2 * TILE}, {3 * TILE}"
+        ):
             tiny(models_dir, bad)
     # the tiny model is checked at the door too, before anything is built
     with pytest.raises(ConfigError, match=r"image_size.size=224"):
@@ -69,7 +79,9 @@ def test_image_size_sets_the_longest_edge_in_whole_tiles(models_dir):
 
 def test_lora_parts_on_the_real_module_names(models_dir):
     model, _, family, _ = tiny(models_dir)
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()]
+    linear = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+    ]
     parts = {n: family.part(n) for n in linear}
     assert {n for n, p in parts.items() if p == "projector"} == {"model.connector.modality_projection.proj"}
     assert all(p == "vision" for n, p in parts.items() if n.startswith("model.vision_model."))

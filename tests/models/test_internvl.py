@@ -31,12 +31,16 @@ def pair(verdict="defective", size=(448, 386)):
 
 @pytest.mark.parametrize("size, tiles", [(64, 1), (96, 2), (128, 4), (200, 9)])
 def test_image_size_is_a_budget_of_whole_tiles(models_dir, size, tiles):
-    _, processor, _, _ = load(INTERNVL.tiny_config(), ImageSizeConfig(name=str(size), size=size), str(models_dir), "cpu")
+    _, processor, _, _ = load(
+        INTERNVL.tiny_config(), ImageSizeConfig(name=str(size), size=size), str(models_dir), "cpu"
+    )
     assert processor.image_processor.max_patches == tiles and processor.image_processor.min_patches == 1
 
 
 def test_an_image_size_under_one_tile_is_refused_naming_the_tile(models_dir):
-    with pytest.raises(ConfigError, match=r"image_size.size=32: internvl cuts images into 64 x 64 tiles.*use a size >= 64"):
+    with pytest.raises(
+        ConfigError, match=r"image_size.size=32: internvl cuts images into 64 x 64 tiles.*use a size >= 64"
+    ):
         load(INTERNVL.tiny_config(), ImageSizeConfig(name="32", size=32), str(models_dir), "cpu")
 
 
@@ -73,7 +77,12 @@ def test_two_images_are_tiled_each_in_their_order(tiny):
 def test_every_linear_layer_of_the_tiny_model_falls_in_its_part(tiny):
     model = tiny[0]
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    expected = {"vision_tower": "vision", "multi_modal_projector": "projector", "language_model": "language", "lm_head": "other"}
+    expected = {
+        "vision_tower": "vision",
+        "multi_modal_projector": "projector",
+        "language_model": "language",
+        "lm_head": "other",
+    }
     for name in linear:
         assert INTERNVL.part(name) == next(part for key, part in expected.items() if key in name), name
     assert {INTERNVL.part(n) for n in linear} == {"vision", "projector", "language", "other"}

@@ -20,7 +20,13 @@ TILE = FAMILY.tiny_config().tiny.patch_size * 4
 
 
 def tiny(models_dir, size=None):
-    return load(FAMILY.tiny_config(), ImageSizeConfig(name=str(size or "native"), size=size), str(models_dir), "cpu", Layout.separate)
+    return load(
+        FAMILY.tiny_config(),
+        ImageSizeConfig(name=str(size or "native"), size=size),
+        str(models_dir),
+        "cpu",
+        Layout.separate,
+    )
 
 
 def pair(verdict="defective", size=(448, 200)):
@@ -62,15 +68,22 @@ def test_image_size_picks_the_grid_in_the_processor_and_the_model(models_dir):
     model, processor, _, _ = tiny(models_dir, 2 * TILE)
     assert processor.image_processor.image_grid_pinpoints == model.config.image_grid_pinpoints == grid(TILE, 2)
     for bad in (TILE + 16, 224):
-        with pytest.raises(ConfigError, match=rf"image_size.size={bad}: .*{TILE}-pixel tiles.*{TILE}, {2 * TILE}, {3 * TILE}"):
+        with pytest.raises(
+            ConfigError, match=rf"image_size.size={bad}: .*{TILE}-pixel tiles.*{TILE}, {2 * TILE}, {3 * TILE}"
+        ):
             tiny(models_dir, bad)
 
 
 def test_lora_parts_on_the_real_module_names(models_dir):
     model, _, family, _ = tiny(models_dir)
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()]
+    linear = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+    ]
     parts = {n: family.part(n) for n in linear}
-    assert {n for n, p in parts.items() if p == "projector"} == {"model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2"}
+    assert {n for n, p in parts.items() if p == "projector"} == {
+        "model.multi_modal_projector.linear_1",
+        "model.multi_modal_projector.linear_2",
+    }
     assert all(p == "vision" for n, p in parts.items() if n.startswith("model.vision_tower."))
     assert all(p == "language" for n, p in parts.items() if n.startswith("model.language_model."))
     assert "other" not in parts.values()
@@ -92,7 +105,10 @@ def test_the_label_mask_is_the_answer_and_the_end_of_turn(models_dir):
 def test_the_presets_offline_processor_is_the_published_one():
     cfg = to_object(compose_app("train", ["model=llava_onevision_0_5b"]).model, "model")
     processor, config = families()[cfg.family].offline_processor(cfg.processor)
-    assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints and len(config.image_grid_pinpoints) == 36
+    assert (
+        processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
+        and len(config.image_grid_pinpoints) == 36
+    )
     square = processor(text=["<image>\nIs it good?"], images=[[Image.new("RGB", (384, 384))]], return_tensors="pt")
     # a square image: the base view (27 x 27 = 729) and one tile, unpadded, 27 newlines
     assert square["pixel_values"].shape[1] == 2

@@ -66,7 +66,9 @@ def test_image_size_is_the_towers_fixed_size(tiny, tmp_path):
     model, processor, family, _ = tiny
     family.set_image_size(processor, model, 224)
     assert processor.image_processor.size == {"height": 224, "width": 224}
-    with pytest.raises(ConfigError, match=r"image_size.size=448: .* built for 224 x 224 .*use image_size=native or 224"):
+    with pytest.raises(
+        ConfigError, match=r"image_size.size=448: .* built for 224 x 224 .*use image_size=native or 224"
+    ):
         family.set_image_size(processor, model, 448)
 
 
@@ -81,7 +83,11 @@ def test_the_image_facts_are_the_processors(tiny):
 
 def test_every_linear_layer_falls_in_its_part(tiny):
     model, _, family, _ = tiny
-    parts = {n: family.part(n) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()}
+    parts = {
+        n: family.part(n)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+    }
     assert {p for n, p in parts.items() if n.startswith("model.vision_tower.")} == {"vision"}
     assert {p for n, p in parts.items() if n.startswith("model.language_model.")} == {"language"}
     assert {p for n, p in parts.items() if n.startswith("model.multi_modal_projector.")} == {"projector"}

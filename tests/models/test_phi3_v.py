@@ -20,12 +20,12 @@ from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object
-from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.preview import preview, source
-from vlmqc.models import check, families, load
 from vlmqc.evaluation.generate import predict
+from vlmqc.models import check, families, load
+from vlmqc.preflight import validate
+from vlmqc.preview import preview, source
 from vlmqc.prompts import render_answer
 
 PHI = families()["phi3_v"]
@@ -44,17 +44,27 @@ def test_the_tiny_model_is_remote_code_loaded_from_its_own_files(tiny):
     model, processor, family, path = tiny
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "phi3_v" and config["auto_map"]["AutoModelForCausalLM"] == "modeling_phi3_v.Phi3VForCausalLM"
-    assert all((folder / f).is_file() for f in ("configuration_phi3_v.py", "modeling_phi3_v.py", "processing_phi3_v.py"))
+    assert (
+        config["model_type"] == "phi3_v"
+        and config["auto_map"]["AutoModelForCausalLM"] == "modeling_phi3_v.Phi3VForCausalLM"
+    )
+    assert all(
+        (folder / f).is_file() for f in ("configuration_phi3_v.py", "modeling_phi3_v.py", "processing_phi3_v.py")
+    )
     # the classes came from those files (transformers' dynamic modules), not from transformers itself
     assert type(model).__name__ == "Phi3VForCausalLM" and type(model).__module__.startswith("transformers_modules.")
-    assert type(processor).__name__ == "Phi3VProcessor" and type(processor).__module__.startswith("transformers_modules.")
+    assert type(processor).__name__ == "Phi3VProcessor" and type(processor).__module__.startswith(
+        "transformers_modules."
+    )
     assert family is PHI and PHI.auto_class(True) is AutoModelForCausalLM
 
 
 def test_without_trust_remote_code_loading_fails_saying_the_preset_sets_it(tiny, models_dir):
     cfg = ModelConfig(name="mine", path=tiny[3])  # trust_remote_code defaults to false
-    message = r"model.trust_remote_code=false: a phi3_v checkpoint .* runs its own modeling and processing code.*model=phi3_5_vision sets it"
+    message = (
+        r"model.trust_remote_code=false: a phi3_v checkpoint .* runs its own modeling and processing "
+        r"code.*model=phi3_5_vision sets it"
+    )
     with pytest.raises(ConfigError, match=message):
         check(cfg, ImageSizeConfig(name="native"), Layout.stacked)  # at the door, from config.json alone
     with pytest.raises(ConfigError, match=message):
@@ -63,7 +73,10 @@ def test_without_trust_remote_code_loading_fails_saying_the_preset_sets_it(tiny,
 
 def test_the_text_numbers_every_image_in_phis_format(tiny):
     processor = tiny[1]
-    assert PHI.text(processor, "Compare.", 2, None) == "<|user|>\n<|image_1|>\n<|image_2|>\nCompare.<|end|>\n<|assistant|>\n"
+    assert (
+        PHI.text(processor, "Compare.", 2, None)
+        == "<|user|>\n<|image_1|>\n<|image_2|>\nCompare.<|end|>\n<|assistant|>\n"
+    )
     assert PHI.text(processor, "Q?", 1, "A") == "<|user|>\n<|image_1|>\nQ?<|end|>\n<|assistant|>\nA<|end|>\n"
 
 
@@ -83,13 +96,18 @@ def test_the_label_mask_learns_the_answer_and_the_end_of_the_turn(tiny):
 
 def test_a_batch_is_encoded_example_by_example_and_padded_on_the_asked_side(tiny):
     model, processor, family, _ = tiny
-    images = [[Image.new("RGB", (448, 386)), Image.new("RGB", (448, 386))], [Image.new("RGB", (448, 386)), Image.new("RGB", (448, 386))]]
+    images = [
+        [Image.new("RGB", (448, 386)), Image.new("RGB", (448, 386))],
+        [Image.new("RGB", (448, 386)), Image.new("RGB", (448, 386))],
+    ]
     left = family.encode(processor, ["Compare.", "Compare the two products carefully."], images, None, "left")
     right = family.encode(processor, ["Compare.", "Compare the two products carefully."], images, None, "right")
     assert left["pixel_values"].shape[0] == 4  # every image of every example, in order
     assert left["attention_mask"][0, 0] == 0 and right["attention_mask"][0, -1] == 0
     assert torch.equal(left["input_ids"][1], right["input_ids"][1])  # the longest is not padded
-    facts = family.image_facts(processor, model, images[0], family.encode(processor, ["Compare."], images[:1], None, "left"))
+    facts = family.image_facts(
+        processor, model, images[0], family.encode(processor, ["Compare."], images[:1], None, "left")
+    )
     tokens_per_image = (224 // 16) ** 2  # the tiny CLIP tower: 224 pixels, 16-pixel patches, no merging
     assert facts.tiles == [1, 1] and facts.image_tokens == 2 * tokens_per_image
 
@@ -107,7 +125,9 @@ def test_image_size_sets_num_crops_a_budget_of_whole_336_crops(tiny):
     assert published.image_processor.num_crops == 4
     PHI.set_image_size(published, None, 1008)
     assert published.image_processor.num_crops == 9
-    with pytest.raises(ConfigError, match=r"image_size.size=300: phi3_v cuts images into 336 x 336 crops.*use a size >= 336"):
+    with pytest.raises(
+        ConfigError, match=r"image_size.size=300: phi3_v cuts images into 336 x 336 crops.*use a size >= 336"
+    ):
         PHI.set_image_size(published, None, 300)
     # the tiny model's CLIP image processor, as AutoProcessor picks its backend: torchvision where installed, else PIL
     clip = "CLIPImageProcessor" if is_torchvision_available() else "CLIPImageProcessorPil"
@@ -133,15 +153,24 @@ def test_the_linear_layers_fall_in_their_parts(tiny):
     assert [n for n in linear if PHI.part(n) == "other"] == ["lm_head"]
     # the published modeling_phi3_v.py's names
     assert PHI.part("model.vision_embed_tokens.img_projection.0") == "projector"
-    assert PHI.part("model.vision_embed_tokens.img_processor.vision_model.encoder.layers.0.self_attn.q_proj") == "vision"
-    assert PHI.part("model.layers.0.self_attn.qkv_proj") == "language" and PHI.part("model.layers.3.mlp.gate_up_proj") == "language"
+    assert (
+        PHI.part("model.vision_embed_tokens.img_processor.vision_model.encoder.layers.0.self_attn.q_proj") == "vision"
+    )
+    assert (
+        PHI.part("model.layers.0.self_attn.qkv_proj") == "language"
+        and PHI.part("model.layers.3.mlp.gate_up_proj") == "language"
+    )
 
 
 def test_the_preset_alone_trusts_remote_code():
     cfg = to_object(compose_app("train", ["model=phi3_5_vision"]).model, "model")
     assert cfg.path == "microsoft/Phi-3.5-vision-instruct" and cfg.family == "phi3_v" and cfg.trust_remote_code
     assert cfg.processor == {"crop_size": 336, "num_crops": 4, "num_img_tokens": 144}
-    remote = {p.stem for p in (CONF / "model").glob("*.yaml") if to_object(compose_app("train", [f"model={p.stem}"]).model, "model").trust_remote_code}
+    remote = {
+        p.stem
+        for p in (CONF / "model").glob("*.yaml")
+        if to_object(compose_app("train", [f"model={p.stem}"]).model, "model").trust_remote_code
+    }
     assert remote == {"phi3_5_vision"}  # phi4_multimodal is transformers' native port
 
 
@@ -169,7 +198,13 @@ def test_the_presets_offline_processor_follows_the_published_hd_rules(size, wh, 
     batch = PHI.encode(processor, ["Is it defective?"], [[image]], ["The bottom product passed."], "right")
     facts = PHI.image_facts(processor, SimpleNamespace(config=config), [image], batch)
     assert batch["image_sizes"].tolist() == [hd] and facts.tiles == [tiles] and facts.image_tokens == tokens
-    assert batch["pixel_values"].shape == (1, (size or 672) ** 2 // 336**2 + 1, 3, 336, 336)  # padded to num_crops + 1 views
+    assert batch["pixel_values"].shape == (
+        1,
+        (size or 672) ** 2 // 336**2 + 1,
+        3,
+        336,
+        336,
+    )  # padded to num_crops + 1 views
     assert facts.processed_pixels == [[336, 336]]
 
 
@@ -194,5 +229,10 @@ def test_inspects_table_agrees_with_the_real_processor_on_the_tiny_model(models_
         out = processor(text=PHI.text(processor, "Q", len(images), "A"), images=images, return_tensors="pt")
         assert shown.facts.input_pixels == [[im.height, im.width] for im in images]
         assert shown.facts.image_tokens == int((out["input_ids"] == image_id).sum()) == 2 * (224 // 16) ** 2
-        assert shown.facts.tiles == [1, 1] and shown.facts.processed_pixels == [list(out["pixel_values"].shape[-2:])] * 2
-        assert shown.sequence == Collator(processor, PHI, objs["prompt"], True, Layout.separate)([row])["input_ids"].shape[1]
+        assert (
+            shown.facts.tiles == [1, 1] and shown.facts.processed_pixels == [list(out["pixel_values"].shape[-2:])] * 2
+        )
+        assert (
+            shown.sequence
+            == Collator(processor, PHI, objs["prompt"], True, Layout.separate)([row])["input_ids"].shape[1]
+        )

@@ -24,18 +24,19 @@ from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, to_object
-from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
-from vlmqc.preview import preview
 from vlmqc.models import check, families, load
 from vlmqc.models.phi4_multimodal import _tokenizer
+from vlmqc.preflight import validate
+from vlmqc.preview import preview
 from vlmqc.prompts import render_answer
 
 PHI4 = families()["phi4_multimodal"]
 needs_torchvision = pytest.mark.skipif(
     not is_torchvision_available(),
-    reason="the phi4_multimodal family's processor needs torchvision, not installed here (benchmarks/gpu_families.sh runs it on the GPU machine)",
+    reason="the phi4_multimodal family's processor needs torchvision, not installed here "
+    "(benchmarks/gpu_families.sh runs it on the GPU machine)",
 )
 
 
@@ -58,7 +59,9 @@ def test_image_size_sets_dynamic_hd_a_budget_of_whole_448_crops():
     assert processor.image_processor.dynamic_hd == 4
     PHI4.set_image_size(processor, None, 672)
     assert processor.image_processor.dynamic_hd == 2
-    with pytest.raises(ConfigError, match=r"image_size.size=336: phi4_multimodal cuts images into 448 x 448 crops.*use a size >= 448"):
+    with pytest.raises(
+        ConfigError, match=r"image_size.size=336: phi4_multimodal cuts images into 448 x 448 crops.*use a size >= 448"
+    ):
         PHI4.set_image_size(processor, None, 336)
 
 
@@ -105,7 +108,9 @@ def test_the_text_gives_each_image_one_placeholder_in_phis_turns():
 def test_the_published_remote_code_layout_is_refused_naming_the_native_conversion(tmp_path, models_dir):
     folder = tmp_path / "phi4mm"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "phi4mm", "auto_map": {"AutoConfig": "configuration_phi4mm.Phi4MMConfig"}}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "phi4mm", "auto_map": {"AutoConfig": "configuration_phi4mm.Phi4MMConfig"}})
+    )
     cfg = ModelConfig(name="mine", path=str(folder), trust_remote_code=True)
     message = r"model_type phi4mm is the published main branch's remote code.*--revision refs/pr/70"
     with pytest.raises(ConfigError, match=message):
@@ -126,8 +131,14 @@ def test_without_torchvision_the_family_refuses_saying_so(models_dir):
 @needs_torchvision
 def test_the_tiny_model_is_the_native_port_loaded_without_remote_code(tiny):
     model, processor, family, path = tiny
-    assert family is PHI4 and model.config.model_type == "phi4_multimodal" and "auto_map" not in json.loads((Path(path) / "config.json").read_text())
-    assert type(model).__name__ == "Phi4MultimodalForCausalLM" and type(model).__module__.startswith("transformers.models.phi4_multimodal")
+    assert (
+        family is PHI4
+        and model.config.model_type == "phi4_multimodal"
+        and "auto_map" not in json.loads((Path(path) / "config.json").read_text())
+    )
+    assert type(model).__name__ == "Phi4MultimodalForCausalLM" and type(model).__module__.startswith(
+        "transformers.models.phi4_multimodal"
+    )
     assert type(processor).__name__ == "Phi4MultimodalProcessor" and processor.image_processor.dynamic_hd == 4
 
 
@@ -152,7 +163,10 @@ def _crops(h: int, w: int, budget: int) -> int:
     across, down = math.ceil(w / 448), math.ceil(h / 448)
     if across * down <= budget:
         return across * down
-    grids = sorted({(i, j) for i in range(1, budget + 1) for j in range(1, budget + 1) if i * j <= budget}, key=lambda g: g[0] * g[1])
+    grids = sorted(
+        {(i, j) for i in range(1, budget + 1) for j in range(1, budget + 1) if i * j <= budget},
+        key=lambda g: g[0] * g[1],
+    )
     best, diff = (1, 1), float("inf")
     for i, j in grids:
         d = abs(w / h - i / j)
@@ -166,14 +180,18 @@ def _crops(h: int, w: int, budget: int) -> int:
 @pytest.mark.parametrize("hw", [(386, 448), (900, 448), (500, 1000), (300, 2000)])
 def test_crops_and_image_tokens_are_the_processors(tiny, size, hw):
     model, processor, family, path = tiny
-    _, processor, _, _ = load(PHI4.tiny_config(), ImageSizeConfig(name=str(size or "native"), size=size), str(Path(path).parent), "cpu")
+    _, processor, _, _ = load(
+        PHI4.tiny_config(), ImageSizeConfig(name=str(size or "native"), size=size), str(Path(path).parent), "cpu"
+    )
     budget = {None: 4, 448: 1, 896: 4}[size]  # the tiny processor's dynamic_hd, or size*size // 448**2
     assert processor.image_processor.dynamic_hd == budget
     image = Image.new("RGB", (hw[1], hw[0]))
     batch = family.encode(processor, ["Q?"], [[image]], None, "right")
     facts = family.image_facts(processor, model, [image], batch)
     assert facts.tiles == [_crops(*hw, budget) + 1] and facts.processed_pixels == [[448, 448]]
-    assert facts.image_tokens == int(processor.image_processor(images=[image], return_tensors="pt")["num_img_tokens"][0])
+    assert facts.image_tokens == int(
+        processor.image_processor(images=[image], return_tensors="pt")["num_img_tokens"][0]
+    )
 
 
 @needs_torchvision
@@ -192,7 +210,10 @@ def test_inspects_table_agrees_with_the_processor_on_the_tiny_model(models_dir, 
         assert shown.facts.input_pixels == [[im.height, im.width] for im in images]
         assert shown.facts.image_tokens == int(out["num_img_tokens"].sum())
         assert shown.facts.tiles == [int(h) // 448 * (int(w) // 448) + 1 for h, w in out["image_sizes"]]
-        assert shown.sequence == Collator(processor, PHI4, objs["prompt"], True, objs["data"].layout)([row])["input_ids"].shape[1]
+        assert (
+            shown.sequence
+            == Collator(processor, PHI4, objs["prompt"], True, objs["data"].layout)([row])["input_ids"].shape[1]
+        )
 
 
 @needs_torchvision
@@ -225,4 +246,6 @@ def test_the_vision_lora_beside_a_native_checkpoint_is_merged_at_load(tiny, tmp_
     model = load(ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu")[0]
     assert torch.allclose(model.get_submodule(name).weight, expected, atol=1e-6)
     assert not torch.allclose(expected, weight)
-    assert not any("lora" in n for n, _ in model.named_parameters())  # merged, not an adapter a trial's LoRA would stack on
+    assert not any(
+        "lora" in n for n, _ in model.named_parameters()
+    )  # merged, not an adapter a trial's LoRA would stack on

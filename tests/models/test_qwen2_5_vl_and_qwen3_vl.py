@@ -60,7 +60,9 @@ def tiny(request, models_dir):
 
 
 def test_the_qwen_families_are_registered_by_their_model_types():
-    assert families()["qwen2_5_vl"].model_types == ("qwen2_5_vl",) and families()["qwen3_vl"].model_types == ("qwen3_vl",)
+    assert families()["qwen2_5_vl"].model_types == ("qwen2_5_vl",) and families()["qwen3_vl"].model_types == (
+        "qwen3_vl",
+    )
     assert all(families()[n].multi_image for n in ["qwen2_vl", *NEW])
 
 
@@ -83,7 +85,9 @@ def test_qwen2_vl_image_tokens_are_the_processors_formula(size, budget, expected
     max_pixels = budget * budget if budget else 12845056
     assert expected_tokens(*size, 28, 3136, max_pixels) == expected  # the formula, by hand above
     facts = tokens_of(family, processor, model, [image])
-    assert facts.processed_pixels == [list(expected[:2])] and facts.image_tokens == expected[2] == (expected[0] // 28) * (expected[1] // 28)
+    assert facts.processed_pixels == [list(expected[:2])] and facts.image_tokens == expected[2] == (
+        expected[0] // 28
+    ) * (expected[1] // 28)
 
 
 @pytest.mark.parametrize(
@@ -96,14 +100,19 @@ def test_every_qwen_preset_sees_its_published_budget_offline(name, factor, min_p
     assert family.name == preset(name).family and type(model.config).model_type in family.model_types
     images = [Image.new("RGB", (size[1], size[0])), Image.new("RGB", (size[0], size[1]))]  # two images in one turn
     facts = tokens_of(family, processor, model, images)
-    want = [expected_tokens(*size, factor, min_pixels, max_pixels), expected_tokens(*size[::-1], factor, min_pixels, max_pixels)]
+    want = [
+        expected_tokens(*size, factor, min_pixels, max_pixels),
+        expected_tokens(*size[::-1], factor, min_pixels, max_pixels),
+    ]
     assert facts.processed_pixels == [[h, w] for h, w, _ in want]
     assert facts.image_tokens == sum(n for _, _, n in want)
 
 
 def test_the_published_floor_bounds_image_size_and_the_error_says_what_it_can_do():
     family, processor, model = offline("qwen3_vl_2b")
-    with pytest.raises(ConfigError, match=r"image_size.size=224: this qwen3_vl processor .* 65536 pixels .* use a size >= 256"):
+    with pytest.raises(
+        ConfigError, match=r"image_size.size=224: this qwen3_vl processor .* 65536 pixels .* use a size >= 256"
+    ):
         family.set_image_size(processor, model, 224)
     family.set_image_size(processor, model, 256)
     assert processor.image_processor.size["longest_edge"] == 256 * 256
@@ -113,7 +122,9 @@ def test_the_published_floor_bounds_image_size_and_the_error_says_what_it_can_do
 
 
 def test_an_unknown_processor_fact_is_refused_naming_what_the_family_reads():
-    with pytest.raises(ConfigError, match=r"model.processor: tile_size unknown to the qwen3_vl family; it reads .*max_pixels"):
+    with pytest.raises(
+        ConfigError, match=r"model.processor: tile_size unknown to the qwen3_vl family; it reads .*max_pixels"
+    ):
         families()["qwen3_vl"].offline_processor({"tile_size": 384})
 
 
@@ -125,10 +136,18 @@ def test_the_tiny_models_are_the_real_architectures_with_their_towers_features(t
     v = model.config.vision_config
     assert model.config.model_type == family.name
     if family.name == "qwen2_5_vl":
-        assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and processor.image_processor.patch_size == v.patch_size == 14
-        assert v.fullatt_block_indexes == [1] and v.window_size == 112  # block 0 attends in windows, block 1 to the whole image
+        assert (
+            type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+            and processor.image_processor.patch_size == v.patch_size == 14
+        )
+        assert (
+            v.fullatt_block_indexes == [1] and v.window_size == 112
+        )  # block 0 attends in windows, block 1 to the whole image
     else:
-        assert type(model).__name__ == "Qwen3VLForConditionalGeneration" and processor.image_processor.patch_size == v.patch_size == 16
+        assert (
+            type(model).__name__ == "Qwen3VLForConditionalGeneration"
+            and processor.image_processor.patch_size == v.patch_size == 16
+        )
         assert v.deepstack_visual_indexes == [0] and len(model.model.visual.deepstack_merger_list) == 1
     assert processor.image_processor.merge_size == v.spatial_merge_size == 2
     assert 1e5 < sum(p.numel() for p in model.parameters()) < 1e6
@@ -140,18 +159,26 @@ def test_image_size_sets_the_tiny_models_budget_and_refuses_below_its_floor(tiny
     assert processor.image_processor.size["longest_edge"] == 112 * 112
     factor = 28 if family.name == "qwen2_5_vl" else 32
     image = Image.new("RGB", (386, 448))
-    grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")["image_grid_thw"][0]
+    grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")[
+        "image_grid_thw"
+    ][0]
     h, w, _ = expected_tokens(448, 386, factor, family.tiny_min_pixels, 112 * 112)
     assert grid.tolist() == [1, h // factor * 2, w // factor * 2]
     low = math.isqrt(family.tiny_min_pixels) - 8
-    with pytest.raises(ConfigError, match=rf"image_size.size={low}: the {family.name} processor scales every image up to its min_pixels"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"image_size.size={low}: the {family.name} processor scales every image up to its min_pixels",
+    ):
         load(family.tiny_config(), ImageSizeConfig(name=str(low), size=low), str(models_dir), "cpu")
 
 
 def test_every_linear_layer_falls_in_its_part(tiny):
     model, _, family, _ = tiny
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    by_part = {part: sorted(n for n in linear if family.part(n) == part) for part in ("projector", "vision", "language", "other")}
+    by_part = {
+        part: sorted(n for n in linear if family.part(n) == part)
+        for part in ("projector", "vision", "language", "other")
+    }
     merger = {"qwen2_5_vl": ["model.visual.merger.mlp.0", "model.visual.merger.mlp.2"]}.get(
         family.name,
         [
@@ -163,7 +190,9 @@ def test_every_linear_layer_falls_in_its_part(tiny):
     )
     assert by_part["projector"] == merger
     assert by_part["vision"] and all(n.startswith("model.visual.blocks.") for n in by_part["vision"])
-    assert len(by_part["language"]) == 2 * 7 and all(n.startswith("model.language_model.layers.") for n in by_part["language"])
+    assert len(by_part["language"]) == 2 * 7 and all(
+        n.startswith("model.language_model.layers.") for n in by_part["language"]
+    )
     assert by_part["other"] == ["lm_head"]
 
 
@@ -185,9 +214,13 @@ def test_golden_label_mask_in_the_familys_chat_format(tiny, layout):
     tok = processor.tokenizer
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     start = int((labels != IGNORE).nonzero()[0])
-    assert tok.decode(labels[start:].tolist()) == render_answer(prompt, row) + "<|im_end|>\n"  # the answer and the end of its turn
+    assert (
+        tok.decode(labels[start:].tolist()) == render_answer(prompt, row) + "<|im_end|>\n"
+    )  # the answer and the end of its turn
     head = tok.decode(ids[:start].tolist())
     turn = "<|im_start|>user\n<|vision_start|>"
-    assert head.startswith(("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" if family.name == "qwen2_5_vl" else "") + turn)
+    assert head.startswith(
+        ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" if family.name == "qwen2_5_vl" else "") + turn
+    )
     assert head.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert head.count("<|vision_start|>") == (2 if layout is Layout.separate else 1)

@@ -20,11 +20,19 @@ from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGener
 from transformers.utils import is_torchvision_available
 
 from vlmqc.collate import IGNORE, Collator
-from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, LoraTarget, ModelConfig, Qwen2VLModelConfig, to_object
+from vlmqc.config import (
+    ConfigError,
+    ImageSizeConfig,
+    LoraConfig,
+    LoraTarget,
+    ModelConfig,
+    Qwen2VLModelConfig,
+    to_object,
+)
+from vlmqc.evaluation.generate import predict
 from vlmqc.models import adapt, families, load, random_checkpoint
 from vlmqc.models.qwen2_vl import TOKENS
 from vlmqc.models.qwen2_vl import config as qwen2_vl_config
-from vlmqc.evaluation.generate import predict
 from vlmqc.prompts import render_answer
 
 QWEN = families()["qwen2_vl"]
@@ -43,7 +51,9 @@ SHRINK = {
     },
     "vision": {"depth": 2, "embed_dim": 32, "num_heads": 2},
 }
-OVERRIDES = [f"model.qwen2_vl.{part}.{k}={v}".replace(" ", "") for part, fields in SHRINK.items() for k, v in fields.items()]
+OVERRIDES = [
+    f"model.qwen2_vl.{part}.{k}={v}".replace(" ", "") for part, fields in SHRINK.items() for k, v in fields.items()
+]
 # Qwen2-VL-2B-Instruct as published: 4,417,971,200 bytes of bf16 weights (model.safetensors.index.json)
 PARAMETERS_2B = 4_417_971_200 // 2
 
@@ -68,7 +78,14 @@ def test_the_preset_is_the_2b_shape_and_its_file_states_the_schema_defaults():
     assert cfg.qwen2_vl == Qwen2VLModelConfig()  # the option file restates the defaults: they must agree
     config = qwen2_vl_config(cfg.qwen2_vl, {t: i for i, t in enumerate(TOKENS)})
     text, vision = config.text_config, config.vision_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.intermediate_size,
+        text.vocab_size,
+    ) == (
         1536,
         28,
         12,
@@ -126,7 +143,9 @@ def test_the_built_checkpoint_is_reused_and_loads_through_the_auto_classes(small
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
-@pytest.mark.skipif(not is_torchvision_available(), reason="AutoProcessor builds Qwen2-VL's video processor only with torchvision")
+@pytest.mark.skipif(
+    not is_torchvision_available(), reason="AutoProcessor builds Qwen2-VL's video processor only with torchvision"
+)
 def test_with_torchvision_autoprocessor_gives_the_full_qwen2_vl_processor(small):
     from transformers import AutoProcessor
 
@@ -139,7 +158,9 @@ def test_a_pair_becomes_image_tokens_within_the_pixel_budget(small):
     batch = Collator(processor, family, prompt_option("short"), train=False)([pair()])
     t, h, w = batch["image_grid_thw"][0].tolist()
     assert t == 1 and h * w * 14 * 14 <= 448 * 448
-    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == h * w // 4  # 2 x 2 patches merge into one token
+    assert (
+        int((batch["input_ids"] == model.config.image_token_id).sum()) == h * w // 4
+    )  # 2 x 2 patches merge into one token
     assert 150 < h * w // 4 < 400  # a few hundred image tokens
 
 
@@ -147,7 +168,9 @@ def test_image_size_is_a_pixel_budget_and_native_is_the_presets(models_dir):
     cfg = preset(*OVERRIDES)
     _, processor, _, _ = load(cfg, ImageSizeConfig(name="224", size=224), str(models_dir), "cpu")
     assert processor.image_processor.size["longest_edge"] == 224 * 224
-    _, h, w = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[pair()["image"]], return_tensors="pt")["image_grid_thw"][0].tolist()
+    _, h, w = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[pair()["image"]], return_tensors="pt"
+    )["image_grid_thw"][0].tolist()
     assert h * w * 14 * 14 <= 224 * 224 and abs(w / h - 448 / 386) < 0.2  # the aspect ratio is kept
     _, native, _, _ = load(cfg, ImageSizeConfig(name="native"), str(models_dir), "cpu")
     assert native.image_processor.size["longest_edge"] == cfg.qwen2_vl.max_pixels == 448 * 448
@@ -230,7 +253,14 @@ def test_a_typo_in_a_shape_key_fails_at_composition():
 @pytest.mark.slow
 def test_a_short_trial_of_the_shrunk_preset_completes(tmp_path):
     env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", "model=qwen2_vl_2b_random", *OVERRIDES]
+    command = [
+        sys.executable,
+        "-m",
+        "vlmqc.train",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "model=qwen2_vl_2b_random",
+        *OVERRIDES,
+    ]
     command += [
         "data=pair_round",
         "data.train_size=8",
@@ -249,6 +279,8 @@ def test_a_short_trial_of_the_shrunk_preset_completes(tmp_path):
     assert 150 < facts["image_tokens_per_sample"] < 400
     # the resolution the tower saw, in pixels: the patch grid, within the 448 x 448 pixel budget
     h, w = facts["processed_resolution"]
-    assert h % 28 == 0 and w % 28 == 0 and h * w <= 448 * 448 and (h // 28) * (w // 28) == facts["image_tokens_per_sample"]
+    assert (
+        h % 28 == 0 and w % 28 == 0 and h * w <= 448 * 448 and (h // 28) * (w // 28) == facts["image_tokens_per_sample"]
+    )
     assert 0 < facts["trainable_parameters"] < facts["total_parameters"]
     assert "eval/loss" in summary["final"] and "eval/verdict_accuracy" in summary["final"]

@@ -30,19 +30,30 @@ def test_tiny_model_is_built_once_and_loads_through_the_auto_classes(models_dir)
     text = processor.apply_chat_template(chat, add_generation_prompt=True)
     batch = processor(text=[text], images=[Image.new("RGB", (448, 190), (90, 120, 60))], return_tensors="pt")
     assert batch["pixel_values"].shape[-2:] == (224, 224)
-    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == (224 // 16) ** 2  # CLS dropped by the default strategy
+    assert (
+        int((batch["input_ids"] == model.config.image_token_id).sum()) == (224 // 16) ** 2
+    )  # CLS dropped by the default strategy
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] == batch["input_ids"].shape[1] + 4 or processor.tokenizer.eos_token_id in out[0, batch["input_ids"].shape[1] :]
+    assert (
+        out.shape[1] == batch["input_ids"].shape[1] + 4
+        or processor.tokenizer.eos_token_id in out[0, batch["input_ids"].shape[1] :]
+    )
 
 
 def test_tokenizer_encodes_any_text_and_decodes_it_back(models_dir):
     tok = AutoProcessor.from_pretrained(tiny_checkpoint(None, models_dir)).tokenizer
-    for text in ["The bottom product is defective: missing terminal at C5.", "下の製品は不良です：C5 端子欠落", '{"verdict": "pass"} ~~ zebra']:
+    for text in [
+        "The bottom product is defective: missing terminal at C5.",
+        "下の製品は不良です：C5 端子欠落",
+        '{"verdict": "pass"} ~~ zebra',
+    ]:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_each_resolution_gets_its_own_tiny_model(models_dir):
-    model, processor, _, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="336", size=336), str(models_dir), "cpu")
+    model, processor, _, _ = load(
+        ModelConfig(name="tiny"), ImageSizeConfig(name="336", size=336), str(models_dir), "cpu"
+    )
     assert model.config.vision_config.image_size == 336
     batch = processor(text=["<image>x"], images=[Image.new("RGB", (100, 50))], return_tensors="pt")
     assert batch["pixel_values"].shape[-2:] == (336, 336)
@@ -82,7 +93,12 @@ def test_full_fine_tuning_trains_all_but_the_vision_tower(models_dir):
 
 def test_a_checkpoint_that_does_not_exist_fails_clearly(models_dir):
     with pytest.raises(OSError):
-        load(ModelConfig(name="llava", path=str(models_dir / "no-such-model")), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+        load(
+            ModelConfig(name="llava", path=str(models_dir / "no-such-model")),
+            ImageSizeConfig(name="native"),
+            str(models_dir),
+            "cpu",
+        )
 
 
 def test_dtype_auto_is_fp32_on_cpu(models_dir):
@@ -96,7 +112,9 @@ def test_model_path_loads_any_saved_checkpoint_folder(models_dir, tmp_path):
 
     folder = tmp_path / "my-checkpoint"
     shutil.copytree(tiny_checkpoint(None, models_dir), folder)
-    model, processor, _, path = load(ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu")
+    model, processor, _, path = load(
+        ModelConfig(name="mine", path=str(folder)), ImageSizeConfig(name="native"), str(models_dir), "cpu"
+    )
     assert path == str(folder) and model.config.model_type == "llava"
     assert ModelConfig(name="mine", path=str(folder)).trust_remote_code is False
 

@@ -10,11 +10,30 @@ from PIL import Image
 
 from vlmqc.answers import Parsed
 from vlmqc.metrics import DEFAULT_METRIC, METRICS, better
-from vlmqc.runs.records import PredictionRow, RecordError, Records, Sample, Summary, read_metrics, read_predictions, read_rows, read_samples, read_summary, sample_image
+from vlmqc.runs.records import (
+    PredictionRow,
+    RecordError,
+    Records,
+    Sample,
+    Summary,
+    read_metrics,
+    read_predictions,
+    read_rows,
+    read_samples,
+    read_summary,
+    sample_image,
+)
 from vlmqc.runs.standing import evaluations, standing
 from vlmqc.runs.sweep import SweepSummary
 
-EXAMPLE = {"id": "test-1", "task": "pair", "verdict": "defective", "defects": [{"position": "C5", "type": "missing"}], "target": "", "answer": ""}
+EXAMPLE = {
+    "id": "test-1",
+    "task": "pair",
+    "verdict": "defective",
+    "defects": [{"position": "C5", "type": "missing"}],
+    "target": "",
+    "answer": "",
+}
 
 
 def test_prediction_rows_and_samples_round_trip():
@@ -28,7 +47,10 @@ def test_prediction_rows_and_samples_round_trip():
 
 def test_an_ill_typed_record_names_its_file_line_and_field():
     with pytest.raises(RecordError, match=r"preds.jsonl:3: correct: expected bool, got str"):
-        Sample.from_dict({"id": "a", "step": 1, "image": "i", "prompt": "p", "truth": "t", "prediction": "x", "correct": "yes"}, "preds.jsonl:3")
+        Sample.from_dict(
+            {"id": "a", "step": 1, "image": "i", "prompt": "p", "truth": "t", "prediction": "x", "correct": "yes"},
+            "preds.jsonl:3",
+        )
     with pytest.raises(RecordError, match="step: expected int, got bool"):
         Sample(id="a", step=True, image="i", prompt="p", truth="t", prediction="x", correct=True).to_dict()
 
@@ -36,7 +58,19 @@ def test_an_ill_typed_record_names_its_file_line_and_field():
 def test_readers_report_bad_rows_one_by_one_and_keep_the_good_ones(tmp_path):
     good = PredictionRow.of(EXAMPLE, "pass", Parsed(verdict="pass", ok=True)).to_dict()
     path = tmp_path / "step-000002.jsonl"
-    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "defects": "C5"}), json.dumps([1]), json.dumps({**good, "id": None}), json.dumps(good)]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                "{not json",
+                json.dumps({**good, "defects": "C5"}),
+                json.dumps([1]),
+                json.dumps({**good, "id": None}),
+                json.dumps(good),
+            ]
+        )
+        + "\n"
+    )
     rows, problems = read_predictions(path)
     assert len(rows) == 3  # the ill-typed defects field falls back to its default, the row is kept
     assert problems == [
@@ -48,10 +82,15 @@ def test_readers_report_bad_rows_one_by_one_and_keep_the_good_ones(tmp_path):
     samples, problems = read_samples(tmp_path / "absent.jsonl")
     assert samples == [] and len(problems) == 1
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text('{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}\n{"trainer/global_step": "x"}\n{"trainer/global_step": 4, "eval/exact_match": [1]}\n')
+    metrics.write_text(
+        '{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}\n{"trainer/global_step": '
+        '"x"}\n{"trainer/global_step": 4, "eval/exact_match": [1]}\n'
+    )
     rows, problems = read_metrics(metrics)
-    assert rows == [{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}, {"trainer/global_step": 4}] and len(problems) == 2
-
+    assert (
+        rows == [{"trainer/global_step": 2, "eval/exact_match": 0.5, "eval/loss": "nan"}, {"trainer/global_step": 4}]
+        and len(problems) == 2
+    )
 
 
 def test_read_back_a_row_keeps_its_key_and_names_each_bad_field_in_line_order(tmp_path):
@@ -59,10 +98,17 @@ def test_read_back_a_row_keeps_its_key_and_names_each_bad_field_in_line_order(tm
     path = tmp_path / "step-000004.jsonl"
     bad_parsed = {**good, "parsed": {**good["parsed"], "defects": [["C5", 3]]}}
     no_prediction = {k: v for k, v in good.items() if k != "prediction"}
-    path.write_text("\n".join([json.dumps(bad_parsed), "{cut", json.dumps({**good, "parsed": None}), json.dumps(no_prediction)]) + "\n")
+    path.write_text(
+        "\n".join([json.dumps(bad_parsed), "{cut", json.dumps({**good, "parsed": None}), json.dumps(no_prediction)])
+        + "\n"
+    )
     rows, problems = read_rows(path, PredictionRow)
     assert [line for line, _ in rows] == [1, 3, 4]
-    assert [r.parsed for _, r in rows[:2]] == [None, None] and rows[2][1].prediction is None and rows[2][1].parsed_answer().verdict == "pass"
+    assert (
+        [r.parsed for _, r in rows[:2]] == [None, None]
+        and rows[2][1].prediction is None
+        and rows[2][1].parsed_answer().verdict == "pass"
+    )
     assert problems == [
         f"{path}:1: parsed: expected ParsedAnswer, got dict " + repr(str(bad_parsed["parsed"])[:60]),
         f"{path}:2: not JSON (Expecting property name enclosed in double quotes)",
@@ -80,7 +126,17 @@ def test_read_back_a_row_keeps_its_key_and_names_each_bad_field_in_line_order(tm
 
 def test_an_ill_typed_summary_is_reported_field_by_field(tmp_path):
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"status": "completed", "step": "8", "attempts": 2, "best": {"eval/exact_match": "high"}, "lock": {"pid": 1}}))
+    path.write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "step": "8",
+                "attempts": 2,
+                "best": {"eval/exact_match": "high"},
+                "lock": {"pid": 1},
+            }
+        )
+    )
     summary, problems = read_summary(path)
     assert summary.status == "completed" and summary.attempts == 2 and summary.step is None and summary.best is None
     assert summary.schema_version == 1  # no version: written before versions existed
@@ -93,7 +149,11 @@ def test_an_ill_typed_summary_is_reported_field_by_field(tmp_path):
 def test_the_writer_refuses_an_ill_typed_or_unknown_summary_field(tmp_path):
     records = Records(tmp_path)
     records.update(status="running", attempts=1)
-    assert json.loads((tmp_path / "summary.json").read_text()) == {"schema_version": 2, "status": "running", "attempts": 1}
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "schema_version": 2,
+        "status": "running",
+        "attempts": 1,
+    }
     with pytest.raises(RecordError, match="attempts: expected int"):
         records.update(attempts="2")
     with pytest.raises(RecordError, match="statuss: not a field of Summary"):
@@ -106,7 +166,10 @@ def test_sample_image_names_are_short_and_distinct(tmp_path):
     assert len(names) == 5 and all(len(n) < 50 and n.startswith("samples/images/") for n in names)
     records = Records(tmp_path)
     red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
-    samples = [Sample(id=i, step=0, image=sample_image(i), prompt="p", truth="t", prediction="x", correct=True) for i in ("a/b", "a_b")]
+    samples = [
+        Sample(id=i, step=0, image=sample_image(i), prompt="p", truth="t", prediction="x", correct=True)
+        for i in ("a/b", "a_b")
+    ]
     records.samples(samples, {"a/b": red, "a_b": blue}, 0)
     assert Image.open(tmp_path / samples[0].image).getpixel((0, 0)) == (255, 0, 0)
     assert Image.open(tmp_path / samples[1].image).getpixel((0, 0)) == (0, 0, 255)
@@ -115,7 +178,11 @@ def test_sample_image_names_are_short_and_distinct(tmp_path):
 
 def test_the_registry_gives_directions_and_the_default_metric():
     assert better("eval/exact_match", 0.6, 0.5) and not better("eval/exact_match", 0.5, 0.5)
-    assert better("eval/escape_rate", 0.1, 0.2) and better("eval/loss", 1.0, 2.0) and not better("eval/unparseable_rate", 0.3, 0.2)
+    assert (
+        better("eval/escape_rate", 0.1, 0.2)
+        and better("eval/loss", 1.0, 2.0)
+        and not better("eval/unparseable_rate", 0.3, 0.2)
+    )
     with pytest.raises(KeyError, match="eval/acc"):
         better("eval/acc", 1, 0)
     assert DEFAULT_METRIC in METRICS and all(m.definition and m.chance for m in METRICS.values())
@@ -125,23 +192,39 @@ def test_the_registry_gives_directions_and_the_default_metric():
 
 def test_best_is_an_evaluation_step_never_the_baseline():
     rows = [
-        {"trainer/global_step": 0, "eval/exact_match": 0.9, "eval/escape_rate": 0.0},  # the base model: better than any trained step
+        {
+            "trainer/global_step": 0,
+            "eval/exact_match": 0.9,
+            "eval/escape_rate": 0.0,
+        },  # the base model: better than any trained step
         {"trainer/global_step": 0, "eval/loss": 3.0, "eval/runtime": 1.2},
         {"trainer/global_step": 2, "train/loss": 2.0},
         {"trainer/global_step": 4, "eval/exact_match": 0.5, "eval/escape_rate": 0.4},
         {"trainer/global_step": 4, "eval/loss": 2.0},
         {"trainer/global_step": 6, "eval/exact_match": 0.2, "eval/escape_rate": 0.1},
         {"trainer/global_step": 8, "eval/exact_match": 0.4, "eval/escape_rate": 0.3},
-        {"trainer/global_step": 6, "eval/exact_match": 0.3, "eval/escape_rate": 0.2},  # 6 again after a resume: the later values
+        {
+            "trainer/global_step": 6,
+            "eval/exact_match": 0.3,
+            "eval/escape_rate": 0.2,
+        },  # 6 again after a resume: the later values
     ]
     evals = evaluations(rows)
     assert evals[0] == {"eval/exact_match": 0.9, "eval/escape_rate": 0.0, "eval/loss": 3.0}  # eval/runtime is no metric
     by_match = standing(evals, "eval/exact_match")
     assert by_match["best"] == {"step": 4, "eval/exact_match": 0.5, "eval/escape_rate": 0.4, "eval/loss": 2.0}
-    assert by_match["baseline"]["step"] == 0 and by_match["final"] == {"step": 8, "eval/exact_match": 0.4, "eval/escape_rate": 0.3}
+    assert by_match["baseline"]["step"] == 0 and by_match["final"] == {
+        "step": 8,
+        "eval/exact_match": 0.4,
+        "eval/escape_rate": 0.3,
+    }
     assert standing(evals, "eval/escape_rate")["best"]["step"] == 6  # lower is better; 0.2 after the resume
     only_base = standing({0: {"eval/exact_match": 1.0}}, "eval/exact_match")  # failed before a second evaluation
-    assert only_base["best"] is None and only_base["final"] is None and only_base["baseline"] == {"step": 0, "eval/exact_match": 1.0}
+    assert (
+        only_base["best"] is None
+        and only_base["final"] is None
+        and only_base["baseline"] == {"step": 0, "eval/exact_match": 1.0}
+    )
 
 
 def test_diagnose_finds_the_plateau_only_where_the_loss_is_flat_and_the_answers_at_chance():
@@ -153,14 +236,27 @@ def test_diagnose_finds_the_plateau_only_where_the_loss_is_flat_and_the_answers_
     at_chance, learnt = {"eval/exact_match": 0.11}, {"eval/exact_match": 0.75}
     # two standard errors of 0.1 on 300 rows are 0.035: 0.11 is chance, 0.75 is not
     d = diagnose(flat, at_chance, chance, "eval/exact_match", 300)
-    assert d["plateau"] and d["loss_flat"] and d["at_chance"] and d["chance"] == 0.1 and d["margin"] == pytest.approx(2 * (0.09 / 300) ** 0.5)
+    assert (
+        d["plateau"]
+        and d["loss_flat"]
+        and d["at_chance"]
+        and d["chance"] == 0.1
+        and d["margin"] == pytest.approx(2 * (0.09 / 300) ** 0.5)
+    )
     assert abs(d["loss_change"]) < 0.02
-    assert not diagnose(falling, at_chance, chance, "eval/exact_match", 300)["plateau"], "still learning: the loss falls"
+    assert not diagnose(falling, at_chance, chance, "eval/exact_match", 300)["plateau"], (
+        "still learning: the loss falls"
+    )
     assert diagnose(falling, at_chance, chance, "eval/exact_match", 300)["loss_change"] > 0.2
-    assert not diagnose(flat, learnt, chance, "eval/exact_match", 300)["plateau"], "converged: a flat loss with right answers"
+    assert not diagnose(flat, learnt, chance, "eval/exact_match", 300)["plateau"], (
+        "converged: a flat loss with right answers"
+    )
     short = diagnose(flat[:5], at_chance, chance, "eval/exact_match", 300)
     assert short["loss_flat"] is None and not short["plateau"], "five logs are too few to call a curve flat"
-    assert diagnose(flat, None, chance, "eval/exact_match", 300) is None and diagnose(flat, at_chance, None, "eval/exact_match", 300) is None
+    assert (
+        diagnose(flat, None, chance, "eval/exact_match", 300) is None
+        and diagnose(flat, at_chance, None, "eval/exact_match", 300) is None
+    )
     # a lower-is-better metric: at chance means not below the level by more than the margin
     esc = {"constant": {"eval/escape_rate": 0.0}, "prior": {"eval/escape_rate": 1.0}}
     assert diagnose(flat, {"eval/escape_rate": 0.5}, esc, "eval/escape_rate", 300)["chance"] == 0.0

@@ -16,12 +16,22 @@ from conftest import CONF, compose_app, run_app
 from vlmqc.config import to_object
 
 # num_workers=1: the data generated in the sweep's own process, not in a worker pool whose start costs seconds
-SHRINK = ["data.train_size=16", "data.test_size=6", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.samples=2", "trainer.eval_batch_size=6", "num_workers=1"]
+SHRINK = [
+    "data.train_size=16",
+    "data.test_size=6",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=1",
+    "trainer.samples=2",
+    "trainer.eval_batch_size=6",
+    "num_workers=1",
+]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return run_app(tmp_path, "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SHRINK, *overrides, timeout=900)
+    return run_app(
+        tmp_path, "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SHRINK, *overrides, timeout=900
+    )
 
 
 def summaries(sweep: Path) -> dict[str, dict]:
@@ -46,7 +56,9 @@ def test_a_failed_trial_does_not_stop_the_sweep(failing_sweep):
     (failed,) = [r for r in records.values() if r["status"] == "failed"]
     (completed,) = [r for r in records.values() if r["status"] == "completed"]
     assert failed["reason"].startswith("non-finite training loss at step") and "lr=1e+30" in failed["run_name"]
-    assert "lr=0.001" in completed["run_name"] and completed["step"] == 4  # the trial after the failed one ran to its end
+    assert (
+        "lr=0.001" in completed["run_name"] and completed["step"] == 4
+    )  # the trial after the failed one ran to its end
     assert "1 of 2 trial(s) did not complete" in out.stdout and failed["run_name"] in out.stdout
 
 
@@ -57,20 +69,37 @@ def test_a_sweeps_trials_share_a_wandb_group_and_carry_their_overrides_as_tags(f
         runs = list((run_dir / "wandb").glob("offline-run-*")) if run_dir.is_dir() else []
         if not runs:
             continue
-        out = subprocess.run(["wandb", "leet", "inspect", "--json", str(runs[0])], capture_output=True, text=True, check=True, timeout=120).stdout
+        out = subprocess.run(
+            ["wandb", "leet", "inspect", "--json", str(runs[0])],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
         (run,) = [json.loads(line)["run"] for line in out.splitlines() if json.loads(line).get("type") == "run"]
         summary = json.loads((run_dir / "summary.json").read_text())
         seen[run_dir.name] = run
         assert run.get("run_group") == sweep.name
-        assert "trainer.max_grad_norm=1e+30" in run.get("tags", []) and any(t.startswith("trainer.lr=") for t in run["tags"])
-        exit_code = json.loads(subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, check=True).stdout)["exit_code"]
+        assert "trainer.max_grad_norm=1e+30" in run.get("tags", []) and any(
+            t.startswith("trainer.lr=") for t in run["tags"]
+        )
+        exit_code = json.loads(
+            subprocess.run(
+                ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["exit_code"]
         assert exit_code == (0 if summary["status"] == "completed" else 1)
     assert len(seen) == 2
 
 
 def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_sweep):
     sweep, _ = failing_sweep
-    out = subprocess.run([sys.executable, "-m", "vlmqc.compare", str(sweep)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "vlmqc.compare", str(sweep)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = Path(out.stdout.strip())
     assert report == sweep / "report" / "report.html"
@@ -83,7 +112,9 @@ def test_the_sweeps_report_has_a_row_per_trial_and_names_the_failed_one(failing_
 
 
 def test_every_experiment_composes_and_validates():
-    assert {"first_trial", "second_trial", "raw_vs_diff", "prompt_ablation", "lora_rank", "image_size"} <= set(EXPERIMENTS)
+    assert {"first_trial", "second_trial", "raw_vs_diff", "prompt_ablation", "lora_rank", "image_size"} <= set(
+        EXPERIMENTS
+    )
     for name in EXPERIMENTS:
         cfg = compose_app("train", [f"experiment={name}"])
         for group in ("model", "prompt", "lora", "image_size", "trainer", "logger"):
@@ -99,7 +130,17 @@ def test_every_experiment_composes_and_validates():
 @pytest.mark.slow  # a trial of every study, one after another
 def test_every_experiment_runs_on_the_tiny_model(tmp_path):
     # model=tiny and a small batch: the scratch studies' own model and batch of 64 would make this a CPU training run
-    out = multirun(tmp_path, "experiment=glob(*)", "model=tiny", "trainer.batch_size=2", "trainer.dataloader_workers=0", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
+    out = multirun(
+        tmp_path,
+        "experiment=glob(*)",
+        "model=tiny",
+        "trainer.batch_size=2",
+        "trainer.dataloader_workers=0",
+        "logger=none",
+        "trainer.eval_before=false",
+        "trainer.max_steps=1",
+        "trainer.samples=0",
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records = summaries(tmp_path / "sweep")
     assert len(records) == len(EXPERIMENTS) and all(r["status"] == "completed" for r in records.values())
@@ -107,7 +148,14 @@ def test_every_experiment_runs_on_the_tiny_model(tmp_path):
 
 @pytest.mark.slow  # four trials, up to 672 pixels
 def test_a_study_expands_its_own_sweep(tmp_path):
-    out = multirun(tmp_path, "experiment=image_size", "logger=none", "trainer.eval_before=false", "trainer.max_steps=1", "trainer.samples=0")
+    out = multirun(
+        tmp_path,
+        "experiment=image_size",
+        "logger=none",
+        "trainer.eval_before=false",
+        "trainer.max_steps=1",
+        "trainer.samples=0",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     sizes = sorted(r["facts"]["processed_resolution"][0] for r in summaries(tmp_path / "sweep").values())
     assert sizes == [224, 336, 448, 672]
@@ -116,7 +164,14 @@ def test_a_study_expands_its_own_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_runs_trials_as_separate_processes(tmp_path):
-    out = multirun(tmp_path, "hydra/launcher=submitit_local", "prompt=short,json", "logger=none", "trainer.eval_before=false", "trainer.samples=0")
+    out = multirun(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "prompt=short,json",
+        "logger=none",
+        "trainer.eval_before=false",
+        "trainer.samples=0",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     records = summaries(tmp_path / "sweep")
     assert len(records) == 2 and all(r["status"] == "completed" for r in records.values())
@@ -125,7 +180,14 @@ def test_submitit_local_runs_trials_as_separate_processes(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_searches_lr_and_rank(tmp_path):
-    out = multirun(tmp_path, "hydra/sweeper=lr_rank", "hydra.sweeper.n_trials=2", "logger=none", "trainer.eval_before=false", "trainer.samples=0")
+    out = multirun(
+        tmp_path,
+        "hydra/sweeper=lr_rank",
+        "hydra.sweeper.n_trials=2",
+        "logger=none",
+        "trainer.eval_before=false",
+        "trainer.samples=0",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"trainer.lr", "lora"} and results["best_value"] == results["best_value"]
@@ -156,8 +218,9 @@ def test_launchers_take_their_gpus_and_nodes_from_the_trainer():
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.max_num_timeout) == (2, 1, 4, 3)
     import torch
 
-    assert compose_app_hydra(["hydra/launcher=gpus_local"]).hydra.launcher.gpus_per_node == torch.cuda.device_count()  # all, to claim from
-
+    assert (
+        compose_app_hydra(["hydra/launcher=gpus_local"]).hydra.launcher.gpus_per_node == torch.cuda.device_count()
+    )  # all, to claim from
 
 
 def test_the_end_of_a_sweep_lists_an_unreadable_summary_as_such(tmp_path, capsys):
@@ -165,8 +228,12 @@ def test_the_end_of_a_sweep_lists_an_unreadable_summary_as_such(tmp_path, capsys
 
     from vlmqc.runs.sweep import SweepSummary
 
-    records = {"good": '{"status": "completed", "final": {"step": 4, "eval/exact_match": 0.5}}', "cut": '{"status": "comp',
-               "typed": '{"status": "completed", "final": "abc"}', "none": None}
+    records = {
+        "good": '{"status": "completed", "final": {"step": 4, "eval/exact_match": 0.5}}',
+        "cut": '{"status": "comp',
+        "typed": '{"status": "completed", "final": "abc"}',
+        "none": None,
+    }
     for name, text in records.items():
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
@@ -178,5 +245,7 @@ def test_the_end_of_a_sweep_lists_an_unreadable_summary_as_such(tmp_path, capsys
     out = capsys.readouterr().out
     assert re.search(r"completed\s+good\s+eval/exact_match=0\.5000", out)
     assert f"cut: unreadable: {tmp_path / 'cut' / 'summary.json'}: not JSON" in out
-    assert f"{tmp_path / 'typed' / 'summary.json'}: final: expected" in out and re.search(r"completed\s+typed\s*\n", out)
+    assert f"{tmp_path / 'typed' / 'summary.json'}: final: expected" in out and re.search(
+        r"completed\s+typed\s*\n", out
+    )
     assert "none: no record: the trial wrote no summary.json" in out and "2 of 4 trial(s) did not complete" in out

@@ -30,7 +30,9 @@ COMMON = [
 TOLERANCE = 1e-4  # relative, on every logged training loss: float sums in another order across ranks
 
 
-def train(tmp_path: Path, name: str, *overrides: str, launcher: list[str] | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+def train(
+    tmp_path: Path, name: str, *overrides: str, launcher: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
     run_dir = tmp_path / name
     return run_app(tmp_path, "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, *overrides, launcher=launcher), run_dir
 
@@ -104,7 +106,14 @@ def test_torchrun_runs_the_same_trial(tmp_path):
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
-    out, run_dir = train(tmp_path, "torchrun", "trainer.batch_size=2", "trainer.devices=2", "logger=none", launcher=[torchrun, "--standalone", "--nproc_per_node=2"])
+    out, run_dir = train(
+        tmp_path,
+        "torchrun",
+        "trainer.batch_size=2",
+        "trainer.devices=2",
+        "logger=none",
+        launcher=[torchrun, "--standalone", "--nproc_per_node=2"],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["facts"]["world_size"] == 2
@@ -113,7 +122,17 @@ def test_torchrun_runs_the_same_trial(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_of_multi_process_trials(tmp_path):
-    out = run_app(tmp_path, "vlmqc.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *COMMON, "trainer.batch_size=2", "trainer.devices=2", "prompt=short,json", "logger=none")
+    out = run_app(
+        tmp_path,
+        "vlmqc.train",
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *COMMON,
+        "trainer.batch_size=2",
+        "trainer.devices=2",
+        "prompt=short,json",
+        "logger=none",
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
     assert len(summaries) == 2 and all(s["status"] == "completed" and s["facts"]["world_size"] == 2 for s in summaries)
@@ -134,10 +153,29 @@ def test_two_nodes_of_a_slurm_job_train_like_one_process(pair, tmp_path):
     each starting one rank; here both "nodes" are this machine."""
     single_dir, _ = pair
     run_dir, port = tmp_path / "nodes", free_port()
-    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost"}
-    args = [f"hydra.run.dir={run_dir}", *COMMON, "trainer.batch_size=2", "trainer.nodes=2", "trainer.devices=1", f"trainer.rdzv_port={port}"]
+    env = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "localhost",
+    }
+    args = [
+        f"hydra.run.dir={run_dir}",
+        *COMMON,
+        "trainer.batch_size=2",
+        "trainer.nodes=2",
+        "trainer.devices=1",
+        f"trainer.rdzv_port={port}",
+    ]
     nodes = [
-        run_app(tmp_path, "vlmqc.train", *args, env={**env, "SLURM_NODEID": str(n), "SLURM_PROCID": str(n), "SLURM_LOCALID": "0"}, wait=False)
+        run_app(
+            tmp_path,
+            "vlmqc.train",
+            *args,
+            env={**env, "SLURM_NODEID": str(n), "SLURM_PROCID": str(n), "SLURM_LOCALID": "0"},
+            wait=False,
+        )
         for n in (0, 1)
     ]
     outs = [p.communicate(timeout=600)[0] for p in nodes]
@@ -154,7 +192,11 @@ def test_several_nodes_outside_a_slurm_job_is_a_config_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
     out = subprocess.run(
         [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.nodes=2", "logger=none"],
-        capture_output=True, text=True, env={**env, "VLMQC_CACHE_DIR": str(tmp_path / "cache")}, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**env, "VLMQC_CACHE_DIR": str(tmp_path / "cache")},
+        cwd=tmp_path,
+        timeout=300,
     )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "trainer.nodes=2" in out.stdout + out.stderr and "slurm_multinode" in out.stdout + out.stderr
@@ -166,7 +208,9 @@ log = os.environ["VLMQC_TEST_WRITES"]
 watched = os.environ["VLMQC_TEST_WATCH"]
 def hook(event, args):
     # every file a process opens for writing under the adapter folder, with the process's id
-    if event == "open" and isinstance(args[0], str) and args[0].startswith(watched) and any(c in str(args[1]) for c in "wax+"):
+    if event != "open" or not isinstance(args[0], str) or not args[0].startswith(watched):
+        return
+    if any(c in str(args[1]) for c in "wax+"):
         with open(log, "a") as f:
             f.write(f"{os.getpid()} {args[0]}\\n")
 sys.addaudithook(hook)
@@ -181,10 +225,29 @@ def test_sigterm_to_the_launcher_stops_the_ranks_and_records_it_and_one_rank_sav
     hooks, run_dir = tmp_path / "hooks", tmp_path / "ddp"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(WRITES_LOG)
-    env = {**os.environ, "VLMQC_CACHE_DIR": str(tmp_path / "cache"), "WANDB_SILENT": "true", "VLMQC_TEST_WRITES": str(tmp_path / "writes.log"),
-           "VLMQC_TEST_WATCH": str(run_dir / "adapter"), "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "vlmqc.train", f"hydra.run.dir={run_dir}", *COMMON, "trainer.batch_size=2", "trainer.devices=2", "logger=none",
-           "trainer.max_steps=40", "data.train_size=64", "trainer.eval_every=0", "trainer.eval_before=false", "trainer.save_steps=100"]
+    env = {
+        **os.environ,
+        "VLMQC_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_SILENT": "true",
+        "VLMQC_TEST_WRITES": str(tmp_path / "writes.log"),
+        "VLMQC_TEST_WATCH": str(run_dir / "adapter"),
+        "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmqc.train",
+        f"hydra.run.dir={run_dir}",
+        *COMMON,
+        "trainer.batch_size=2",
+        "trainer.devices=2",
+        "logger=none",
+        "trainer.max_steps=40",
+        "data.train_size=64",
+        "trainer.eval_every=0",
+        "trainer.eval_before=false",
+        "trainer.save_steps=100",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not ((run_dir / "metrics.jsonl").exists() and "train/loss" in (run_dir / "metrics.jsonl").read_text()):

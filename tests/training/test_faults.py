@@ -18,8 +18,16 @@ from conftest import run_app
 
 from vlmqc.runs.lock import RunFolderLocked, RunLock
 
-FAST = ["data.train_size=32", "data.test_size=4", "trainer.batch_size=2", "trainer.logging_steps=1", "trainer.eval_every=0", "trainer.samples=0",
-        "trainer.eval_before=false", "trainer.eval_batch_size=4"]
+FAST = [
+    "data.train_size=32",
+    "data.test_size=4",
+    "trainer.batch_size=2",
+    "trainer.logging_steps=1",
+    "trainer.eval_every=0",
+    "trainer.samples=0",
+    "trainer.eval_before=false",
+    "trainer.eval_batch_size=4",
+]
 
 
 def start(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
@@ -35,7 +43,11 @@ def summary(run_dir: Path) -> dict:
 
 
 def loss_steps(run_dir: Path) -> list[int]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").exists() else []
+    rows = (
+        [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if (run_dir / "metrics.jsonl").exists()
+        else []
+    )
     return [r["trainer/global_step"] for r in rows if "train/loss" in r]
 
 
@@ -49,7 +61,13 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
 
 def leet_summary(run_dir: Path) -> dict:
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", "--summary", str(wandb_run)], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", "--summary", str(wandb_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -75,7 +93,9 @@ def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_ch
 
     # the same folder with another config: refused before anything is written, naming the key
     before = (run_dir / "summary.json").read_bytes()
-    changed = trial(tmp_path, run_dir, "trainer.max_steps=41", "trainer.save_steps=2", "trainer.save_total_limit=2", "logger=none")
+    changed = trial(
+        tmp_path, run_dir, "trainer.max_steps=41", "trainer.save_steps=2", "trainer.save_total_limit=2", "logger=none"
+    )
     assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
     assert "trainer.max_steps: 40 -> 41" in changed.stdout + changed.stderr
     assert (run_dir / "summary.json").read_bytes() == before
@@ -85,7 +105,9 @@ def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_ch
     newest = run_dir / "checkpoints" / f"checkpoint-{stopped}" / "adapter_model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     (older,) = [p for p in (run_dir / "checkpoints").iterdir() if p.name != f"checkpoint-{stopped}"]
-    resumed = trial(tmp_path, run_dir, "trainer.max_steps=40", "trainer.save_steps=2", "trainer.save_total_limit=2")  # logger is not part of the config hash
+    resumed = trial(
+        tmp_path, run_dir, "trainer.max_steps=40", "trainer.save_steps=2", "trainer.save_total_limit=2"
+    )  # logger is not part of the config hash
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     second = summary(run_dir)
     assert second["status"] == "completed" and second["resumed_from"] == str(older)
@@ -151,7 +173,10 @@ def small_disk(tmp_path):
     """A 64 MiB tmpfs: a real disk that fills up (mounting needs root; skipped where not permitted)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs is not permitted here")
     try:
         yield disk
@@ -184,7 +209,9 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_trial(tmp_path, small_disk
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, out[-3000:]
     assert "No space left on device" in out
-    assert json.loads((run_dir / "summary.json").read_text())["status"] in ("running", "failed"), "the record stays readable"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] in ("running", "failed"), (
+        "the record stays readable"
+    )
 
     filler.unlink()
     resumed = trial(tmp_path, run_dir, *args)
@@ -194,13 +221,26 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_trial(tmp_path, small_disk
     # resumed from a checkpoint the disk held whole (rotated away since, by save_total_limit)
     assert done["resumed_from"] is not None and Path(done["resumed_from"]).name.startswith("checkpoint-")
     for skipped in done["skipped_checkpoints"]:  # what the full disk cut short, set aside
-        assert Path(skipped["moved_to"]).name.startswith("damaged-checkpoint-") and skipped["checkpoint"] != done["resumed_from"]
+        assert (
+            Path(skipped["moved_to"]).name.startswith("damaged-checkpoint-")
+            and skipped["checkpoint"] != done["resumed_from"]
+        )
     assert loss_steps(run_dir) == list(range(1, 31)), "every step logged once, in order"
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_rather_than_moving_to_the_next_trial(tmp_path):
-    proc = run_app(tmp_path, "vlmqc.train", "-m", *FAST, "trainer.max_steps=400", "trainer.save_steps=1000", "logger=none", "trainer.seed=1,2", wait=False)
+    proc = run_app(
+        tmp_path,
+        "vlmqc.train",
+        "-m",
+        *FAST,
+        "trainer.max_steps=400",
+        "trainer.save_steps=1000",
+        "logger=none",
+        "trainer.seed=1,2",
+        wait=False,
+    )
     deadline = time.monotonic() + 300
     while not (found := list(tmp_path.glob("outputs/multirun/*/*/metrics.jsonl"))) or not loss_steps(found[0].parent):
         assert proc.poll() is None, proc.communicate()[0][-3000:]

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from vlmqc.training import gpus
 from vlmqc.config import ConfigError
+from vlmqc.training import gpus
 
 # a trial: claim n GPUs, say which and when, hold them for a while, exit (which frees them)
 TRIAL = """
@@ -27,7 +27,9 @@ time.sleep(float(sys.argv[2]))
 
 def start(tmp_path, n: int, hold: float, visible: str = "0,1") -> subprocess.Popen:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, gpus.LOCK_DIR_ENV: str(tmp_path / "locks")}
-    return subprocess.Popen([sys.executable, "-c", TRIAL, str(n), str(hold)], env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", TRIAL, str(n), str(hold)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 def result(p: subprocess.Popen) -> dict:

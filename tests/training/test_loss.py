@@ -16,8 +16,8 @@ from transformers import Trainer, TrainingArguments
 
 from vlmqc.collate import IGNORE, Collator, sequence_lengths
 from vlmqc.config import ImageSizeConfig, LoraConfig, LossMode, ModelConfig
-from vlmqc.training.loss import AnswerOnlyTrainer, answer_span, trainer_class
 from vlmqc.models import adapt, families, load
+from vlmqc.training.loss import AnswerOnlyTrainer, answer_span, trainer_class
 
 FAMILIES = {"llava": ModelConfig(name="tiny"), "qwen2_vl": families()["qwen2_vl"].tiny_config()}
 LORA = LoraConfig(name="r4", r=4, alpha=8, dropout=0.0)  # no dropout: the two paths must see the same function
@@ -33,7 +33,9 @@ def model_and_batches(models_dir, name: str, lora: LoraConfig):
     model, processor, family, _ = load(FAMILIES[name], ImageSizeConfig(name="native"), str(models_dir), "cpu")
     torch.manual_seed(0)
     model = adapt(model, family, lora)
-    if not lora.full:  # PEFT starts B at zero: move it, so the adapters change the logits and get gradients of their own
+    if (
+        not lora.full
+    ):  # PEFT starts B at zero: move it, so the adapters change the logits and get gradients of their own
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B" in n:
@@ -63,7 +65,9 @@ def reference(model, batches) -> torch.Tensor:
     for b in batches:
         logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits.float()
         targets = b["labels"][:, 1:]
-        total = total + torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+        total = total + torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
         count += int((targets != IGNORE).sum())
     return total / count
 
@@ -88,7 +92,10 @@ def test_the_span_covers_every_label_and_only_the_span():
 def test_answer_only_matches_the_full_path(models_dir, tmp_path, name, lora):
     model, batches = model_and_batches(models_dir, name, lora)
     assert trainer_class(LossMode.answer_only, model) == (AnswerOnlyTrainer, LossMode.answer_only)
-    plain, answer_only = trainer(Trainer, model, tmp_path / "plain"), trainer(AnswerOnlyTrainer, model, tmp_path / "answer_only")
+    plain, answer_only = (
+        trainer(Trainer, model, tmp_path / "plain"),
+        trainer(AnswerOnlyTrainer, model, tmp_path / "answer_only"),
+    )
     batch = batches[0]
 
     # one batch: the loss the model itself computes, and the logits at the answer positions
@@ -98,7 +105,9 @@ def test_answer_only_matches_the_full_path(models_dir, tmp_path, name, lora):
         loss, outputs = answer_only.compute_loss(model, batch, return_outputs=True)
         full_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     keep, _ = answer_span(batch["labels"])
-    assert outputs.logits.shape[1] == len(keep) < batch["input_ids"].shape[1] // 4  # the head ran on a few positions only
+    assert (
+        outputs.logits.shape[1] == len(keep) < batch["input_ids"].shape[1] // 4
+    )  # the head ran on a few positions only
     torch.testing.assert_close(loss, own, rtol=1e-6, atol=0)
     torch.testing.assert_close(outputs.logits, full_logits[:, keep], rtol=1e-6, atol=1e-6)
 
@@ -125,7 +134,9 @@ def test_answer_only_matches_the_full_path(models_dir, tmp_path, name, lora):
         got = gradients(model)
         assert got.keys() == want.keys()
         for n in want:
-            torch.testing.assert_close(got[n], want[n], **GRAD_TOLERANCE, msg=lambda m, n=n, t=t: f"{type(t).__name__}: {n}: {m}")
+            torch.testing.assert_close(
+                got[n], want[n], **GRAD_TOLERANCE, msg=lambda m, n=n, t=t: f"{type(t).__name__}: {n}: {m}"
+            )
 
 
 def test_a_model_without_logits_to_keep_falls_back_with_a_warning(caplog):
@@ -135,7 +146,9 @@ def test_a_model_without_logits_to_keep_falls_back_with_a_warning(caplog):
 
     with caplog.at_level("WARNING", logger="vlmqc.training.loss"):
         assert trainer_class(LossMode.answer_only, Plain()) == (Trainer, LossMode.full)
-    assert [r.getMessage() for r in caplog.records] == ["trainer.loss=answer_only: Plain.forward takes no logits_to_keep; the full loss runs instead"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "trainer.loss=answer_only: Plain.forward takes no logits_to_keep; the full loss runs instead"
+    ]
     assert trainer_class(LossMode.full, Plain()) == (Trainer, LossMode.full)
 
 
@@ -200,9 +213,26 @@ def test_sequence_lengths_are_the_collated_lengths(models_dir):
     import datasets
 
     _, processor, family, _ = load(FAMILIES["qwen2_vl"], ImageSizeConfig(name="native"), str(models_dir), "cpu")
-    star = {"id": "s", "task": "star", "image": pair_row().get("image").resize((448, 190)), "verdict": "", "defects": [], "target": "U3", "answer": ""}
-    two = {**pair_row("defective", id="two"), "defects": [{"position": "C5", "type": "missing"}, {"position": "U1", "type": "bent"}]}
-    rows_ = [pair_row("defective", id="a"), pair_row("pass", id="b"), star, two, pair_row("pass", size=(448, 300), id="c")]
+    star = {
+        "id": "s",
+        "task": "star",
+        "image": pair_row().get("image").resize((448, 190)),
+        "verdict": "",
+        "defects": [],
+        "target": "U3",
+        "answer": "",
+    }
+    two = {
+        **pair_row("defective", id="two"),
+        "defects": [{"position": "C5", "type": "missing"}, {"position": "U1", "type": "bent"}],
+    }
+    rows_ = [
+        pair_row("defective", id="a"),
+        pair_row("pass", id="b"),
+        star,
+        two,
+        pair_row("pass", size=(448, 300), id="c"),
+    ]
     dataset = datasets.Dataset.from_list([{**r, "meta": "{}"} for r in rows_]).cast_column("image", datasets.Image())
     collate = Collator(processor, family, prompt_option("long"), train=True)
     exact = [int(collate([dataset[i]])["attention_mask"].sum()) for i in range(len(dataset))]
@@ -216,9 +246,18 @@ def test_the_switches_reach_the_training_arguments(tmp_path):
     from vlmqc.config import to_object
     from vlmqc.training.arguments import training_arguments
 
-    t = to_object(compose_app("train", ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "trainer.group_by_length=true"]).trainer, "trainer")
+    t = to_object(
+        compose_app(
+            "train", ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "trainer.group_by_length=true"]
+        ).trainer,
+        "trainer",
+    )
     args = training_arguments(t, tmp_path, "cpu")
-    assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (True, "reduce-overhead", "group_by_length")
+    assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (
+        True,
+        "reduce-overhead",
+        "group_by_length",
+    )
     args = training_arguments(to_object(compose_app("train").trainer, "trainer"), tmp_path, "cpu")
     assert (args.torch_compile, args.torch_compile_mode, args.train_sampling_strategy) == (False, None, "random")
 
@@ -261,14 +300,33 @@ def test_compile_gives_the_same_loss_and_gradients(models_dir, tmp_path, monkeyp
     results = {}
     try:
         for compile_ in (False, True):
-            overrides = [f"trainer.compile={str(compile_).lower()}", "trainer.device=cpu", "trainer.precision=fp32", "trainer.max_steps=1"]
-            overrides += ["trainer.batch_size=2", "trainer.logging_steps=1", "trainer.max_grad_norm=0"]  # no clipping: the raw gradients
-            args = training_arguments(to_object(compose_app("train", overrides).trainer, "trainer"), tmp_path / str(compile_), "cpu")
-            assert (args.torch_compile, args.torch_compile_backend) == ((True, "inductor") if compile_ else (False, None))
+            overrides = [
+                f"trainer.compile={str(compile_).lower()}",
+                "trainer.device=cpu",
+                "trainer.precision=fp32",
+                "trainer.max_steps=1",
+            ]
+            overrides += [
+                "trainer.batch_size=2",
+                "trainer.logging_steps=1",
+                "trainer.max_grad_norm=0",
+            ]  # no clipping: the raw gradients
+            args = training_arguments(
+                to_object(compose_app("train", overrides).trainer, "trainer"), tmp_path / str(compile_), "cpu"
+            )
+            assert (args.torch_compile, args.torch_compile_backend) == (
+                (True, "inductor") if compile_ else (False, None)
+            )
             grads = Gradients()
             # two answers of different lengths: padding and ignored labels in the batch
             collate = Collator(processor, family, prompt_option("short"), train=True)
-            trainer = Trainer(model=models[compile_], args=args, train_dataset=rows("defective", "pass"), data_collator=collate, callbacks=[grads])
+            trainer = Trainer(
+                model=models[compile_],
+                args=args,
+                train_dataset=rows("defective", "pass"),
+                data_collator=collate,
+                callbacks=[grads],
+            )
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
             trainer.train()
@@ -325,7 +383,9 @@ def test_liger_gives_the_same_loss_and_gradient_norm(models_dir, tmp_path):
 
     results = {}
     for liger in (False, True):
-        model, processor, family, _ = load(FAMILIES["qwen2_vl"], ImageSizeConfig(name="native"), str(models_dir), "cuda")
+        model, processor, family, _ = load(
+            FAMILIES["qwen2_vl"], ImageSizeConfig(name="native"), str(models_dir), "cuda"
+        )
         torch.manual_seed(0)
         model = adapt(model, family, LORA)
         with torch.no_grad():

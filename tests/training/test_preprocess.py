@@ -13,15 +13,26 @@ import torch
 from conftest import compose_app, pair_row, prompt_option, run_app
 from PIL import Image
 
-from vlmqc.training import preprocess
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, PixelStorage, data_config
-from vlmqc.preflight import validate
 from vlmqc.data import get_dataset
 from vlmqc.models import families, load
+from vlmqc.preflight import validate
+from vlmqc.training import preprocess
 
 # every family whose tiny model runs on the CPU here
-FAMILIES = ["llava", "qwen2_vl", "idefics3", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v"]
+FAMILIES = [
+    "llava",
+    "qwen2_vl",
+    "idefics3",
+    "llava_onevision",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "paligemma",
+    "gemma3",
+    "internvl",
+    "phi3_v",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,10 @@ def dataset(tmp_path_factory):
     """pair_mixed, 12 training examples: a real cached dataset and its folder."""
     cache = tmp_path_factory.mktemp("data")
     dsd, path = get_dataset(
-        data_config(compose_app("train", ["data=pair_mixed", "data.train_size=12", "data.test_size=4"])), cache, num_workers=1, progress=False
+        data_config(compose_app("train", ["data=pair_mixed", "data.train_size=12", "data.test_size=4"])),
+        cache,
+        num_workers=1,
+        progress=False,
     )
     return dsd, path
 
@@ -72,17 +86,28 @@ def assert_same_batch(want: dict, got: dict) -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_stacked_examples_are_the_collators_batch(loaded, name):
-    """Each row encoded alone and stacked == the Collator on the batch, for rows whose lengths, sizes and tiles differ."""
+    """Each row encoded alone and stacked == the Collator on the batch, for rows whose lengths, sizes and tiles
+    differ."""
     _, processor, family = loaded(name)
     collator = Collator(processor, family, prompt_option("short"), train=True)
     rows = ragged_rows()
-    got = preprocess.EncodedCollator(collator)([{"tensors": preprocess.encode_row(collator, r, PixelStorage.fp32)} for r in rows])
+    got = preprocess.EncodedCollator(collator)(
+        [{"tensors": preprocess.encode_row(collator, r, PixelStorage.fp32)} for r in rows]
+    )
     assert_same_batch(collator(rows), got)
-    assert (got["attention_mask"].sum(1) < got["attention_mask"].shape[1]).any(), "the rows differ in length: padding is tested"
+    assert (got["attention_mask"].sum(1) < got["attention_mask"].shape[1]).any(), (
+        "the rows differ in length: padding is tested"
+    )
 
 
 @pytest.mark.parametrize(
-    "name, layout", [("llava", Layout.stacked), ("qwen2_vl", Layout.stacked), ("qwen2_vl", Layout.separate), ("idefics3", Layout.separate)]
+    "name, layout",
+    [
+        ("llava", Layout.stacked),
+        ("qwen2_vl", Layout.stacked),
+        ("qwen2_vl", Layout.separate),
+        ("idefics3", Layout.separate),
+    ],
 )
 def test_the_cached_training_split_gives_the_collators_batches_loss_and_gradients(loaded, dataset, name, layout):
     """Built through the cache (Arrow, read back), in batches of 4: the same batch as the Collator,
@@ -90,7 +115,9 @@ def test_the_cached_training_split_gives_the_collators_batches_loss_and_gradient
     model, processor, family = loaded(name)
     dsd, path = dataset
     prompt = prompt_option("short")
-    train, encoded, fact = preprocess.prepare(dsd["train"], path, processor, family, prompt, layout, num_workers=1, progress=False)
+    train, encoded, fact = preprocess.prepare(
+        dsd["train"], path, processor, family, prompt, layout, num_workers=1, progress=False
+    )
     assert fact["mode"] == "once" and not fact["reused"] and len(train) == len(dsd["train"])
     plain = Collator(processor, family, prompt, train=True, layout=layout)
     for start in range(0, len(train), 4):
@@ -128,13 +155,17 @@ def test_a_half_written_cache_is_rebuilt_not_read(loaded, dataset):
     _, processor, family = loaded("llava")
     dsd, path = dataset
     prompt = prompt_option("json")
-    train, _, first = preprocess.prepare(dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=1, progress=False)
+    train, _, first = preprocess.prepare(
+        dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=1, progress=False
+    )
     expected = [train[i]["tensors"] for i in range(len(train))]
     folder = Path(first["path"])
     (folder / "vlmqc.json").unlink()  # as if the build had stopped before its info file was written
     for arrow in sorted(folder.glob("*/*.arrow"))[1:]:
         arrow.unlink()
-    rebuilt, _, fact = preprocess.prepare(dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=1, progress=False)
+    rebuilt, _, fact = preprocess.prepare(
+        dsd["train"], path, processor, family, prompt, Layout.stacked, num_workers=1, progress=False
+    )
     assert not fact["reused"] and fact["path"] == first["path"]
     assert [rebuilt[i]["tensors"] for i in range(len(rebuilt))] == expected
 
@@ -146,13 +177,24 @@ def test_bf16_pixels_are_the_same_computation_under_bf16_autocast(loaded, datase
     dsd, path = dataset
     prompt = prompt_option("short")
     train, encoded, fact = preprocess.prepare(
-        dsd["train"], path, processor, family, prompt, Layout.stacked, PixelStorage.bf16, bf16_training=True, num_workers=1, progress=False
+        dsd["train"],
+        path,
+        processor,
+        family,
+        prompt,
+        Layout.stacked,
+        PixelStorage.bf16,
+        bf16_training=True,
+        num_workers=1,
+        progress=False,
     )
     assert fact["pixels"] == "bf16"
     plain = Collator(processor, family, prompt, train=True)
     rows = [0, 1, 2, 3]
     want, got = plain([dsd["train"][i] for i in rows]), encoded([train[i] for i in rows])
-    assert got["pixel_values"].dtype == torch.float32 and not torch.equal(want["pixel_values"], got["pixel_values"])  # rounded: a real difference
+    assert got["pixel_values"].dtype == torch.float32 and not torch.equal(
+        want["pixel_values"], got["pixel_values"]
+    )  # rounded: a real difference
 
     def step(batch):
         model.zero_grad()
@@ -170,10 +212,30 @@ def test_bf16_pixels_are_refused_where_they_would_change_the_computation(loaded,
     dsd, path = dataset
     _, processor, family = loaded("llava")
     with pytest.raises(ConfigError, match=r"trainer.preprocess_pixels=bf16: this trial does not train in bf16"):
-        preprocess.prepare(dsd["train"], path, processor, family, prompt_option("short"), Layout.stacked, PixelStorage.bf16, bf16_training=False, num_workers=1)
+        preprocess.prepare(
+            dsd["train"],
+            path,
+            processor,
+            family,
+            prompt_option("short"),
+            Layout.stacked,
+            PixelStorage.bf16,
+            bf16_training=False,
+            num_workers=1,
+        )
     _, processor, family = loaded("qwen2_vl")
     with pytest.raises(ConfigError, match=r"trainer.preprocess_pixels=bf16: the qwen2_vl family"):
-        preprocess.prepare(dsd["train"], path, processor, family, prompt_option("short"), Layout.stacked, PixelStorage.bf16, bf16_training=True, num_workers=1)
+        preprocess.prepare(
+            dsd["train"],
+            path,
+            processor,
+            family,
+            prompt_option("short"),
+            Layout.stacked,
+            PixelStorage.bf16,
+            bf16_training=True,
+            num_workers=1,
+        )
 
 
 def test_auto_pixels_are_bf16_only_where_bf16_is_the_same_computation(loaded, dataset):
@@ -182,7 +244,16 @@ def test_auto_pixels_are_bf16_only_where_bf16_is_the_same_computation(loaded, da
     for name, bf16_training, want in (("llava", True, "bf16"), ("llava", False, "fp32"), ("qwen2_vl", True, "fp32")):
         _, processor, family = loaded(name)
         *_, fact = preprocess.prepare(
-            dsd["train"], path, processor, family, prompt_option("short"), Layout.stacked, PixelStorage.auto, bf16_training=bf16_training, num_workers=1, progress=False
+            dsd["train"],
+            path,
+            processor,
+            family,
+            prompt_option("short"),
+            Layout.stacked,
+            PixelStorage.auto,
+            bf16_training=bf16_training,
+            num_workers=1,
+            progress=False,
         )
         assert fact["pixels"] == want, (name, bf16_training)
 
@@ -198,7 +269,9 @@ def test_a_family_whose_batches_differ_is_refused_naming_it(loaded):
             return {**batch, "pixel_values": batch["pixel_values"] - batch["pixel_values"].mean(0)}
 
     collator = Collator(processor, BatchNormalised(), prompt_option("short"), train=True)
-    with pytest.raises(ConfigError, match=r"trainer.preprocess=once: the llava family's processor batches pixel_values differently"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.preprocess=once: the llava family's processor batches pixel_values differently"
+    ):
         preprocess.check(ragged_rows(), collator, preprocess.EncodedCollator(collator), PixelStorage.fp32)
 
 
@@ -259,7 +332,9 @@ SHORT = [
 
 
 def losses(run: Path) -> list[float]:
-    return [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    return [
+        r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 @pytest.mark.slow
@@ -274,8 +349,17 @@ def test_trials_with_preprocess_once_build_then_reuse_the_cache_and_train_as_ste
         assert outs[name].returncode == 0, outs[name].stderr[-3000:]
     facts = {name: json.loads((run / "summary.json").read_text())["facts"]["preprocess"] for name, run in runs.items()}
     assert facts["step"] == {"mode": "step"}
-    assert facts["once"]["mode"] == "once" and not facts["once"]["reused"] and facts["once"]["examples"] == 16 and facts["once"]["seconds"] > 0
-    assert facts["again"]["reused"] and facts["again"]["path"] == facts["once"]["path"] and Path(facts["once"]["path"]).is_dir()
+    assert (
+        facts["once"]["mode"] == "once"
+        and not facts["once"]["reused"]
+        and facts["once"]["examples"] == 16
+        and facts["once"]["seconds"] > 0
+    )
+    assert (
+        facts["again"]["reused"]
+        and facts["again"]["path"] == facts["once"]["path"]
+        and Path(facts["once"]["path"]).is_dir()
+    )
     assert "reusing the encoded training split" in outs["again"].stderr + outs["again"].stdout
     assert len(losses(runs["step"])) == 4 and losses(runs["once"]) == losses(runs["step"]) == losses(runs["again"])
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)

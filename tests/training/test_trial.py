@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRIAL, WANDB_SECRET, compose_app, prompt_option, trial
+from conftest import TRIAL, WANDB_SECRET, compose_app, prompt_option
+from conftest import trial as trial_in_subprocess
 from transformers import Trainer, TrainerCallback, set_seed
 
+from vlmqc.answers import PARSER_VERSION, parse_answer
+from vlmqc.cli.train import trial
 from vlmqc.collate import Collator
 from vlmqc.config import ConfigError, ImageSizeConfig, LoraConfig, ModelConfig, TrainerConfig, data_config, to_object
 from vlmqc.data import get_dataset
 from vlmqc.models import adapt, load
-from vlmqc.answers import PARSER_VERSION, parse_answer
-from vlmqc.cli.train import trial
 from vlmqc.preflight import validate
 from vlmqc.training.arguments import training_arguments
 
@@ -25,7 +26,13 @@ from vlmqc.training.arguments import training_arguments
 def leet(run_dir: Path, *flags: str):
     """What W&B itself recorded, read back with W&B's own tool."""
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", *flags, str(wandb_run)], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", *flags, str(wandb_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return json.loads(out) if "--summary" in flags else [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -63,10 +70,17 @@ def test_main_job_completes_and_records_everything_locally(completed_trial):
     assert any("eval/loss" in r and r["trainer/global_step"] == 8 for r in rows)
     assert summary["final"]["step"] == 8 and "eval/exact_match" in summary["final"]
     assert summary["schema_version"] == 2 and summary["facts"]["parser_version"] == PARSER_VERSION
-    assert summary["baseline"] == {k: v for k, v in evals[0].items() if k.startswith("eval/")} | {"step": 0, "eval/loss": summary["baseline"]["eval/loss"]}
-    assert summary["best_metric"] == "eval/exact_match" and summary["best"]["step"] == best_step(rows, "eval/exact_match")
+    assert summary["baseline"] == {k: v for k, v in evals[0].items() if k.startswith("eval/")} | {
+        "step": 0,
+        "eval/loss": summary["baseline"]["eval/loss"],
+    }
+    assert summary["best_metric"] == "eval/exact_match" and summary["best"]["step"] == best_step(
+        rows, "eval/exact_match"
+    )
     assert summary["chance"]["prior"]["eval/exact_match"] == summary["chance"]["prior"]["eval/position_accuracy"]
-    assert (run_dir / "adapter" / "adapter_config.json").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file() and (
+        run_dir / "adapter" / "adapter_model.safetensors"
+    ).is_file()
 
 
 def test_samples_are_the_same_test_ids_at_every_evaluation(completed_trial):
@@ -102,10 +116,14 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     right = [parse_answer(prompt_option("long"), r["prediction"], "star").target == r["target"] for r in rows]
     assert len(rows) == 12 and summary["summary"]["eval/exact_match"] == pytest.approx(sum(right) / 12)
     # chance: every test star answered with the train split's most frequent star position
-    dsd, _ = get_dataset(data_config(compose_app("train", TRIAL)), run_dir.parent / "cache", num_workers=1, progress=False)
+    dsd, _ = get_dataset(
+        data_config(compose_app("train", TRIAL)), run_dir.parent / "cache", num_workers=1, progress=False
+    )
     targets = Counter(dsd["train"]["target"])
     prior = min(targets, key=lambda t: (-targets[t], t))
-    assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(sum(t == prior for t in dsd["test"]["target"]) / 12)
+    assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(
+        sum(t == prior for t in dsd["test"]["target"]) / 12
+    )
     assert summary["summary"]["chance/uniform/eval/position_accuracy"] == pytest.approx(1 / 27)
     assert summary["summary"]["best/step"] in (4, 8) and summary["summary"]["baseline/step"] == 0
     # star data has no pair to difference: no pixel ceiling
@@ -125,7 +143,7 @@ def test_the_api_key_is_never_written(completed_trial):
 def test_a_completed_trial_is_not_run_twice(completed_trial, tmp_path):
     run_dir, _ = completed_trial
     before = (run_dir / "metrics.jsonl").read_bytes()
-    again = trial(run_dir.parent)
+    again = trial_in_subprocess(run_dir.parent)
     assert again.returncode == 0
     assert "already completed" in again.stdout + again.stderr
     assert (run_dir / "metrics.jsonl").read_bytes() == before
@@ -133,7 +151,14 @@ def test_a_completed_trial_is_not_run_twice(completed_trial, tmp_path):
 
 @pytest.mark.slow  # a trial of its own (tests/runs/test_sweep.py's default-run sweep has a diverging trial too)
 def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
-    out = trial(tmp_path, "logger=none", "trainer.lr=1e30", "trainer.max_grad_norm=1e30", "trainer.logging_steps=1", "trainer.eval_before=false")
+    out = trial_in_subprocess(
+        tmp_path,
+        "logger=none",
+        "trainer.lr=1e30",
+        "trainer.max_grad_norm=1e30",
+        "trainer.logging_steps=1",
+        "trainer.eval_before=false",
+    )
     assert out.returncode == 1
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed"
@@ -141,7 +166,9 @@ def test_non_finite_loss_fails_the_trial_with_its_step(tmp_path):
     assert not (tmp_path / "run" / "adapter").exists()
 
 
-@pytest.mark.parametrize("overrides, key", [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0")])
+@pytest.mark.parametrize(
+    "overrides, key", [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0")]
+)
 def test_bad_config_is_refused_naming_the_key(cli_exit, tmp_path, overrides, key):
     code, err = cli_exit("vlmqc.train", f"hydra.run.dir={tmp_path / 'run'}", *TRIAL, "logger=none", *overrides)
     assert code == 2 and key in err, err[-2000:]
@@ -161,12 +188,16 @@ def test_mixed_precision_without_a_gpu_is_refused_naming_the_key(tmp_path):
 @pytest.mark.slow  # a real process each; the bf16 case generates the data and loads the model before it is refused
 @pytest.mark.parametrize(
     "overrides, key",
-    [(["lora.r=0"], "lora.r=0"), (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0"), (["trainer.precision=bf16"], "trainer.precision=bf16")],
+    [
+        (["lora.r=0"], "lora.r=0"),
+        (["data=pair_square", "data.defect_rate=2"], "data.defect_rate=2.0"),
+        (["trainer.precision=bf16"], "trainer.precision=bf16"),
+    ],
 )
 def test_bad_config_exits_2_naming_the_key(tmp_path, overrides, key):
     if "bf16" in key and torch.cuda.is_available():
         pytest.skip("bf16 is valid where there is a GPU")
-    out = trial(tmp_path, "logger=none", *overrides)
+    out = trial_in_subprocess(tmp_path, "logger=none", *overrides)
     assert out.returncode == 2
     assert key in out.stdout + out.stderr
 
@@ -176,24 +207,60 @@ def test_pair_data_json_prompt_and_image_size_as_typed_on_the_command_line(tmp_p
     """``image_size=448`` (a number, which Hydra alone refuses as an option name) sets the input;
     pair data is scored with the inspection metrics, beside the pixel-difference detector's levels
     on the same test rows (summary.json and W&B's summary)."""
-    out = trial(tmp_path, "data=pair_mixed", "prompt=json", "lora=r4", "image_size=448", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.samples=2")
+    out = trial_in_subprocess(
+        tmp_path,
+        "data=pair_mixed",
+        "prompt=json",
+        "lora=r4",
+        "image_size=448",
+        "trainer.max_steps=2",
+        "trainer.eval_every=0",
+        "trainer.samples=2",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["facts"]["processed_resolution"] == [448, 448] and summary["facts"]["image_tokens_per_sample"] == (448 // 16) ** 2
+    assert (
+        summary["facts"]["processed_resolution"] == [448, 448]
+        and summary["facts"]["image_tokens_per_sample"] == (448 // 16) ** 2
+    )
     assert summary["facts"]["source_image_size"][1] > 380  # the stacked pair
     final = summary["final"]
-    for key in ("verdict_accuracy", "defect_recall", "escape_rate", "false_reject_rate", "position_accuracy", "defect_type_accuracy", "exact_match", "unparseable_rate", "loss"):
+    for key in (
+        "verdict_accuracy",
+        "defect_recall",
+        "escape_rate",
+        "false_reject_rate",
+        "position_accuracy",
+        "defect_type_accuracy",
+        "exact_match",
+        "unparseable_rate",
+        "loss",
+    ):
         assert f"eval/{key}" in final, key
     samples = [json.loads(x) for x in (tmp_path / "run" / "samples" / "step-000002.jsonl").read_text().splitlines()]
     assert all(json.loads(r["truth"])["verdict"] in ("pass", "defective") for r in samples)
     ceiling = summary["ceiling"]
-    assert ceiling["examples"] == 12 and set(ceiling) == {"eval/verdict_accuracy", "eval/position_accuracy", "verdict_auroc", "examples"}
-    # the best threshold is at least "all defective" or "all pass", and the synthetic defects are visible in the pixels (experiments/LOG.md, 2026-11-25)
-    defective = sum(json.loads(x)["verdict"] == "defective" for x in (tmp_path / "run" / "predictions" / "step-000002.jsonl").read_text().splitlines())
-    assert ceiling["eval/verdict_accuracy"] >= max(defective, 12 - defective) / 12 and ceiling["eval/verdict_accuracy"] >= 0.9
+    assert ceiling["examples"] == 12 and set(ceiling) == {
+        "eval/verdict_accuracy",
+        "eval/position_accuracy",
+        "verdict_auroc",
+        "examples",
+    }
+    # the best threshold is at least "all defective" or "all pass", and the synthetic defects are visible in the
+    # pixels (experiments/LOG.md, 2026-11-25)
+    defective = sum(
+        json.loads(x)["verdict"] == "defective"
+        for x in (tmp_path / "run" / "predictions" / "step-000002.jsonl").read_text().splitlines()
+    )
+    assert (
+        ceiling["eval/verdict_accuracy"] >= max(defective, 12 - defective) / 12
+        and ceiling["eval/verdict_accuracy"] >= 0.9
+    )
     assert 0.9 <= ceiling["verdict_auroc"] <= 1 and 0.9 <= ceiling["eval/position_accuracy"] <= 1
     wandb_summary = leet(tmp_path / "run", "--summary")["summary"]
-    assert {k: wandb_summary[f"ceiling/{k}"] for k in ceiling if k != "examples"} == pytest.approx({k: v for k, v in ceiling.items() if k != "examples"})
+    assert {k: wandb_summary[f"ceiling/{k}"] for k in ceiling if k != "examples"} == pytest.approx(
+        {k: v for k, v in ceiling.items() if k != "examples"}
+    )
 
 
 class _Interrupt(TrainerCallback):
@@ -229,13 +296,17 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_in_the_same_wandb_run(
     assert second["baseline"]["step"] == 0 and second["best"]["step"] == best_step(rows, "eval/exact_match")
     step4 = next(r for r in rows if r["trainer/global_step"] == 4 and "eval/exact_match" in r)
     if second["best"]["step"] == 4:
-        assert {k: second["best"][k] for k in step4 if k.startswith("eval/")} == {k: v for k, v in step4.items() if k.startswith("eval/")}
+        assert {k: second["best"][k] for k in step4 if k.startswith("eval/")} == {
+            k: v for k, v in step4.items() if k.startswith("eval/")
+        }
     steps = [r["trainer/global_step"] for r in metrics(run_dir) if "train/loss" in r]
     # the first attempt logged steps 2 and 4 and stopped inside step 6, before its log;
     # the second resumed from checkpoint 4 and logged 6 and 8
     assert steps == [2, 4, 6, 8]
     runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[-1] for p in runs}) == 1, "both attempts write to the same W&B run id"
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[-1] for p in runs}) == 1, (
+        "both attempts write to the same W&B run id"
+    )
 
 
 def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
@@ -243,11 +314,22 @@ def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
     cfg = compose_app("train", ["data.train_size=16", "data.test_size=4"])
     dsd, _ = get_dataset(data_config(cfg), tmp_path / "data", num_workers=1, progress=False)
     set_seed(0)
-    model, processor, family, _ = load(ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(tmp_path / "models"), "cpu")
+    model, processor, family, _ = load(
+        ModelConfig(name="tiny"), ImageSizeConfig(name="native"), str(tmp_path / "models"), "cpu"
+    )
     model = adapt(model, family, LoraConfig(name="r8", r=8, alpha=16, dropout=0.0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = training_arguments(TrainerConfig(max_steps=4, batch_size=4, lr=1e-2, warmup_ratio=0.0, logging_steps=1, save_steps=100), tmp_path / "run", "cpu")
-    Trainer(model=model, args=args, train_dataset=dsd["train"], data_collator=Collator(processor, family, prompt_option("short"), train=True)).train()
+    args = training_arguments(
+        TrainerConfig(max_steps=4, batch_size=4, lr=1e-2, warmup_ratio=0.0, logging_steps=1, save_steps=100),
+        tmp_path / "run",
+        "cpu",
+    )
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=dsd["train"],
+        data_collator=Collator(processor, family, prompt_option("short"), train=True),
+    ).train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -257,5 +339,15 @@ def test_training_changes_every_lora_parameter_and_no_frozen_one(tmp_path):
 def test_loader_workers_persist_between_epochs_only_when_there_are_workers(tmp_path):
     """A small dataset's epochs are a few steps: restarting the workers each one would dominate."""
     base = dict(max_steps=4, batch_size=4, logging_steps=1, save_steps=100)
-    assert training_arguments(TrainerConfig(dataloader_workers=2, **base), tmp_path / "a", "cpu").dataloader_persistent_workers is True
-    assert training_arguments(TrainerConfig(dataloader_workers=0, **base), tmp_path / "b", "cpu").dataloader_persistent_workers is False
+    assert (
+        training_arguments(
+            TrainerConfig(dataloader_workers=2, **base), tmp_path / "a", "cpu"
+        ).dataloader_persistent_workers
+        is True
+    )
+    assert (
+        training_arguments(
+            TrainerConfig(dataloader_workers=0, **base), tmp_path / "b", "cpu"
+        ).dataloader_persistent_workers
+        is False
+    )

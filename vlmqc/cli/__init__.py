@@ -15,10 +15,22 @@ from importlib.metadata import PackageNotFoundError, version
 
 # name -> (module, function, one line); Hydra apps take overrides, the others argparse options
 COMMANDS = {
-    "train": ("vlmqc.cli.train", "cli", "train one trial, or a sweep of them with -m (Hydra overrides: data=, model=, trainer.lr=...)"),
+    "train": (
+        "vlmqc.cli.train",
+        "cli",
+        "train one trial, or a sweep of them with -m (Hydra overrides: data=, model=, trainer.lr=...)",
+    ),
     "data": ("vlmqc.cli.data", "cli", "draw a dataset (or read your own), print its counts, draw a contact sheet"),
-    "preview": ("vlmqc.cli.preview", "cli", "what a model sees of a few examples: pixels, tiles, tokens, activation memory"),
-    "predict": ("vlmqc.cli.predict", "main", "answer new images with a completed trial, or merge its adapter into one checkpoint"),
+    "preview": (
+        "vlmqc.cli.preview",
+        "cli",
+        "what a model sees of a few examples: pixels, tiles, tokens, activation memory",
+    ),
+    "predict": (
+        "vlmqc.cli.predict",
+        "main",
+        "answer new images with a completed trial, or merge its adapter into one checkpoint",
+    ),
     "serve": ("vlmqc.cli.serve", "main", "a local web page that answers uploads with a completed trial"),
     "compare": ("vlmqc.cli.compare", "main", "one self-contained HTML report comparing trials"),
     "rescore": ("vlmqc.cli.rescore", "main", "score stored answers again with today's parser and metrics"),

@@ -11,10 +11,18 @@ from vlmqc.metrics import DEFAULT_METRIC
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="vlmqc compare", description="Compare trials in one self-contained HTML report.")
+    parser = argparse.ArgumentParser(
+        prog="vlmqc compare", description="Compare trials in one self-contained HTML report."
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, or multirun folders that hold them")
-    parser.add_argument("--out", type=Path, help="report folder (default: <first argument>/report for a multirun, else ./report)")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"the metric to highlight and plot the sweeps against (default {DEFAULT_METRIC})")
+    parser.add_argument(
+        "--out", type=Path, help="report folder (default: <first argument>/report for a multirun, else ./report)"
+    )
+    parser.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        help=f"the metric to highlight and plot the sweeps against (default {DEFAULT_METRIC})",
+    )
     args = parser.parse_args(argv)
     run_dirs: list[Path] = []
     for path in args.paths:

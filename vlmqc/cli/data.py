@@ -42,7 +42,9 @@ def main(cfg: DictConfig) -> None:
     log.info("dataset %s at %s", data.name, path)
     print(report.format_counts(dsd))
     split = dsd[sheet_cfg.split]
-    sheet = report.contact_sheet(split, report.pick(split, sheet_cfg.examples), Path(cfg.paths.output_dir) / "contact_sheet.png")
+    sheet = report.contact_sheet(
+        split, report.pick(split, sheet_cfg.examples), Path(cfg.paths.output_dir) / "contact_sheet.png"
+    )
     print(f"contact sheet: {sheet}")
     if cfg.baseline and isinstance(data, PairConfig):
         print(f"pixel-difference baseline on test: {report.pixel_baseline(dsd['test'], data)}")

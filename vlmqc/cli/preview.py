@@ -31,13 +31,22 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     t = objs["trainer"]
     precision, _ = precision_bytes(t.precision, t.device)
-    print(f"model={objs['model'].name} data={objs['data'].name} layout={objs['data'].layout.value} prompt={objs['prompt'].name} lora={objs['lora'].name}")
+    print(
+        f"model={objs['model'].name} data={objs['data'].name} layout={objs['data'].layout.value} "
+        f"prompt={objs['prompt'].name} lora={objs['lora'].name}"
+    )
     for line in origins:
         print(f"  {line}")
     print(table(rows, t.batch_size))
-    print(f"* an estimate of the activations kept for backward at {precision.value}, not a measurement: "
-          "L*s*(8h+4i)*b + s*V*(b+4) [+ vision tower where it trains] (the formula: vlmqc/preview.py, README)"
-          + ("; n/a: the preset's model.processor carries no text_config (config.json's shapes)" if any(r.facts and r.activation_bytes is None for r in rows) else ""))
+    print(
+        f"* an estimate of the activations kept for backward at {precision.value}, not a measurement: "
+        "L*s*(8h+4i)*b + s*V*(b+4) [+ vision tower where it trains] (the formula: vlmqc/preview.py, README)"
+        + (
+            "; n/a: the preset's model.processor carries no text_config (config.json's shapes)"
+            if any(r.facts and r.activation_bytes is None for r in rows)
+            else ""
+        )
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""``vlmqc rescore <run or multirun folder>``: score stored answers again with today's parser and metrics (vlmqc/evaluation/rescore.py)."""
+"""``vlmqc rescore <run or multirun folder>``: score stored answers again with today's parser and metrics
+(vlmqc/evaluation/rescore.py)."""
 
 from __future__ import annotations
 
@@ -20,4 +21,3 @@ def main(argv: list[str] | None = None) -> int:
     for folder in folders:
         print("\n".join(rescore(folder)), flush=True)
     return 0
-

@@ -1,4 +1,5 @@
-"""``vlmqc serve <run folder> [--host 127.0.0.1] [--port 8000] [--device auto]``: the trial's local page (vlmqc/serve/)."""
+"""``vlmqc serve <run folder> [--host 127.0.0.1] [--port 8000] [--device auto]``: the trial's local page
+(vlmqc/serve/)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not is_loopback(host):
-        log.warning("serving on %s: anyone who can reach this machine can use the page and the model; there is no authentication", host)
+        log.warning(
+            "serving on %s: anyone who can reach this machine can use the page and the model; there is no "
+            "authentication",
+            host,
+        )
     server = make_server(host, port, create_app(inspector, Path(run_dir)), threaded=True)
     # the port actually bound (--port 0 picks a free one), on stdout for scripts and tests
     print(f"vlmqc.serve: {run_dir} on http://{host}:{server.server_port}/", flush=True)
@@ -48,7 +53,9 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlmqc serve", description="A local web page that answers uploads with a trained trial.")
+    parser = argparse.ArgumentParser(
+        prog="vlmqc serve", description="A local web page that answers uploads with a trained trial."
+    )
     parser.add_argument("run_dir", help="a completed trial's folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")

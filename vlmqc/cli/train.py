@@ -33,7 +33,7 @@ from vlmqc.data.custom import CustomDataError
 from vlmqc.preflight import run_checked, validate
 from vlmqc.runs import resume
 from vlmqc.runs.lock import RunLock
-from vlmqc.runs.records import Records
+from vlmqc.runs.writer import Records
 from vlmqc.training import gpus
 from vlmqc.training.launch import launch
 from vlmqc.training.trial import run

@@ -42,7 +42,12 @@ def curves_png(trials: list[TrialRow], history: dict[Path, list[tuple[int, dict[
     if not any(losses for t in trials for _, losses in history.get(t.dir, [])):
         return None
     # long names wrap, and the figure grows to keep its legend (two columns) whole
-    labels = {t.dir: textwrap.fill(t.label + (f" ({t.status})" if t.status in NOT_FINISHED else ""), 70, subsequent_indent="  ") for t in trials}
+    labels = {
+        t.dir: textwrap.fill(
+            t.label + (f" ({t.status})" if t.status in NOT_FINISHED else ""), 70, subsequent_indent="  "
+        )
+        for t in trials
+    }
     fig = _figure(figsize=(11, 4.3 + 0.16 * math.ceil(sum(v.count("\n") + 1 for v in labels.values()) / 2)))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, LOSSES, strict=True):
@@ -94,6 +99,10 @@ def thumbnail(path: Path) -> str | None:
             im.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 8))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)
-    except (OSError, ValueError, Image.DecompressionBombError):  # not an image, a folder, or one too large to open safely
+    except (
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+    ):  # not an image, a folder, or one too large to open safely
         return None
     return data_uri(buf.getvalue(), "jpeg")

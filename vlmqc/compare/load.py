@@ -17,7 +17,17 @@ from omegaconf import OmegaConf
 
 from vlmqc.compare.notes import Notes
 from vlmqc.metrics import CHANCE_KINDS, METRICS, better, chance_level
-from vlmqc.runs.records import PredictionRow, Sample, Summary, checked, problem, read_metrics, read_predictions, read_rows, read_summary
+from vlmqc.runs.records import (
+    PredictionRow,
+    Sample,
+    Summary,
+    checked,
+    problem,
+    read_metrics,
+    read_predictions,
+    read_rows,
+    read_summary,
+)
 from vlmqc.runs.tracking import STEP
 
 _STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
@@ -35,7 +45,10 @@ def _chance(summary: Summary, where: str, problems: list[str]) -> dict[str, floa
     chance = summary.chance or {}
     if not any(k in chance for k in CHANCE_KINDS):
         return _values(checked(chance, dict[str, float], where, "chance", problems))
-    kinds = {kind: _values(checked(chance.get(kind), dict[str, float] | None, where, f"chance.{kind}", problems)) for kind in CHANCE_KINDS}
+    kinds = {
+        kind: _values(checked(chance.get(kind), dict[str, float] | None, where, f"chance.{kind}", problems))
+        for kind in CHANCE_KINDS
+    }
     return {m: level for m in set().union(*kinds.values()) if (level := chance_level(kinds, m)) is not None}
 
 
@@ -59,7 +72,9 @@ class TrialRow:
     best_step: int | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # the base model's evaluation at step 0
     chance: dict[str, float] = field(default_factory=dict)  # what guessing scores on this dataset
-    ceiling: dict[str, float] = field(default_factory=dict)  # what the pixel-difference detector scores on this trial's test rows, no learning
+    ceiling: dict[str, float] = field(
+        default_factory=dict
+    )  # what the pixel-difference detector scores on this trial's test rows, no learning
     plateau: dict | None = None  # the summary's diagnosis when it found the plateau: a flat loss, answers at chance
     label: str = ""  # short and unique among the compared trials: legends and column heads
 
@@ -110,7 +125,13 @@ def _hydra_overrides(run_dir: Path, notes: Notes) -> list[str] | None:
     try:
         lines = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:  # noqa: BLE001 - whatever the YAML parser says, the run name holds the same overrides
-        notes.extend(path, [f"{path}: could not be read ({type(e).__name__}); the overrides are taken from summary.json or the run name."])
+        notes.extend(
+            path,
+            [
+                f"{path}: could not be read ({type(e).__name__}); the overrides are taken from summary.json or "
+                f"the run name."
+            ],
+        )
         return None
     problems: list[str] = []
     lines = checked(lines, list[str], str(path), "(file)", problems)
@@ -129,9 +150,17 @@ def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
         trial.status, trial.reason, trial.traceback = summary.status or "unknown", summary.reason, summary.traceback
         trial.run_name, trial.step, trial.config = summary.run_name, summary.step, summary.config
         trial.runtime = float(summary.runtime_seconds) if summary.runtime_seconds is not None else None
-        trial.dataset_hash = checked(summary.facts.get("dataset_hash"), str | None, where, "facts.dataset_hash", problems)
-        trial.sample_ids = checked(summary.facts.get("sample_ids"), list[str] | None, where, "facts.sample_ids", problems) or []
-        trial.final, trial.best, trial.baseline = _values(summary.final), _values(summary.best), _values(summary.baseline)
+        trial.dataset_hash = checked(
+            summary.facts.get("dataset_hash"), str | None, where, "facts.dataset_hash", problems
+        )
+        trial.sample_ids = (
+            checked(summary.facts.get("sample_ids"), list[str] | None, where, "facts.sample_ids", problems) or []
+        )
+        trial.final, trial.best, trial.baseline = (
+            _values(summary.final),
+            _values(summary.best),
+            _values(summary.baseline),
+        )
         trial.best_step = checked((summary.best or {}).get("step"), int | None, where, "best.step", problems)
         trial.chance = _chance(summary, where, problems)
         ceiling = checked(summary.ceiling, dict[str, float] | None, where, "ceiling", problems) or {}
@@ -141,7 +170,13 @@ def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
         notes.extend(path, problems)
     # Hydra's own file first; the summary's copy; the run name, which holds the same overrides
     lines = _hydra_overrides(run_dir, notes)
-    lines = lines if lines is not None else summary.overrides if summary and summary.overrides else split_overrides(trial.run_name or "")
+    lines = (
+        lines
+        if lines is not None
+        else summary.overrides
+        if summary and summary.overrides
+        else split_overrides(trial.run_name or "")
+    )
     trial.overrides = parse_overrides(lines)
     return trial
 
@@ -178,7 +213,10 @@ def read_history(run_dir: Path, notes: Notes) -> list[tuple[int, dict[str, float
 def inside(run_dir: Path, name: str) -> Path | None:
     """``run_dir / name`` if it stays in the run folder once symlinks and ``..`` are resolved."""
     try:
-        root, path = run_dir.resolve(), (run_dir / name).resolve()  # an absolute name replaces run_dir, and is caught like ../
+        root, path = (
+            run_dir.resolve(),
+            (run_dir / name).resolve(),
+        )  # an absolute name replaces run_dir, and is caught like ../
     except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
         return None
     return path if path.is_relative_to(root) and path != root else None
@@ -199,14 +237,19 @@ def read_samples(run_dir: Path, path: Path, notes: Notes) -> list[Shown]:
     for line, s in rows:
         image = inside(run_dir, s.image) if s.image is not None else None
         if s.image is not None and image is None:
-            problems.append(problem(f"{path}:{line}", "image", f"{s.image[:60]!r} is not a path inside the run folder; not embedded"))
+            problems.append(
+                problem(
+                    f"{path}:{line}", "image", f"{s.image[:60]!r} is not a path inside the run folder; not embedded"
+                )
+            )
         out.append(Shown(s, image, (path, line)))
     notes.extend(path, problems)
     return out
 
 
 def read_prediction_rows(path: Path, notes: Notes) -> list[PredictionRow]:
-    """A predictions file's rows whose labels can be read; a row whose parsed answer cannot keeps its labels, and is not counted."""
+    """A predictions file's rows whose labels can be read; a row whose parsed answer cannot keeps its labels, and is
+    not counted."""
     rows, problems = read_predictions(path)
     notes.extend(path, problems)
     return rows

@@ -26,7 +26,8 @@ class Notes:
             self._by_file.setdefault(str(path), []).extend(problems)
 
     def close(self) -> None:
-        """The file notes after the general ones, in file order then line order, and how many of a file's were not listed."""
+        """The file notes after the general ones, in file order then line order, and how many of a file's were not
+        listed."""
         for path, found in self._by_file.items():
             line = re.compile(re.escape(path) + r":(\d+): ")
             found = sorted(found, key=lambda p: int(m.group(1)) if (m := line.match(p)) else 0)

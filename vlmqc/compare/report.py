@@ -45,8 +45,14 @@ def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     text = render(
-        title="vlmqc trial comparison", trials=trials, counts=sorted(counts.items()), metric=metric, sources=sources,
-        written=time.strftime("%Y-%m-%d %H:%M:%S"), notes=notes.lines, **sections,
+        title="vlmqc trial comparison",
+        trials=trials,
+        counts=sorted(counts.items()),
+        metric=metric,
+        sources=sources,
+        written=time.strftime("%Y-%m-%d %H:%M:%S"),
+        notes=notes.lines,
+        **sections,
     )
     report = out_dir / "report.html"
     write_atomic(report, text.encode("utf-8", "replace"))

@@ -62,7 +62,15 @@ def trials_table(trials: list[TrialRow], swept: list[str], fixed: list[str], met
             for kind in kinds
             for m in metrics
         ]
-        rows.append({"trial": t, "swept": [override_value(t, k) for k in swept], "metrics": cells, "fixed": [override_value(t, k) for k in fixed], "below_chance": t.below_chance(chosen)})
+        rows.append(
+            {
+                "trial": t,
+                "swept": [override_value(t, k) for k in swept],
+                "metrics": cells,
+                "fixed": [override_value(t, k) for k in fixed],
+                "below_chance": t.below_chance(chosen),
+            }
+        )
     return {"kinds": kinds, "metrics": metrics, "chosen": chosen, "swept": swept, "fixed": fixed, "rows": rows}
 
 
@@ -71,7 +79,8 @@ def _file_name(key: str) -> str:
 
 
 def sweep_figures(trials: list[TrialRow], swept: list[str], metric: str, out_dir: Path) -> list[dict]:
-    """One plot per swept key, written beside the page; trials without a final value of the metric (failed ones) are named, not plotted."""
+    """One plot per swept key, written beside the page; trials without a final value of the metric (failed ones) are
+    named, not plotted."""
     figures = []
     for key in swept:
         points, left_out = [], []
@@ -95,16 +104,26 @@ def by_dataset(trials: list[TrialRow]) -> list[dict]:
     groups: dict[str, list[TrialRow]] = {}
     for t in sorted(trials, key=lambda t: t.dataset == "unknown"):
         groups.setdefault(t.dataset, []).append(t)
-    return [{"hash": h if h != "unknown" else None, "name": config_value(members[0], "data") or "?", "members": members} for h, members in groups.items()]
+    return [
+        {"hash": h if h != "unknown" else None, "name": config_value(members[0], "data") or "?", "members": members}
+        for h, members in groups.items()
+    ]
 
 
-def samples_section(trials: list[TrialRow], samples: dict[Path, tuple[int, list[Shown]]], labels: dict[Path, dict[str, dict]], notes: Notes) -> list[dict]:
+def samples_section(
+    trials: list[TrialRow],
+    samples: dict[Path, tuple[int, list[Shown]]],
+    labels: dict[Path, dict[str, dict]],
+    notes: Notes,
+) -> list[dict]:
     """Per dataset: one row per fixed sample id, each trial's answer in a column, right in green."""
     out = []
     for group in by_dataset([t for t in trials if t.dir in samples]):
         members = group["members"]
         # the fixed ids first, in their order, then any a trial sampled besides them
-        ids = list(dict.fromkeys(i for t in members for i in [*t.sample_ids, *(s.record.id for s in samples[t.dir][1])]))
+        ids = list(
+            dict.fromkeys(i for t in members for i in [*t.sample_ids, *(s.record.id for s in samples[t.dir][1])])
+        )
         by_id = {t.dir: {s.record.id: s for s in samples[t.dir][1]} for t in members}
         rows = []
         for sid in ids:
@@ -116,17 +135,26 @@ def samples_section(trials: list[TrialRow], samples: dict[Path, tuple[int, list[
                     image = thumbnail(s.image)
                     if image is None:
                         path, line = s.source
-                        notes.extend(path, [problem(f"{path}:{line}", "image", f"{s.image} could not be read as an image; not embedded")])
+                        notes.extend(
+                            path,
+                            [
+                                problem(
+                                    f"{path}:{line}", "image", f"{s.image} could not be read as an image; not embedded"
+                                )
+                            ],
+                        )
             truths = {s.record.truth for s in found}
             row_labels = next((labels[t.dir][sid] for t in members if sid in labels.get(t.dir, {})), None)
-            rows.append({
-                "id": sid,
-                "image": image,
-                "described": describe(row_labels) if row_labels else None,
-                "truth": found[0].record.truth if len(truths) == 1 and found else None,
-                "same_truth": len(truths) == 1,
-                "cells": [{"trial": t, "sample": s and s.record} for t, s in zip(members, here, strict=True)],
-            })
+            rows.append(
+                {
+                    "id": sid,
+                    "image": image,
+                    "described": describe(row_labels) if row_labels else None,
+                    "truth": found[0].record.truth if len(truths) == 1 and found else None,
+                    "same_truth": len(truths) == 1,
+                    "cells": [{"trial": t, "sample": s and s.record} for t, s in zip(members, here, strict=True)],
+                }
+            )
         out.append({**group, "steps": {t.dir: samples[t.dir][0] for t in members}, "rows": rows})
     return out
 
@@ -135,7 +163,9 @@ def _confusion_key(label: str):
     return (CONFUSION_ORDER.index(label), "") if label in CONFUSION_ORDER else (len(CONFUSION_ORDER), label)
 
 
-def confusion_section(trials: list[TrialRow], predictions: dict[Path, tuple[int, Path, list[PredictionRow]]]) -> list[dict]:
+def confusion_section(
+    trials: list[TrialRow], predictions: dict[Path, tuple[int, Path, list[PredictionRow]]]
+) -> list[dict]:
     """A matrix per trial; columns shared within a dataset, so the trials' matrices line up."""
     out = []
     for group in by_dataset(trials):
@@ -152,7 +182,13 @@ def confusion_section(trials: list[TrialRow], predictions: dict[Path, tuple[int,
                 said.append((t, f"{path.name} could not be scored ({err})."))
                 continue
             if len(usable) < len(rows):
-                said.append((t, f"{len(rows) - len(usable)} row(s) of {path.name} not counted: their answer could not be read (see the notes above)."))
+                said.append(
+                    (
+                        t,
+                        f"{len(rows) - len(usable)} row(s) of {path.name} not counted: their answer could not be "
+                        f"read (see the notes above).",
+                    )
+                )
             if c:
                 counts[t.dir] = (step, c)
             elif usable and all(r.task == "star" for r in usable):
@@ -160,7 +196,12 @@ def confusion_section(trials: list[TrialRow], predictions: dict[Path, tuple[int,
             else:
                 said.append((t, "no pass / defective rows to count."))
         true_labels = sorted({r for _, c in counts.values() for r in c}, key=_confusion_key)
-        columns = sorted({col for _, c in counts.values() for row in c.values() for col in row} | {"pass", "elsewhere", "unparseable"} | set(true_labels) - {"defective"}, key=_confusion_key)
+        columns = sorted(
+            {col for _, c in counts.values() for row in c.values() for col in row}
+            | {"pass", "elsewhere", "unparseable"}
+            | set(true_labels) - {"defective"},
+            key=_confusion_key,
+        )
         tables = []
         for t in group["members"]:
             if t.dir not in counts:
@@ -174,7 +215,13 @@ def confusion_section(trials: list[TrialRow], predictions: dict[Path, tuple[int,
                 for col in columns:
                     n = row.get(col, 0)
                     colour = "40,160,70" if col == true else "210,60,50"
-                    cells.append({"pred": col, "n": n, "background": f"rgba({colour},{0.12 + 0.75 * n / total:.2f})" if n else None})
+                    cells.append(
+                        {
+                            "pred": col,
+                            "n": n,
+                            "background": f"rgba({colour},{0.12 + 0.75 * n / total:.2f})" if n else None,
+                        }
+                    )
                 body.append({"true": true, "cells": cells, "total": total})
             tables.append({"trial": t, "step": step, "rows": body})
         out.append({**group, "columns": columns, "tables": tables, "said": said})

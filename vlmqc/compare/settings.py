@@ -71,5 +71,7 @@ def label_trials(trials: list[TrialRow], swept: list[str]) -> None:
     name (a multirun's folder names are whole run names, so they are cut short), then a number."""
     for t in trials:
         t.label = ", ".join(f"{k}={t.overrides[k]}" for k in swept if k in t.overrides) or t.dir.name
-    _rename_clashes(trials, lambda t, i: f"{t.label} [{t.dir.name if len(t.dir.name) <= 24 else t.dir.name[:23] + '…'}]")
+    _rename_clashes(
+        trials, lambda t, i: f"{t.label} [{t.dir.name if len(t.dir.name) <= 24 else t.dir.name[:23] + '…'}]"
+    )
     _rename_clashes(trials, lambda t, i: f"{t.label} #{i}")

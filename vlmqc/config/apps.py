@@ -34,7 +34,8 @@ class LoggerConfig:
     group: str | None = None  # a sweep sets its id here
     tags: list[str] = field(default_factory=list)
     mode: str = "offline"  # offline (default: no account needed) | online | disabled
-    print_summary: bool = False  # W&B's own history and summary printed when a run finishes (the run folder's summary.json has it either way)
+    # W&B's own history and summary printed when a run finishes (the run folder's summary.json has it either way)
+    print_summary: bool = False
 
     def __post_init__(self):
         _check(self.name in ("wandb", "none"), "name", self.name, "must be wandb or none")
@@ -45,7 +46,9 @@ class LoggerConfig:
 class PathsConfig:
     cache_dir: str = MISSING  # generated datasets, keyed by a hash of the data config
     models_dir: str = MISSING  # models built offline (model.random=<family>: vlmqc/models)
-    features_dir: str = MISSING  # frozen vision features (trainer.vision_cache=disk), keyed by a fingerprint of the image path
+    features_dir: str = (
+        MISSING  # frozen vision features (trainer.vision_cache=disk), keyed by a fingerprint of the image path
+    )
     output_dir: str = MISSING
 
 
@@ -104,7 +107,6 @@ class PreviewAppConfig:
     num_workers: int = 2  # dataset generation processes
 
 
-
 RUN_NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS): the run folder is named after the run
 RUN_NAME_PREFIX = 120  # bytes of a too-long name kept readable before its hash
 
@@ -161,9 +163,12 @@ NON_COMPUTING_KEYS = (
     "quiet",
     "logger.print_summary",
     "trainer.eval_batch_size",
-    "trainer.eval_workers",  # the same batches, collated elsewhere (tests/evaluation/test_generate.py checks the answers)
-    "trainer.preprocess",  # the same batches either way: checked on the first rows before training (vlmqc/training/preprocess.py)
-    "trainer.preprocess_pixels",  # the same computation: bf16 only where the first use of the pixels is a bf16 op (vlmqc/training/preprocess.py)
+    # the same batches, collated elsewhere (tests/evaluation/test_generate.py checks the answers)
+    "trainer.eval_workers",
+    # the same batches either way: checked on the first rows before training (vlmqc/training/preprocess.py)
+    "trainer.preprocess",
+    # the same computation: bf16 only where the first use of the pixels is a bf16 op (vlmqc/training/preprocess.py)
+    "trainer.preprocess_pixels",
 )
 
 
@@ -190,7 +195,14 @@ def register() -> None:
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="preview_schema", node=PreviewAppConfig)
-    for group, schema in (("prompt", PromptConfig), ("model", ModelConfig), ("lora", LoraConfig), ("image_size", ImageSizeConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig)):
+    for group, schema in (
+        ("prompt", PromptConfig),
+        ("model", ModelConfig),
+        ("lora", LoraConfig),
+        ("image_size", ImageSizeConfig),
+        ("trainer", TrainerConfig),
+        ("logger", LoggerConfig),
+    ):
         cs.store(group=group, name=f"{group}_schema", node=schema)
     for task, schema in DATA_SCHEMAS.items():
         cs.store(group="data", name=f"{task}_schema", node=schema)
@@ -203,7 +215,9 @@ def to_object(node: DictConfig, key: str) -> Any:
     except ConfigError as e:
         raise ConfigError(f"{key}.{e}") from None
     except MissingMandatoryValue as e:  # a ``???`` nobody set, e.g. data.path of data=custom
-        raise ConfigError(f"{e.full_key}: required, and not set (give it on the command line: {e.full_key}=...)") from None
+        raise ConfigError(
+            f"{e.full_key}: required, and not set (give it on the command line: {e.full_key}=...)"
+        ) from None
     except OmegaConfBaseException as e:  # an interpolation that does not resolve, a key added with +
         raise ConfigError(f"{e.full_key or key}: {str(e).splitlines()[0]}") from None
 
@@ -211,5 +225,3 @@ def to_object(node: DictConfig, key: str) -> Any:
 def data_config(cfg: DictConfig) -> SynthConfig | CustomConfig:
     """The validated data config object of a composed app config."""
     return to_object(cfg.data, "data")
-
-

@@ -25,7 +25,11 @@ def _between(value: float, key: str, low: float, high: float = math.inf, low_ope
     ``nan`` as floats, and nan passes no comparison, so it must be named or it slips through."""
     above = value > low if low_open else value >= low
     ok = math.isfinite(value) and above and value <= high
-    rule = f"must be {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "") + (" (finite)" if isinstance(value, float) else "")
+    rule = (
+        f"must be {'>' if low_open else '>='} {low}"
+        + (f" and <= {high}" if high != math.inf else "")
+        + (" (finite)" if isinstance(value, float) else "")
+    )
     _check(ok, key, value, rule)
 
 

@@ -19,7 +19,12 @@ class RenderConfig:
     supersample: int = 2  # drawn at this multiple, then reduced: smooth edges, sub-pixel shifts
 
     def __post_init__(self):
-        _check(160 <= self.width <= 4096, "render.width", self.width, "must be between 160 (coordinates must stay legible) and 4096 pixels")
+        _check(
+            160 <= self.width <= 4096,
+            "render.width",
+            self.width,
+            "must be between 160 (coordinates must stay legible) and 4096 pixels",
+        )
         _check(self.supersample in (1, 2, 3, 4), "render.supersample", self.supersample, "must be 1, 2, 3 or 4")
 
 
@@ -40,11 +45,36 @@ class NuisanceConfig:
         for f in dataclasses.fields(self):
             _between(getattr(self, f.name), f"nuisance.{f.name}", 0)
         for key in ("brightness", "contrast", "gradient"):  # a relative change of 100% turns the board black
-            _check(getattr(self, key) * self.strength < 1, f"nuisance.{key}", getattr(self, key), "times strength must be < 1")
-        _check(self.noise * self.strength <= 64, "nuisance.noise", self.noise, "times strength must be <= 64 levels (beyond it the board drowns in noise)")
-        _check(self.blur * self.strength <= 8, "nuisance.blur", self.blur, "times strength must be <= 8 pixels (beyond it terminals merge)")
-        _check(self.shift * self.strength <= 0.15, "nuisance.shift", self.shift, "times strength must be <= 0.15 cell (a board shifted further puts terminals under the wrong coordinate)")
-        _check(self.rotation * self.strength <= 3, "nuisance.rotation", self.rotation, "times strength must be <= 3 degrees")
+            _check(
+                getattr(self, key) * self.strength < 1,
+                f"nuisance.{key}",
+                getattr(self, key),
+                "times strength must be < 1",
+            )
+        _check(
+            self.noise * self.strength <= 64,
+            "nuisance.noise",
+            self.noise,
+            "times strength must be <= 64 levels (beyond it the board drowns in noise)",
+        )
+        _check(
+            self.blur * self.strength <= 8,
+            "nuisance.blur",
+            self.blur,
+            "times strength must be <= 8 pixels (beyond it terminals merge)",
+        )
+        _check(
+            self.shift * self.strength <= 0.15,
+            "nuisance.shift",
+            self.shift,
+            "times strength must be <= 0.15 cell (a board shifted further puts terminals under the wrong coordinate)",
+        )
+        _check(
+            self.rotation * self.strength <= 3,
+            "nuisance.rotation",
+            self.rotation,
+            "times strength must be <= 3 degrees",
+        )
 
 
 class DiffMode(str, enum.Enum):
@@ -102,7 +132,12 @@ class SynthConfig(DataConfig):
         _check(self.train_size >= 1, "train_size", self.train_size, "must be >= 1")
         _check(self.test_size >= 1, "test_size", self.test_size, "must be >= 1")
         _check(len(self.terminal_shapes) > 0, "terminal_shapes", self.terminal_shapes, "must name at least one shape")
-        _check(len(set(self.terminal_shapes)) == len(self.terminal_shapes), "terminal_shapes", self.terminal_shapes, "has duplicates")
+        _check(
+            len(set(self.terminal_shapes)) == len(self.terminal_shapes),
+            "terminal_shapes",
+            self.terminal_shapes,
+            "has duplicates",
+        )
 
 
 @dataclass
@@ -127,11 +162,20 @@ class PairConfig(SynthConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(0.0 <= self.defect_rate <= 1.0, "defect_rate", self.defect_rate, "must be between 0 and 1")  # nan fails too
+        _check(
+            0.0 <= self.defect_rate <= 1.0, "defect_rate", self.defect_rate, "must be between 0 and 1"
+        )  # nan fails too
         _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
-        _check(len(set(self.defect_types)) == len(self.defect_types), "defect_types", self.defect_types, "has duplicates")
+        _check(
+            len(set(self.defect_types)) == len(self.defect_types), "defect_types", self.defect_types, "has duplicates"
+        )
         self.defects_per_candidate.check("defects_per_candidate", 1)
-        _check(self.defects_per_candidate.max <= 27, "defects_per_candidate.max", self.defects_per_candidate.max, "must be <= 27 (the board has 27 cells)")
+        _check(
+            self.defects_per_candidate.max <= 27,
+            "defects_per_candidate.max",
+            self.defects_per_candidate.max,
+            "must be <= 27 (the board has 27 cells)",
+        )
 
 
 @dataclass
@@ -158,11 +202,17 @@ class CustomConfig(DataConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(self.max_pixels >= 1, "max_pixels", self.max_pixels, "must be >= 1")
-        _check(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
+        _check(
+            0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)"
+        )
         _check(len(self.defect_types) > 0, "defect_types", self.defect_types, "must name at least one defect type")
-        _check(len(self.rows) > 0 and all(r.isalpha() and r.isupper() for r in self.rows), "rows", self.rows, "must be upper-case letters")
+        _check(
+            len(self.rows) > 0 and all(r.isalpha() and r.isupper() for r in self.rows),
+            "rows",
+            self.rows,
+            "must be upper-case letters",
+        )
         _between(self.columns, "columns", 1, 99)  # positions are written <row><column>
-
 
 
 DATA_SCHEMAS = {

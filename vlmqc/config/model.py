@@ -30,8 +30,15 @@ class TinyModelConfig:
     def __post_init__(self):
         for key in ("vision_hidden", "vision_layers", "patch_size", "native_size", "text_hidden", "text_layers"):
             _check(getattr(self, key) >= 1, f"tiny.{key}", getattr(self, key), "must be >= 1")
-        _check(self.native_size % self.patch_size == 0, "tiny.native_size", self.native_size, f"must be a multiple of tiny.patch_size ({self.patch_size})")
-        _check(self.vocab_size >= 512, "tiny.vocab_size", self.vocab_size, "must be >= 512 (bytes, special tokens, merges)")
+        _check(
+            self.native_size % self.patch_size == 0,
+            "tiny.native_size",
+            self.native_size,
+            f"must be a multiple of tiny.patch_size ({self.patch_size})",
+        )
+        _check(
+            self.vocab_size >= 512, "tiny.vocab_size", self.vocab_size, "must be >= 512 (bytes, special tokens, merges)"
+        )
         _between(self.init_std, "tiny.init_std", 0, 1, low_open=True)
         _between(self.seed, "tiny.seed", 0, SEED_MAX)
 
@@ -51,7 +58,9 @@ class Qwen2VLTextShape:
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1e6
-    mrope_section: list[int] = field(default_factory=lambda: [16, 24, 24])  # rotary frequencies for time, height, width; sums to head size / 2
+    mrope_section: list[int] = field(
+        default_factory=lambda: [16, 24, 24]
+    )  # rotary frequencies for time, height, width; sums to head size / 2
 
 
 @dataclass
@@ -90,8 +99,15 @@ class Qwen2VLModelConfig:
                 value = getattr(shape, f.name)
                 _check(not isinstance(value, int) or value >= 1, f"qwen2_vl.{part}.{f.name}", value, "must be >= 1")
         heads, kv = t.num_attention_heads, t.num_key_value_heads
-        _check(t.hidden_size % heads == 0, "qwen2_vl.text.hidden_size", t.hidden_size, f"must be a multiple of text.num_attention_heads ({heads})")
-        _check(heads % kv == 0, "qwen2_vl.text.num_key_value_heads", kv, f"must divide text.num_attention_heads ({heads})")
+        _check(
+            t.hidden_size % heads == 0,
+            "qwen2_vl.text.hidden_size",
+            t.hidden_size,
+            f"must be a multiple of text.num_attention_heads ({heads})",
+        )
+        _check(
+            heads % kv == 0, "qwen2_vl.text.num_key_value_heads", kv, f"must divide text.num_attention_heads ({heads})"
+        )
         half = t.hidden_size // heads // 2
         _check(
             len(t.mrope_section) == 3 and sum(t.mrope_section) == half,
@@ -100,9 +116,17 @@ class Qwen2VLModelConfig:
             f"must be 3 numbers summing to half the head size ({half})",
         )
         _check(
-            v.embed_dim % (4 * v.num_heads) == 0, "qwen2_vl.vision.embed_dim", v.embed_dim, f"must be a multiple of 4 x vision.num_heads ({4 * v.num_heads})"
+            v.embed_dim % (4 * v.num_heads) == 0,
+            "qwen2_vl.vision.embed_dim",
+            v.embed_dim,
+            f"must be a multiple of 4 x vision.num_heads ({4 * v.num_heads})",
         )
-        _check(self.tokenizer_vocab_size >= 512, "qwen2_vl.tokenizer_vocab_size", self.tokenizer_vocab_size, "must be >= 512 (bytes, special tokens, merges)")
+        _check(
+            self.tokenizer_vocab_size >= 512,
+            "qwen2_vl.tokenizer_vocab_size",
+            self.tokenizer_vocab_size,
+            "must be >= 512 (bytes, special tokens, merges)",
+        )
         _check(
             t.vocab_size >= self.tokenizer_vocab_size,
             "qwen2_vl.text.vocab_size",
@@ -110,8 +134,18 @@ class Qwen2VLModelConfig:
             f"must be >= tokenizer_vocab_size ({self.tokenizer_vocab_size})",
         )
         side = v.patch_size * v.spatial_merge_size
-        _check(self.min_pixels >= side * side, "qwen2_vl.min_pixels", self.min_pixels, f"must be >= {side * side} (one image token: {side} x {side} pixels)")
-        _check(self.max_pixels >= self.min_pixels, "qwen2_vl.max_pixels", self.max_pixels, f"must be >= min_pixels ({self.min_pixels})")
+        _check(
+            self.min_pixels >= side * side,
+            "qwen2_vl.min_pixels",
+            self.min_pixels,
+            f"must be >= {side * side} (one image token: {side} x {side} pixels)",
+        )
+        _check(
+            self.max_pixels >= self.min_pixels,
+            "qwen2_vl.max_pixels",
+            self.max_pixels,
+            f"must be >= min_pixels ({self.min_pixels})",
+        )
         _between(t.rms_norm_eps, "qwen2_vl.text.rms_norm_eps", 0, 1, low_open=True)
         _between(t.rope_theta, "qwen2_vl.text.rope_theta", 0, low_open=True)
         _between(self.initializer_range, "qwen2_vl.initializer_range", 0, 1, low_open=True)
@@ -122,11 +156,15 @@ class Qwen2VLModelConfig:
 class ModelConfig:
     name: str = MISSING
     path: str | None = None  # a local checkpoint folder or a hub id; null = build the random model `random`
-    random: str | None = None  # the family whose random model path=null builds offline (vlmqc.models); null: path is required
+    random: str | None = (
+        None  # the family whose random model path=null builds offline (vlmqc.models); null: path is required
+    )
     trust_remote_code: bool = False  # only a model config that needs it sets it
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
     attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2; null = the library's choice
-    family: str | None = None  # the model family (vlmqc.models) of the published checkpoint a preset names, for vlmqc.inspect
+    family: str | None = (
+        None  # the model family (vlmqc.models) of the published checkpoint a preset names, for vlmqc.inspect
+    )
     # the published checkpoint's processor settings (patch and merge size, pixel budget, tile size,
     # crops, image token count...: published facts), from which vlmqc.inspect builds the family's
     # processor offline, with no weights; keys are the family's (Family.offline_processor)
@@ -137,7 +175,12 @@ class ModelConfig:
     def __post_init__(self):
         if self.random is None and self.name == "tiny":
             self.random = "llava"  # the tiny preset, built in Python as ModelConfig(name="tiny")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype, "must be auto, float32, bfloat16 or float16")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            self.dtype,
+            "must be auto, float32, bfloat16 or float16",
+        )
         _check(
             self.path is not None or self.random is not None,
             "path",
@@ -171,7 +214,16 @@ class LoraConfig:
 @dataclass
 class ImageSizeConfig:
     name: str = MISSING
-    size: int | None = None  # side of the square input in pixels (Qwen2-VL: size x size pixels, aspect kept); null = the model's native one
+    size: int | None = (
+        # side of the square input in pixels (Qwen2-VL: size x size pixels, aspect kept); null = the model's native
+        # one
+        None
+    )
 
     def __post_init__(self):
-        _check(self.size is None or 32 <= self.size <= 8192, "size", self.size, "must be between 32 and 8192 pixels, or null for the model's native resolution")
+        _check(
+            self.size is None or 32 <= self.size <= 8192,
+            "size",
+            self.size,
+            "must be between 32 and 8192 pixels, or null for the model's native resolution",
+        )

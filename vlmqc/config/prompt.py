@@ -41,11 +41,23 @@ class PromptConfig:
     defect_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check(self.pair_separate is None or bool(self.pair_separate.strip()), "pair_separate", self.pair_separate, "must not be empty (or null)")
+        _check(
+            self.pair_separate is None or bool(self.pair_separate.strip()),
+            "pair_separate",
+            self.pair_separate,
+            "must not be empty (or null)",
+        )
         for key in ("pair", "diff", "star", "answer_pass", "answer_star"):
             _check(bool(getattr(self, key).strip()), key, getattr(self, key), "must not be empty")
         unknown = sorted(set(self.defect_names) - {t.value for t in DefectType})
-        _check(not unknown, "defect_names", unknown, f"unknown defect type(s); known: {', '.join(t.value for t in DefectType)}")
-        _check("{defects}" in self.answer_defective, "answer_defective", self.answer_defective, "must contain {defects}")
+        _check(
+            not unknown,
+            "defect_names",
+            unknown,
+            f"unknown defect type(s); known: {', '.join(t.value for t in DefectType)}",
+        )
+        _check(
+            "{defects}" in self.answer_defective, "answer_defective", self.answer_defective, "must contain {defects}"
+        )
         _check("{position}" in self.answer_star, "answer_star", self.answer_star, "must contain {position}")
         _check("{position}" in self.defect_item, "defect_item", self.defect_item, "must contain {position}")

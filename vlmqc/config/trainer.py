@@ -32,7 +32,9 @@ class Preprocess(str, enum.Enum):
 class PixelStorage(str, enum.Enum):
     fp32 = "fp32"  # the processor's float32 pixels, exactly
     bf16 = "bf16"  # half the disk and memory; the same computation only when training in bf16 (vlmqc/preprocess.py)
-    auto = "auto"  # bf16 where it is the same computation (bf16 training, a family whose pixels first meet a bf16 conv), else fp32
+    # bf16 where it is the same computation (bf16 training, a family whose pixels first meet a bf16 conv), else
+    # fp32
+    auto = "auto"
 
 
 class VisionCache(str, enum.Enum):
@@ -57,40 +59,59 @@ class TrainerConfig:
     devices: int = 1  # processes (one GPU each) for one trial, with PyTorch DDP; per node when nodes > 1
     nodes: int = 1  # >1: one trial over that many Slurm nodes (hydra/launcher=slurm_multinode), devices GPUs on each
     rdzv_port: int = 29500  # multi-node: the port on the first node where the ranks meet (torch's c10d rendezvous)
-    elastic: bool = False  # start ranks with torch's elastic launcher even for one device (the multi-GPU path on one GPU)
+    elastic: bool = (
+        False  # start ranks with torch's elastic launcher even for one device (the multi-GPU path on one GPU)
+    )
     lr_scale_with_batch: bool = False  # true: lr x effective batch / lr_reference_batch (linear scaling rule)
     lr_reference_batch: int = 8  # the effective batch that trainer.lr was chosen for
-    ddp_find_unused_parameters: bool = False  # true only for a model whose trainable parameters are not all used in every step
+    ddp_find_unused_parameters: bool = (
+        False  # true only for a model whose trainable parameters are not all used in every step
+    )
     dataloader_workers: int = 0  # processes that collate batches (images -> tensors) while the GPU computes
-    preprocess: Preprocess = Preprocess.step  # once: encode the training split once, cached; step: in the collator, every step
-    preprocess_pixels: PixelStorage = PixelStorage.fp32  # how preprocess=once stores pixel_values; bf16 only for bf16 training
+    preprocess: Preprocess = (
+        Preprocess.step
+    )  # once: encode the training split once, cached; step: in the collator, every step
+    preprocess_pixels: PixelStorage = (
+        PixelStorage.fp32
+    )  # how preprocess=once stores pixel_values; bf16 only for bf16 training
     seed: int = 0
     logging_steps: int = 5
     save_steps: int = 50
     save_total_limit: int = 2
     resume: bool = True  # re-running a trial resumes from its last checkpoint; a completed trial is not run again
     gradient_checkpointing: bool = False
-    loss: LossMode = LossMode.full  # answer_only: the same loss and gradients, logits at the answer positions only (vlmqc/loss.py)
+    loss: LossMode = (
+        LossMode.full
+    )  # answer_only: the same loss and gradients, logits at the answer positions only (vlmqc/loss.py)
     compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     compile_mode: str | None = None  # torch.compile's mode (COMPILE_MODES); null: its default; only with compile=true
-    liger: bool = False  # Liger Kernel's Triton kernels (TrainingArguments.use_liger_kernel): fused RMSNorm, RoPE, SwiGLU, linear+cross-entropy; CUDA and the liger-kernel package only
+    # Liger Kernel's Triton kernels (TrainingArguments.use_liger_kernel): fused RMSNorm, RoPE, SwiGLU,
+    # linear+cross-entropy; CUDA and the liger-kernel package only
+    liger: bool = False
     group_by_length: bool = False  # batches of similar sequence length, less padding (Trainer's LengthGroupedSampler)
     eval_before: bool = True  # evaluate the base model first, as the study did
     eval_every: int = 0  # also evaluate by generation every N steps (0: before and after training only)
     eval_batch_size: int = 16
-    eval_workers: int = 0  # processes that collate evaluation batches while the model generates (0: in the main process)
+    eval_workers: int = (
+        0  # processes that collate evaluation batches while the model generates (0: in the main process)
+    )
     eval_limit: int = 0  # evaluate on the first N test examples (0: all)
     max_new_tokens: int = 48
     samples: int = 16  # inference samples logged per evaluation, always the same test ids
     vision_cache: VisionCache = VisionCache.off  # frozen image features computed once per image (vlmqc/features.py)
-    vision_cache_memory_gb: float = 8.0  # the in-memory tier's bound (host RAM, GiB); past it images are read from disk (disk) or recomputed (memory)
+    # the in-memory tier's bound (host RAM, GiB); past it images are read from disk (disk) or recomputed (memory)
+    vision_cache_memory_gb: float = 8.0
 
     def effective_batch(self, world_size: int) -> int:
         return self.batch_size * world_size * self.grad_accum
 
     def effective_lr(self, world_size: int) -> float:
         """The learning rate the optimiser uses: scaled only when the config says so."""
-        return self.lr * self.effective_batch(world_size) / self.lr_reference_batch if self.lr_scale_with_batch else self.lr
+        return (
+            self.lr * self.effective_batch(world_size) / self.lr_reference_batch
+            if self.lr_scale_with_batch
+            else self.lr
+        )
 
     def __post_init__(self):
         # transformers is imported here, not at the top: the data app validates its own groups without it
@@ -98,8 +119,24 @@ class TrainerConfig:
 
         _between(self.epochs, "epochs", 0)
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "must be > 0 (or set max_steps)")
-        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "must be -1 (train for epochs) or >= 1")
-        for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "eval_batch_size", "max_new_tokens", "devices", "nodes", "lr_reference_batch"):
+        _check(
+            self.max_steps == -1 or self.max_steps >= 1,
+            "max_steps",
+            self.max_steps,
+            "must be -1 (train for epochs) or >= 1",
+        )
+        for key in (
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "eval_batch_size",
+            "max_new_tokens",
+            "devices",
+            "nodes",
+            "lr_reference_batch",
+        ):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         _check(1 <= self.rdzv_port <= 65535, "rdzv_port", self.rdzv_port, "must be a TCP port, 1 to 65535")
         _check(self.dataloader_workers >= 0, "dataloader_workers", self.dataloader_workers, "must be >= 0")
@@ -110,9 +147,15 @@ class TrainerConfig:
         _between(self.max_grad_norm, "max_grad_norm", 0)  # 0: no clipping
         _between(self.seed, "seed", 0, SEED_MAX)
         schedules = [s.value for s in SchedulerType]
-        _check(self.lr_schedule in schedules, "lr_schedule", self.lr_schedule, f"must be one of transformers' schedulers: {', '.join(schedules)}")
+        _check(
+            self.lr_schedule in schedules,
+            "lr_schedule",
+            self.lr_schedule,
+            f"must be one of transformers' schedulers: {', '.join(schedules)}",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
-        # on an explicit CPU the answer is known now; with device=auto it depends on the machine (train.training_arguments)
+        # on an explicit CPU the answer is known now; with device=auto it depends on the machine
+        # (train.training_arguments)
         _check(
             self.device != "cpu" or self.precision in (Precision.auto, Precision.fp32),
             "precision",
@@ -121,15 +164,51 @@ class TrainerConfig:
         )
         for key in ("eval_every", "eval_limit", "samples"):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
-        _check(self.vision_cache_memory_gb >= 0, "vision_cache_memory_gb", self.vision_cache_memory_gb, "must be >= 0 (GiB of host memory; 0: no in-memory tier)")
-        _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"must be null or one of {', '.join(COMPILE_MODES)}")
-        _check(self.compile or self.compile_mode is None, "compile_mode", self.compile_mode, "applies only with trainer.compile=true")
+        _check(
+            self.vision_cache_memory_gb >= 0,
+            "vision_cache_memory_gb",
+            self.vision_cache_memory_gb,
+            "must be >= 0 (GiB of host memory; 0: no in-memory tier)",
+        )
+        _check(
+            self.compile_mode is None or self.compile_mode in COMPILE_MODES,
+            "compile_mode",
+            self.compile_mode,
+            f"must be null or one of {', '.join(COMPILE_MODES)}",
+        )
+        _check(
+            self.compile or self.compile_mode is None,
+            "compile_mode",
+            self.compile_mode,
+            "applies only with trainer.compile=true",
+        )
         # liger's fused linear+cross-entropy computes the loss inside the model's forward, without logits: it replaces
         # loss=answer_only's logits_to_keep path (vlmqc/loss.py), which would pass it arguments it does not take
-        _check(not self.liger or self.loss is LossMode.full, "liger", True, "fuses the output head with the loss (no logits at all): use it with trainer.loss=full, not answer_only")
-        _check(not self.liger or self.device != "cpu", "liger", True, "runs Triton kernels: it needs a CUDA GPU, not trainer.device=cpu")
+        _check(
+            not self.liger or self.loss is LossMode.full,
+            "liger",
+            True,
+            "fuses the output head with the loss (no logits at all): use it with trainer.loss=full, not answer_only",
+        )
+        _check(
+            not self.liger or self.device != "cpu",
+            "liger",
+            True,
+            "runs Triton kernels: it needs a CUDA GPU, not trainer.device=cpu",
+        )
         if self.preprocess_pixels is PixelStorage.bf16:
-            _check(self.preprocess is Preprocess.once, "preprocess_pixels", "bf16", "stores encoded pixels: it needs trainer.preprocess=once")
-            # the rest (a GPU that runs bf16, a family whose first use of the pixels is a bf16 conv) is known at run time: vlmqc/preprocess.py
-            _check(self.precision in (Precision.auto, Precision.bf16) and self.device != "cpu", "preprocess_pixels", "bf16",
-                   "is the same computation only when training in bf16: set trainer.precision=bf16 (or auto on a GPU that has it), or use fp32")
+            _check(
+                self.preprocess is Preprocess.once,
+                "preprocess_pixels",
+                "bf16",
+                "stores encoded pixels: it needs trainer.preprocess=once",
+            )
+            # the rest (a GPU that runs bf16, a family whose first use of the pixels is a bf16 conv) is known at
+            # run time: vlmqc/preprocess.py
+            _check(
+                self.precision in (Precision.auto, Precision.bf16) and self.device != "cpu",
+                "preprocess_pixels",
+                "bf16",
+                "is the same computation only when training in bf16: set trainer.precision=bf16 (or auto on a GPU "
+                "that has it), or use fp32",
+            )

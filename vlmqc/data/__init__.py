@@ -37,7 +37,9 @@ def _plan(cfg: SynthConfig | CustomConfig, cache_dir: str | Path) -> tuple[Path,
     return store.cache_path(cache_dir, cfg.name, key), splits, rows_of, info
 
 
-def get_dataset(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True) -> tuple[datasets.DatasetDict, Path]:
+def get_dataset(
+    cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True
+) -> tuple[datasets.DatasetDict, Path]:
     """Load the dataset for ``cfg`` from the cache, generating it first if needed."""
     path, splits, rows_of, info = _plan(cfg, cache_dir)
     if (path / store.INFO).exists():

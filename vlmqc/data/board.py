@@ -43,7 +43,12 @@ class Geometry:
     @property
     def board_box(self) -> tuple[float, float, float, float]:
         c = self.cell
-        return (_LABEL_W * c, _LABEL_H * c, (_LABEL_W + 2 * _BORDER + len(COLUMNS)) * c, (_LABEL_H + 2 * _BORDER + len(ROWS)) * c)
+        return (
+            _LABEL_W * c,
+            _LABEL_H * c,
+            (_LABEL_W + 2 * _BORDER + len(COLUMNS)) * c,
+            (_LABEL_H + 2 * _BORDER + len(ROWS)) * c,
+        )
 
     def cell_box(self, row: int, col: int) -> tuple[float, float, float, float]:
         c = self.cell
@@ -74,9 +79,13 @@ class Look:
 
 LOOKS = (
     Look(background=(208, 206, 200), board=(38, 96, 58), pad=(150, 112, 70), metal=(214, 178, 70)),  # green PCB, gold
-    Look(background=(200, 204, 208), board=(36, 62, 112), pad=(140, 140, 150), metal=(196, 198, 204)),  # blue PCB, silver
+    Look(
+        background=(200, 204, 208), board=(36, 62, 112), pad=(140, 140, 150), metal=(196, 198, 204)
+    ),  # blue PCB, silver
     Look(background=(214, 210, 204), board=(60, 60, 64), pad=(150, 112, 70), metal=(214, 178, 70)),  # black PCB, gold
-    Look(background=(204, 208, 204), board=(30, 100, 90), pad=(140, 140, 150), metal=(196, 198, 204)),  # teal PCB, silver
+    Look(
+        background=(204, 208, 204), board=(30, 100, 90), pad=(140, 140, 150), metal=(196, 198, 204)
+    ),  # teal PCB, silver
 )
 BURNT = (52, 34, 22)
 STAR_RED = (222, 28, 28)
@@ -116,7 +125,9 @@ def draw_pad(draw: ImageDraw.ImageDraw, cx: float, cy: float, c: float, shape: S
         draw.rectangle(box, fill=look.pad)
 
 
-def draw_terminal(draw, cx, cy, c, shape: Shape, colour, squash: tuple[float, float] = (1.0, 1.0), skew: float = 0.0) -> None:
+def draw_terminal(
+    draw, cx, cy, c, shape: Shape, colour, squash: tuple[float, float] = (1.0, 1.0), skew: float = 0.0
+) -> None:
     """A small cube (or cylinder) seen from above: a shaded side, a lit top face, a highlight."""
     w, h = TERMINAL * c * squash[0], TERMINAL * c * squash[1]
     bevel = 0.14 * TERMINAL * c
@@ -136,7 +147,9 @@ def draw_terminal(draw, cx, cy, c, shape: Shape, colour, squash: tuple[float, fl
             draw.rectangle((x0, y0, x1, y1), fill=fill)
 
 
-def draw_cell(draw, geom: Geometry, scale: int, row: int, col: int, shape: Shape, look: Look, defect: dict | None) -> None:
+def draw_cell(
+    draw, geom: Geometry, scale: int, row: int, col: int, shape: Shape, look: Look, defect: dict | None
+) -> None:
     """The pad and terminal of one cell, with at most one defect.
 
     ``defect`` holds the type and the parameters the generator drew for it (shift, particle, ...).
@@ -163,11 +176,18 @@ def draw_cell(draw, geom: Geometry, scale: int, row: int, col: int, shape: Shape
         colour = tuple(defect["colour"])
         if defect["fibre"]:
             a, half = defect["angle"], 0.17 * c
-            pts = [(px - half * math.cos(a), py - half * math.sin(a)), (px, py + 0.05 * c), (px + half * math.cos(a), py + half * math.sin(a))]
+            pts = [
+                (px - half * math.cos(a), py - half * math.sin(a)),
+                (px, py + 0.05 * c),
+                (px + half * math.cos(a), py + half * math.sin(a)),
+            ]
             draw.line(pts, fill=colour, width=max(1, round(0.045 * c)), joint="curve")
         else:
             r = 0.085 * c
-            pts = [(px + r * rr * math.cos(t), py + r * rr * math.sin(t)) for t, rr in zip(np.linspace(0, 2 * math.pi, 7)[:-1], defect["radii"], strict=True)]
+            pts = [
+                (px + r * rr * math.cos(t), py + r * rr * math.sin(t))
+                for t, rr in zip(np.linspace(0, 2 * math.pi, 7)[:-1], defect["radii"], strict=True)
+            ]
             draw.polygon(pts, fill=colour)
 
 
@@ -184,7 +204,13 @@ def draw_mark(draw, cx: float, cy: float, c: float, kind: str, colour, angle: fl
     elif kind == "circle":
         draw.ellipse(_box(cx, cy, 1.5 * r, 1.5 * r), fill=colour)
     elif kind == "triangle":
-        pts = [(cx + r * math.cos(angle + k * 2 * math.pi / 3 - math.pi / 2), cy + r * math.sin(angle + k * 2 * math.pi / 3 - math.pi / 2)) for k in range(3)]
+        pts = [
+            (
+                cx + r * math.cos(angle + k * 2 * math.pi / 3 - math.pi / 2),
+                cy + r * math.sin(angle + k * 2 * math.pi / 3 - math.pi / 2),
+            )
+            for k in range(3)
+        ]
         draw.polygon(pts, fill=colour)
     elif kind == "diamond":
         draw.polygon([(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)], fill=colour)

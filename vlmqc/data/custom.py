@@ -68,7 +68,10 @@ class Source:
 
     def chunks(self, size: int) -> dict[str, list]:
         """Each split's entries cut into jobs for ``rows``."""
-        return {s: [(self.cfg, self.root, es[i : i + size]) for i in range(0, len(es), size)] for s, es in self.entries.items()}
+        return {
+            s: [(self.cfg, self.root, es[i : i + size]) for i in range(0, len(es), size)]
+            for s, es in self.entries.items()
+        }
 
 
 def rows(job) -> Iterator[dict]:
@@ -115,7 +118,10 @@ def _inside(root: Path, rel, where: str, key: str, max_pixels: int, errors: list
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # data.max_pixels decides, below
             with Image.open(path) as im:
                 if im.width * im.height > max_pixels:  # from the header: nothing is decoded
-                    errors.append(f"{where}: '{key}' {path} is {im.width}x{im.height} = {im.width * im.height} pixels, more than data.max_pixels={max_pixels}")
+                    errors.append(
+                        f"{where}: '{key}' {path} is {im.width}x{im.height} = {im.width * im.height} pixels, more "
+                        f"than data.max_pixels={max_pixels}"
+                    )
                     return None
                 im.verify()
         with Image.open(path) as im:  # verify() does not decode pixels: a truncated JPEG passes it
@@ -163,7 +169,10 @@ def _labels(cfg: CustomConfig, rec: dict, where: str, errors: list[str]) -> dict
                 errors.append(f"{where}: defects[{j}]: {e}")
                 continue
             if d["type"] not in cfg.defect_types:
-                errors.append(f"{where}: defects[{j}]: unknown defect type {d['type']!r} (allowed, from data.defect_types: {', '.join(cfg.defect_types)})")
+                errors.append(
+                    f"{where}: defects[{j}]: unknown defect type {d['type']!r} (allowed, from data.defect_types: "
+                    f"{', '.join(cfg.defect_types)})"
+                )
                 continue
             pos = f"{cfg.rows[r]}{c + 1}"
             if pos in seen:
@@ -191,7 +200,9 @@ def records(path: Path, lines: list[str], keys: set[str], errors: list[str]) -> 
             continue
         unknown = sorted(set(rec) - keys)
         if unknown:
-            errors.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(keys))})")
+            errors.append(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(keys))})"
+            )
             continue
         yield lineno, where, rec
 
@@ -204,7 +215,9 @@ def read(cfg: CustomConfig) -> Source:
     root = root.resolve()
     meta = root / cfg.metadata
     if not meta.resolve().is_relative_to(root):  # through '..', an absolute path or a symlink
-        raise CustomDataError(f"data.metadata={cfg.metadata!r}: {meta.resolve()} is outside the folder data.path={str(root)!r}")
+        raise CustomDataError(
+            f"data.metadata={cfg.metadata!r}: {meta.resolve()} is outside the folder data.path={str(root)!r}"
+        )
     if not meta.is_file():
         raise CustomDataError(f"{meta}: metadata file not found (data.metadata={cfg.metadata!r})")
     raw = meta.read_bytes()
@@ -222,7 +235,11 @@ def read(cfg: CustomConfig) -> Source:
             errors.append(f"{where}: missing required key 'file'")
             continue
         file = _inside(root, rec["file"], where, "file", cfg.max_pixels, errors)
-        reference = _inside(root, rec["reference"], where, "reference", cfg.max_pixels, errors) if rec.get("reference") is not None else None
+        reference = (
+            _inside(root, rec["reference"], where, "reference", cfg.max_pixels, errors)
+            if rec.get("reference") is not None
+            else None
+        )
         labels = _labels(cfg, rec, where, errors)
         split = rec.get("split")
         if split is not None and split not in SPLITS:
@@ -237,20 +254,27 @@ def read(cfg: CustomConfig) -> Source:
     with_split = [e for e in entries if e.split is not None]
     if not errors and with_split and len(with_split) != len(entries):
         first = next(e for e in entries if e.split is None)
-        errors.append(f"{meta}:{first.line}: 'split' is given on some lines but not this one: give it on every line or on none")
+        errors.append(
+            f"{meta}:{first.line}: 'split' is given on some lines but not this one: give it on every line or on none"
+        )
     if errors:
         shown = errors[:MAX_REPORTED]
         more = f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise CustomDataError(f"{len(errors)} problem(s) in custom data {root}:\n  " + "\n  ".join(shown) + more)
 
     if not with_split:
-        assigned = splitting.stratified_split([splitting.label_set(e.labels) for e in entries], cfg.test_fraction, cfg.seed)
+        assigned = splitting.stratified_split(
+            [splitting.label_set(e.labels) for e in entries], cfg.test_fraction, cfg.seed
+        )
         for e, s in zip(entries, assigned, strict=True):
             e.split = s
     by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
     for s, members in by_split.items():
         if not members:
-            raise CustomDataError(f"{meta}: split {s!r} is empty ({len(entries)} example(s) in all); add examples or change 'split' / data.test_fraction")
+            raise CustomDataError(
+                f"{meta}: split {s!r} is empty ({len(entries)} example(s) in all); add examples or change 'split' "
+                f"/ data.test_fraction"
+            )
 
     h = hashlib.sha256(raw)
     for e in entries:
@@ -266,7 +290,9 @@ def _as_stored(path: Path) -> dict:
     PNG of the normalised image: decoders ignore the EXIF orientation (the model would see the
     photo on its side), and every reader after this one may assume RGB."""
     with Image.open(path) as im:
-        as_is = im.mode == "RGB" and "transparency" not in im.info and im.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        as_is = (
+            im.mode == "RGB" and "transparency" not in im.info and im.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        )
     return {"bytes": path.read_bytes(), "path": None} if as_is else store.encode(_open(path), "PNG")
 
 
@@ -279,7 +305,9 @@ def stack_pair(reference: Image.Image, candidate: Image.Image) -> tuple[Image.Im
     """The reference (scaled to the candidate's width) on top of the candidate, and where the
     pair splits (``{"top", "gap"}``): how a custom row with a reference is shown, in training
     and in ``vlmqc.inspector``."""
-    ref = reference.resize((candidate.width, max(1, round(reference.height * candidate.width / reference.width))), Image.BICUBIC)
+    ref = reference.resize(
+        (candidate.width, max(1, round(reference.height * candidate.width / reference.width))), Image.BICUBIC
+    )
     gap = max(2, candidate.width // 100)
     return stack(ref, candidate, gap=gap), {"top": ref.height, "gap": gap}
 
@@ -289,7 +317,9 @@ def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
     source = None
     meta = {"file": rel, "line": e.line, "reference": str(e.reference.relative_to(root)) if e.reference else None}
     if e.reference is not None and cfg.stack_reference:
-        pair, meta["stack"] = stack_pair(_open(e.reference), _open(e.file))  # where data.layout=separate splits the pair
+        pair, meta["stack"] = stack_pair(
+            _open(e.reference), _open(e.file)
+        )  # where data.layout=separate splits the pair
         image = store.encode(pair, "PNG")  # WebP stops at 16383 pixels
     else:
         image = _as_stored(e.file)

@@ -93,7 +93,9 @@ def _affine(pc: np.ndarray, pr: np.ndarray, phi: float) -> tuple[float, ...]:
 def _warp(candidate: Image.Image, pc: np.ndarray, pr: np.ndarray, phi: float) -> Image.Image:
     """The candidate resampled into the reference frame: x_cand = pc + Rot(phi) (x_ref - pr)."""
     data = _affine(pc, pr, phi)
-    return candidate.transform(candidate.size, Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=0 if candidate.mode == "L" else (0, 0, 0))
+    return candidate.transform(
+        candidate.size, Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=0 if candidate.mode == "L" else (0, 0, 0)
+    )
 
 
 def _warp_samples(gray: np.ndarray, data: tuple[float, ...], ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -125,7 +127,9 @@ def _warp_samples(gray: np.ndarray, data: tuple[float, ...], ys: np.ndarray, xs:
     return np.where(inside, np.trunc(v), 0.0).astype(np.float32)
 
 
-def align(reference: Image.Image, candidate: Image.Image, geom: board.Geometry, refine: int = 2) -> tuple[Image.Image, float, tuple[float, float]]:
+def align(
+    reference: Image.Image, candidate: Image.Image, geom: board.Geometry, refine: int = 2
+) -> tuple[Image.Image, float, tuple[float, float]]:
     """The candidate warped so that its board lies where the reference's does.
 
     The silhouettes' moments give the pose to a fraction of a pixel; ``refine`` Gauss-Newton
@@ -139,7 +143,10 @@ def align(reference: Image.Image, candidate: Image.Image, geom: board.Geometry, 
     pr, pc, phi = np.array([rx, ry]), np.array([cx, cy]), ca - ra
     if refine:
         rows, cols = _board_slice(geom, 0.1)
-        rows, cols = slice(rows.start, rows.stop, 2), slice(cols.start, cols.stop, 2)  # every 4th pixel is plenty for 3 unknowns
+        rows, cols = (
+            slice(rows.start, rows.stop, 2),
+            slice(cols.start, cols.stop, 2),
+        )  # every 4th pixel is plenty for 3 unknowns
         ref = ref_gray[rows, cols].astype(np.float32)
         ref = (ref - ref.mean()) / (ref.std() + 1e-6)
         iy, ix = np.gradient(ref)
@@ -150,7 +157,9 @@ def align(reference: Image.Image, candidate: Image.Image, geom: board.Geometry, 
         for _ in range(refine):
             cur = _warp_samples(cand_gray, _affine(pc, pr, phi), grid_y, grid_x)
             err = ((cur - cur.mean()) / (cur.std() + 1e-6) - ref).ravel()
-            w = (np.abs(err) < 3 * 1.4826 * np.median(np.abs(err[::4])) + 1e-6).astype(np.float32)  # a defect is not misalignment
+            w = (np.abs(err) < 3 * 1.4826 * np.median(np.abs(err[::4])) + 1e-6).astype(
+                np.float32
+            )  # a defect is not misalignment
             wj = jac * w[:, None]
             dx, dy, theta = np.linalg.solve(wj.T @ jac, -(wj.T @ err))
             c, s = math.cos(phi), math.sin(phi)
@@ -205,7 +214,10 @@ def residual(reference: Image.Image, aligned: Image.Image, geom: board.Geometry,
     cand = np.asarray(aligned.crop(box), dtype=np.float32)
     d = np.abs(cand - match_lighting(ref, cand, margin=round(0.05 * geom.cell))).mean(axis=-1)
     if smoothing > 0:
-        d = np.asarray(Image.fromarray(np.clip(d, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(smoothing)), dtype=np.float32)
+        d = np.asarray(
+            Image.fromarray(np.clip(d, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(smoothing)),
+            dtype=np.float32,
+        )
     d -= np.median(d[::3, ::3])
     np.clip(d, 0, None, out=d)
     heat = np.zeros(reference.size[::-1], dtype=np.float32)
@@ -228,7 +240,14 @@ def _hot(t: np.ndarray) -> np.ndarray:
     return np.concatenate([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1) * 255
 
 
-def _view(mode: DiffMode, aligned: Image.Image, heat: np.ndarray, scores: np.ndarray, geom: board.Geometry, cfg: DiffImageConfig) -> Image.Image:
+def _view(
+    mode: DiffMode,
+    aligned: Image.Image,
+    heat: np.ndarray,
+    scores: np.ndarray,
+    geom: board.Geometry,
+    cfg: DiffImageConfig,
+) -> Image.Image:
     if mode == DiffMode.heatmap:
         return Image.fromarray(_hot(heat / cfg.scale).astype(np.uint8))
     if mode == DiffMode.overlay:
@@ -246,7 +265,9 @@ def _view(mode: DiffMode, aligned: Image.Image, heat: np.ndarray, scores: np.nda
     return Image.fromarray(out.astype(np.uint8))
 
 
-def concentrate(reference: Image.Image, candidate: Image.Image, geom: board.Geometry, cfg: DiffImageConfig) -> Concentrated:
+def concentrate(
+    reference: Image.Image, candidate: Image.Image, geom: board.Geometry, cfg: DiffImageConfig
+) -> Concentrated:
     aligned, rotation, shift = align(reference, candidate, geom)
     heat = residual(reference, aligned, geom, cfg.smoothing)
     scores = cell_scores(heat, geom)

@@ -27,5 +27,8 @@ def images(row: dict, layout: Layout) -> list[Image.Image]:
     if row.get("source_image") is not None:
         return [row["source_image"].convert("RGB"), image]
     if row["task"] == "pair":
-        raise ValueError(f"row {row.get('id')!r}: a pair without the stack geometry in its meta cannot be split for data.layout=separate")
+        raise ValueError(
+            f"row {row.get('id')!r}: a pair without the stack geometry in its meta cannot be split for "
+            f"data.layout=separate"
+        )
     return [image]

@@ -78,7 +78,11 @@ def photometric(img: Image.Image, d: Draw, rng: np.random.Generator) -> Image.Im
     a = np.asarray(img, dtype=np.float32)  # a fresh copy: every step below works in place
     h, w = a.shape[:2]
     mean = float(a.mean())
-    light = 1.0 + d.gx * (np.arange(w, dtype=np.float32) / w - 0.5)[None, :] + d.gy * (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    light = (
+        1.0
+        + d.gx * (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
+        + d.gy * (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    )
     a *= d.contrast
     a += mean * (d.gain - d.contrast)
     flat = a.reshape(h, w * 3)  # a view: the same products as broadcasting light over the channels, faster

@@ -40,9 +40,15 @@ def counts(ds: datasets.Dataset) -> dict[str, Counter]:
 
 def format_counts(dsd: datasets.DatasetDict) -> str:
     per_split = {split: counts(ds) for split, ds in dsd.items()}
-    lines = ["split   " + "".join(f"{s:>8}" for s in dsd) + "    (examples)", "        " + "".join(f"{len(ds):>8}" for ds in dsd.values())]
+    lines = [
+        "split   " + "".join(f"{s:>8}" for s in dsd) + "    (examples)",
+        "        " + "".join(f"{len(ds):>8}" for ds in dsd.values()),
+    ]
     for group in ("verdict", "defect", "shape", "position"):
-        keys = sorted(set().union(*(c[group] for c in per_split.values())), key=lambda k: (POSITIONS.index(k) if k in POSITIONS else -1, k))
+        keys = sorted(
+            set().union(*(c[group] for c in per_split.values())),
+            key=lambda k: (POSITIONS.index(k) if k in POSITIONS else -1, k),
+        )
         if not keys:
             continue
         lines.append(f"{group}:")
@@ -81,11 +87,15 @@ def contact_sheet(ds: datasets.Dataset, rows: list[int], path: Path, tile_width:
             tile.paste(im, (k * width, 0))
         draw = ImageDraw.Draw(tile)
         draw.text((4, h + 4), ex["id"], fill=(90, 90, 90), font=f)
-        draw.text((4, h + 23), describe(ex), fill=(180, 20, 20) if ex["verdict"] == "defective" else (20, 20, 20), font=f)
+        draw.text(
+            (4, h + 23), describe(ex), fill=(180, 20, 20) if ex["verdict"] == "defective" else (20, 20, 20), font=f
+        )
         tiles.append(tile)
     cols = min(columns, len(tiles))
     cell_h = max(t.height for t in tiles)
-    sheet = Image.new("RGB", (cols * (tile_width + 8) + 8, ((len(tiles) + cols - 1) // cols) * (cell_h + 8) + 8), (235, 235, 235))
+    sheet = Image.new(
+        "RGB", (cols * (tile_width + 8) + 8, ((len(tiles) + cols - 1) // cols) * (cell_h + 8) + 8), (235, 235, 235)
+    )
     for k, t in enumerate(tiles):
         sheet.paste(t, (8 + (k % cols) * (tile_width + 8), 8 + (k // cols) * (cell_h + 8)))
     buf = io.BytesIO()
@@ -172,8 +182,13 @@ def pixel_ceiling(rows, cfg, data_path: Path | None = None) -> dict | None:
         except (OSError, ValueError) as e:
             log.warning("%s: unreadable (%s); computing the pixel ceiling again", path, e)
     b = pixel_baseline(rows, cfg)
-    values = {"eval/verdict_accuracy": b["verdict_accuracy"], "eval/position_accuracy": b["position_accuracy"], "verdict_auroc": b["verdict_auroc"]}
-    # a level that cannot be computed on these rows (no defective row: no position to find) is left out, as evaluate.score does
+    values = {
+        "eval/verdict_accuracy": b["verdict_accuracy"],
+        "eval/position_accuracy": b["position_accuracy"],
+        "verdict_auroc": b["verdict_auroc"],
+    }
+    # a level that cannot be computed on these rows (no defective row: no position to find) is left out, as
+    # evaluate.score does
     ceiling = {k: v for k, v in values.items() if v == v} | {"examples": b["examples"]}
     if path is not None:
         try:

@@ -205,8 +205,18 @@ def build(
             # one Arrow file per chunk, named as save_to_disk names its shards; workers write them directly
             for split in splits:
                 (tmp / split).mkdir()
-            jobs = [(rows_of, task, tmp / split / _shard(k, len(tasks)), features) for split, tasks in splits.items() for k, task in enumerate(tasks)]
-            bar = tqdm(total=info.get("examples"), desc=f"{info.get('verb', 'generating')} {info['name']}", unit="img", disable=not progress, file=sys.stderr)
+            jobs = [
+                (rows_of, task, tmp / split / _shard(k, len(tasks)), features)
+                for split, tasks in splits.items()
+                for k, task in enumerate(tasks)
+            ]
+            bar = tqdm(
+                total=info.get("examples"),
+                desc=f"{info.get('verb', 'generating')} {info['name']}",
+                unit="img",
+                disable=not progress,
+                file=sys.stderr,
+            )
             if num_workers > 1 and len(jobs) > 1:
                 pool = worker_pool(min(num_workers, len(jobs)))
                 done = (f.result() for f in as_completed([pool.submit(_write_chunk, job) for job in jobs]))
@@ -217,11 +227,16 @@ def build(
                     bar.update(n)
             except BrokenProcessPool as e:
                 raise WorkerDied(
-                    f"{info.get('verb', 'generating')} dataset {info['name']!r}: a worker process died (killed by a signal; out of memory?); "
+                    f"{info.get('verb', 'generating')} dataset {info['name']!r}: a worker process died (killed by "
+                    f"a signal; out of memory?); "
                     f"nothing was cached. Retry with fewer workers (num_workers={num_workers}) or more memory."
                 ) from e
             bar.close()
-            made = {**info, "build_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            made = {
+                **info,
+                "build_seconds": round(time.perf_counter() - start, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             _write_dataset_dict(tmp, {split: len(tasks) for split, tasks in splits.items()}, features, final.name)
             (tmp / INFO).write_text(json.dumps(made, indent=2, sort_keys=True))
         finally:

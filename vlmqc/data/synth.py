@@ -132,7 +132,9 @@ def _clean_board_reduced(width: int, scale: int, look: int, shape: Shape) -> Ima
     return img.reduce(scale) if scale > 1 else img
 
 
-def render_board(cfg: SynthConfig, look: int, shape: Shape, rng, defects: dict | None = None, marks=()) -> tuple[Image.Image, nuisance.Draw]:
+def render_board(
+    cfg: SynthConfig, look: int, shape: Shape, rng, defects: dict | None = None, marks=()
+) -> tuple[Image.Image, nuisance.Draw]:
     """One board photo: terminals, defects, marks, then pose, lighting, blur, noise, coordinates."""
     geom, scale, colours = board.Geometry(cfg.render.width), cfg.render.supersample, board.LOOKS[look]
     if defects or marks:
@@ -204,7 +206,10 @@ def render_pair(cfg: PairConfig, spec: dict) -> dict:
     """The pair image; for the diff task, also the image derived from its two halves."""
     rng = _rng(cfg, spec["split"], _RENDER, spec["index"])
     look, shape = spec["look"], Shape(spec["shape"])
-    params = {cell_index(d["position"]): {"type": d["type"], **defect_params(DefectType(d["type"]), rng)} for d in spec["defects"]}
+    params = {
+        cell_index(d["position"]): {"type": d["type"], **defect_params(DefectType(d["type"]), rng)}
+        for d in spec["defects"]
+    }
     reference, d_ref = render_board(cfg, look, shape, rng)
     candidate, d_cand = render_board(cfg, look, shape, rng, defects=params)
     gap = pair_gap(cfg.render.width)
@@ -213,7 +218,10 @@ def render_pair(cfg: PairConfig, spec: dict) -> dict:
         "look": spec["look"],
         "stack": {"top": reference.height, "gap": gap},  # where data.layout=separate splits the pair
         "nuisance": {"reference": d_ref.as_dict(), "candidate": d_cand.as_dict()},
-        "defects": {d["position"]: {k: v for k, v in params[cell_index(d["position"])].items() if k != "type"} for d in spec["defects"]},
+        "defects": {
+            d["position"]: {k: v for k, v in params[cell_index(d["position"])].items() if k != "type"}
+            for d in spec["defects"]
+        },
     }
     labels = {"verdict": spec["verdict"], "defects": spec["defects"]}
     if isinstance(cfg, DiffConfig):

@@ -49,7 +49,9 @@ def predict(
     out = []
     bar = console.progress(len(rows), "evaluating", "row", disable=not progress)
     try:
-        for start, collated in zip(range(0, len(rows), batch_size), _batches(collate, rows, batch_size, workers), strict=True):
+        for start, collated in zip(
+            range(0, len(rows), batch_size), _batches(collate, rows, batch_size, workers), strict=True
+        ):
             chunk = rows[start : start + batch_size]
             # image inputs (whatever a family's processor names them) in the model's precision
             batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in collated.items()}
@@ -91,7 +93,18 @@ def predict_sharded(
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     ks = list(range(rank, len(batches), world))
-    answers = predict(model, processor, family, prompt, [r for k in ks for r in batches[k]], batch_size, max_new_tokens, layout, workers, progress=rank == 0)
+    answers = predict(
+        model,
+        processor,
+        family,
+        prompt,
+        [r for k in ks for r in batches[k]],
+        batch_size,
+        max_new_tokens,
+        layout,
+        workers,
+        progress=rank == 0,
+    )
     mine = {k: answers[i * batch_size : (i + 1) * batch_size] for i, k in enumerate(ks)}
     gathered: list[dict] = [None] * world  # type: ignore[list-item]
     dist.all_gather_object(gathered, mine)

@@ -30,9 +30,10 @@ from vlmqc.config import PromptConfig, to_object
 from vlmqc.evaluation.scoring import chance, prior_answers, score
 from vlmqc.files import write_atomic
 from vlmqc.metrics import DEFAULT_METRIC, METRICS
-from vlmqc.runs.records import SCHEMA_VERSION, PredictionRow, Records, read_predictions, read_summary
+from vlmqc.runs.records import SCHEMA_VERSION, PredictionRow, read_predictions, read_summary
 from vlmqc.runs.standing import diagnose, evaluations, standing
 from vlmqc.runs.tracking import STEP
+from vlmqc.runs.writer import Records
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -49,7 +50,13 @@ def _train_answers(dataset_path: str | None) -> dict | None:
     from vlmqc.data import store
 
     train = store.load(Path(dataset_path))["train"]
-    return prior_answers(list(train.select_columns([c for c in ("task", "verdict", "defects", "target", "answer") if c in train.column_names])))
+    return prior_answers(
+        list(
+            train.select_columns(
+                [c for c in ("task", "verdict", "defects", "target", "answer") if c in train.column_names]
+            )
+        )
+    )
 
 
 def _planned_answers(data: dict | None) -> dict | None:
@@ -63,8 +70,18 @@ def _planned_answers(data: dict | None) -> dict | None:
         return None
     cfg = to_object(OmegaConf.merge(OmegaConf.structured(schema), data), "data")
     task = cfg.task.value
-    return prior_answers([{"task": task, "verdict": s.get("verdict", ""), "defects": s.get("defects", []), "target": s.get("target", ""), "answer": ""}
-                          for s in synth.plan(cfg, "train")])
+    return prior_answers(
+        [
+            {
+                "task": task,
+                "verdict": s.get("verdict", ""),
+                "defects": s.get("defects", []),
+                "target": s.get("target", ""),
+                "answer": "",
+            }
+            for s in synth.plan(cfg, "train")
+        ]
+    )
 
 
 def rescore(run_dir: Path) -> list[str]:
@@ -73,7 +90,11 @@ def rescore(run_dir: Path) -> list[str]:
     if summary is None or not summary.config.get("prompt"):
         return [f"{run_dir}: no summary with a prompt config; not rescored", *problems]
     prompt = to_object(OmegaConf.merge(OmegaConf.structured(PromptConfig), summary.config["prompt"]), "prompt")
-    lines = [f"{run_dir}: schema version {summary.schema_version}, parser version {summary.facts.get('parser_version', 'unrecorded')} -> {PARSER_VERSION}", *problems]
+    lines = [
+        f"{run_dir}: schema version {summary.schema_version}, parser version "
+        f"{summary.facts.get('parser_version', 'unrecorded')} -> {PARSER_VERSION}",
+        *problems,
+    ]
 
     scores: dict[int, dict] = {}
     test: list[dict] = []
@@ -86,9 +107,16 @@ def rescore(run_dir: Path) -> list[str]:
         parsed = [parse_answer(prompt, r.prediction, r.task) for r in rows]
         test = [r.example() for r in rows]
         scores[step] = {f"eval/{k}": v for k, v in score(test, parsed).items()}
-        write_atomic(path, "".join(json.dumps(PredictionRow.of(r.example(), r.prediction, p).to_dict(), sort_keys=True) + "\n" for r, p in zip(rows, parsed, strict=True)).encode())
+        write_atomic(
+            path,
+            "".join(
+                json.dumps(PredictionRow.of(r.example(), r.prediction, p).to_dict(), sort_keys=True) + "\n"
+                for r, p in zip(rows, parsed, strict=True)
+            ).encode(),
+        )
 
-    # the evaluation rows of metrics.jsonl: scored metrics replaced, everything else (loss, train rows, unreadable lines) kept as it was
+    # the evaluation rows of metrics.jsonl: scored metrics replaced, everything else (loss, train rows, unreadable
+    # lines) kept as it was
     scored_names = set(METRICS) - {"eval/loss"}
     metrics_path, out, kept = run_dir / "metrics.jsonl", [], []
     for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
@@ -106,11 +134,18 @@ def rescore(run_dir: Path) -> list[str]:
 
     metric = summary.best_metric or summary.config.get("sweep_metric") or DEFAULT_METRIC
     fields = standing(evaluations(kept), metric)
-    answers = (summary.chance or {}).get("answer") or _train_answers(summary.facts.get("dataset_path")) or _planned_answers(summary.config.get("data"))
+    answers = (
+        (summary.chance or {}).get("answer")
+        or _train_answers(summary.facts.get("dataset_path"))
+        or _planned_answers(summary.config.get("data"))
+    )
     if answers and test:
         fields["chance"] = chance(test, answers)
     else:
-        lines.append(f"{run_dir}: chance levels left as they were: no prior-only answers stored, the train split is gone and the data is not synthetic")
+        lines.append(
+            f"{run_dir}: chance levels left as they were: no prior-only answers stored, the train split is gone "
+            f"and the data is not synthetic"
+        )
     fields["diagnosis"] = diagnose(kept, fields["final"], fields.get("chance") or summary.chance, metric, len(test))
     if (fields["diagnosis"] or {}).get("plateau"):
         lines.append(f"  plateau: the training loss is flat while {metric} is at chance")
@@ -119,8 +154,18 @@ def rescore(run_dir: Path) -> list[str]:
         if name != "step":
             lines.append(f"  final {name}: {old.get(name)} -> {(fields['final'] or {}).get(name)}")
     if (summary.best or {}).get("step") != (fields["best"] or {}).get("step"):
-        lines.append(f"  best {metric}: step {(summary.best or {}).get('step')} -> {(fields['best'] or {}).get('step')}")
+        lines.append(
+            f"  best {metric}: step {(summary.best or {}).get('step')} -> {(fields['best'] or {}).get('step')}"
+        )
     records = Records(run_dir)
-    records.update(**fields, schema_version=SCHEMA_VERSION, facts={**summary.facts, "parser_version": PARSER_VERSION},
-                   rescored={"parser_version": PARSER_VERSION, "schema_version": SCHEMA_VERSION, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    records.update(
+        **fields,
+        schema_version=SCHEMA_VERSION,
+        facts={**summary.facts, "parser_version": PARSER_VERSION},
+        rescored={
+            "parser_version": PARSER_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     return lines

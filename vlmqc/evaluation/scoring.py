@@ -209,7 +209,12 @@ def chance(test: list[dict], answers: dict[str, dict]) -> dict:
     """
     prior = score(test, [_prior_parsed(answers.get(r["task"]), r["task"]) for r in test])
     uniform = {"eval/position_accuracy": 1 / len(POSITIONS)} if any(r["task"] == Task.star.value for r in test) else {}
-    return {"answer": answers, "prior": {f"eval/{k}": v for k, v in prior.items()}, "uniform": uniform, "constant": _best_constant(test, answers)}
+    return {
+        "answer": answers,
+        "prior": {f"eval/{k}": v for k, v in prior.items()},
+        "uniform": uniform,
+        "constant": _best_constant(test, answers),
+    }
 
 
 def _best_constant(test: list[dict], answers: dict[str, dict]) -> dict[str, float]:
@@ -218,7 +223,10 @@ def _best_constant(test: list[dict], answers: dict[str, dict]) -> dict[str, floa
     defect to every row. On a balanced split the prior-only answer is a coin's choice between
     the last two, and the other one can score far higher (exact match 0.5 for "pass" where the
     prior's "defective at C5, missing" scores 0.007): a trial must beat both to beat chance."""
-    variants = [answers] + [{task: {**a, "verdict": verdict} if a.get("verdict") else a for task, a in answers.items()} for verdict in (PASS, DEFECTIVE)]
+    variants = [answers] + [
+        {task: {**a, "verdict": verdict} if a.get("verdict") else a for task, a in answers.items()}
+        for verdict in (PASS, DEFECTIVE)
+    ]
     best: dict[str, float] = {}
     for variant in variants:
         for k, v in score(test, [_prior_parsed(variant.get(r["task"]), r["task"]) for r in test]).items():

@@ -29,10 +29,35 @@ from vlmqc.devices import DTYPES, resolve_precision
 from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
 
-__all__ = ["Family", "ImageFacts", "adapt", "check", "families", "family_for", "load", "parameter_counts", "peft_warnings_off", "portable_id", "random_checkpoint", "resolve_dtype"]
+__all__ = [
+    "Family",
+    "ImageFacts",
+    "adapt",
+    "check",
+    "families",
+    "family_for",
+    "load",
+    "parameter_counts",
+    "peft_warnings_off",
+    "portable_id",
+    "random_checkpoint",
+    "resolve_dtype",
+]
 
 # one module per family, each defining one Family subclass; imported on first use, not at import time
-FAMILY_MODULES = ("llava", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "gemma3", "internvl", "phi3_v", "phi4_multimodal")
+FAMILY_MODULES = (
+    "llava",
+    "llava_onevision",
+    "idefics3",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "paligemma",
+    "gemma3",
+    "internvl",
+    "phi3_v",
+    "phi4_multimodal",
+)
 
 _families: dict[str, Family] = {}
 
@@ -43,7 +68,12 @@ def families() -> dict[str, Family]:
         for module in FAMILY_MODULES:
             mod = importlib.import_module(f"vlmqc.models.{module}")
             for obj in vars(mod).values():
-                if isinstance(obj, type) and issubclass(obj, Family) and obj is not Family and obj.__module__ == mod.__name__:
+                if (
+                    isinstance(obj, type)
+                    and issubclass(obj, Family)
+                    and obj is not Family
+                    and obj.__module__ == mod.__name__
+                ):
                     _families[obj.name] = obj()
     return _families
 
@@ -54,12 +84,17 @@ def family_for(model_type: str) -> Family:
         if model_type in family.model_types:
             return family
     supported = sorted(t for f in families().values() for t in f.model_types)
-    raise ConfigError(f"model_type {model_type!r} (the checkpoint's config.json) is not supported; supported model types: {', '.join(supported)}")
+    raise ConfigError(
+        f"model_type {model_type!r} (the checkpoint's config.json) is not supported; supported model types: "
+        f"{', '.join(supported)}"
+    )
 
 
 def _random_family(cfg: ModelConfig) -> Family:
     if cfg.random not in families():
-        raise ConfigError(f"model.random={cfg.random}: no family of that name; families: {', '.join(sorted(families()))}")
+        raise ConfigError(
+            f"model.random={cfg.random}: no family of that name; families: {', '.join(sorted(families()))}"
+        )
     return families()[cfg.random]
 
 
@@ -84,7 +119,10 @@ def check(cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None
 def random_checkpoint(cfg: ModelConfig, size: int | None, models_dir: str | os.PathLike) -> Path:
     """The folder of the random model ``cfg.random``, built (atomically) if it is not there yet."""
     family = _random_family(cfg)
-    return offline.built(Path(models_dir).expanduser() / family.random_folder(cfg, size), lambda path: family.build_random(cfg, size, path))
+    return offline.built(
+        Path(models_dir).expanduser() / family.random_folder(cfg, size),
+        lambda path: family.build_random(cfg, size, path),
+    )
 
 
 def portable_id(cfg: ModelConfig, path: str) -> str:
@@ -95,7 +133,8 @@ def portable_id(cfg: ModelConfig, path: str) -> str:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """``model.dtype``: ``auto`` as precision ``auto`` resolves on this device (vlmqc/devices.py), else the named dtype."""
+    """``model.dtype``: ``auto`` as precision ``auto`` resolves on this device (vlmqc/devices.py), else the named
+    dtype."""
     if name == "auto":
         return DTYPES[resolve_precision(Precision.auto, device)]
     return getattr(torch, name)
@@ -144,10 +183,16 @@ def adapt(model: torch.nn.Module, family: Family, cfg: LoraConfig) -> torch.nn.M
         LoraTarget.all_linear: {"language", "vision", "projector", "other"},
     }[LoraTarget(cfg.target)]
     output = model.get_output_embeddings()
-    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not output and family.part(n) in parts]
+    targets = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not output and family.part(n) in parts
+    ]
     if not targets:
         raise ConfigError(f"lora.target={cfg.target.value}: no linear layer of this model matches")
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none"
+    )
     with peft_warnings_off():
         return get_peft_model(model, peft_cfg)
 

@@ -60,7 +60,8 @@ class Family:
         (``vlmqc.config.validate``, where the family is known without loading) and again at load."""
         if layout is Layout.separate and not self.multi_image:
             raise ConfigError(
-                f"data.layout=separate: the {self.name} family takes one image per prompt, so the pair cannot be given as two images; use data.layout=stacked"
+                f"data.layout=separate: the {self.name} family takes one image per prompt, so the pair cannot be "
+                f"given as two images; use data.layout=stacked"
             )
 
     # ---------------------------------------------------------------------------- loading
@@ -78,7 +79,10 @@ class Family:
     def set_image_size(self, processor, model, size: int) -> None:
         """Point the processor's own resolution knobs at ``size`` (image_size.size), or raise a
         ConfigError that says what this family can do instead. Not called for image_size=native."""
-        raise ConfigError(f"image_size.size={size}: setting the resolution of a {self.name} model is not supported yet; use image_size=native")
+        raise ConfigError(
+            f"image_size.size={size}: setting the resolution of a {self.name} model is not supported yet; use "
+            f"image_size=native"
+        )
 
     # ---------------------------------------------------------------------------- the prompt
 
@@ -91,13 +95,18 @@ class Family:
             turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return processor.apply_chat_template(turns, add_generation_prompt=answer is None)
 
-    def encode(self, processor, instructions: list[str], images: list[list[Image.Image]], answers: list[str] | None, side: str) -> dict:
+    def encode(
+        self, processor, instructions: list[str], images: list[list[Image.Image]], answers: list[str] | None, side: str
+    ) -> dict:
         """A padded batch of model inputs (``padding_side=side``). The collator calls it with the
         answers and without; the prompt alone must tokenize to a prefix of prompt + answer (the
         collator checks it, and masks the labels by it). A processor that takes the answer apart
         (PaliGemma's ``suffix``) gets it here; labels it returns are replaced by the collator's."""
         answers_ = answers if answers is not None else [None] * len(instructions)
-        texts = [self.text(processor, ins, len(imgs), ans) for ins, imgs, ans in zip(instructions, images, answers_, strict=True)]
+        texts = [
+            self.text(processor, ins, len(imgs), ans)
+            for ins, imgs, ans in zip(instructions, images, answers_, strict=True)
+        ]
         flat = [im for imgs in images for im in imgs]
         return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True, padding_side=side))
 

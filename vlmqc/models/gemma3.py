@@ -38,19 +38,32 @@ TEMPLATE = (
     "{{ bos_token }}"
     "{% for m in messages %}"
     "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' }}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<start_of_image>' }}{% else %}{{ c['text'] | trim }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<start_of_image>' }}{% else %}{{ c['text'] | "
+    "trim }}{% endif %}{% endfor %}"
     "{{ '<end_of_turn>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
-PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops", "pan_and_scan_min_ratio_to_activate")
+PAN_AND_SCAN = (
+    "do_pan_and_scan",
+    "pan_and_scan_min_crop_size",
+    "pan_and_scan_max_num_crops",
+    "pan_and_scan_min_ratio_to_activate",
+)
 # Gemma3Processor's own defaults, used where the image processor leaves a setting unset (null)
-PAN_AND_SCAN_DEFAULTS = {"do_pan_and_scan": False, "pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4, "pan_and_scan_min_ratio_to_activate": 1.2}
+PAN_AND_SCAN_DEFAULTS = {
+    "do_pan_and_scan": False,
+    "pan_and_scan_min_crop_size": 256,
+    "pan_and_scan_max_num_crops": 4,
+    "pan_and_scan_min_ratio_to_activate": 1.2,
+}
 
 
 def pan_and_scan(image_processor) -> dict:
     """The pan-and-scan settings a call uses: the image processor's, the processor's defaults where unset."""
-    return {k: v if (v := getattr(image_processor, k, None)) is not None else PAN_AND_SCAN_DEFAULTS[k] for k in PAN_AND_SCAN}
+    return {
+        k: v if (v := getattr(image_processor, k, None)) is not None else PAN_AND_SCAN_DEFAULTS[k] for k in PAN_AND_SCAN
+    }
 
 
 def _tokenizer(vocab_size: int):
@@ -72,7 +85,9 @@ def _processor(tokenizer, size: int, image_seq_length: int, **published):
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     image_processor = Gemma3ImageProcessorPil(size={"height": size, "width": size}, **published)
-    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=TEMPLATE, image_seq_length=image_seq_length)
+    return Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=TEMPLATE, image_seq_length=image_seq_length
+    )
 
 
 class Gemma3(Family):
@@ -92,24 +107,43 @@ class Gemma3(Family):
             ip.pan_and_scan_max_num_crops = size // tower
         else:
             raise ConfigError(
-                f"image_size.size={size}: gemma3 sees every image (and every pan-and-scan crop) at its vision tower's fixed {tower} x {tower} pixels; "
-                f"use image_size=native (the checkpoint's processor settings), {tower} (one view, pan-and-scan off) or a multiple k x {tower} "
+                f"image_size.size={size}: gemma3 sees every image (and every pan-and-scan crop) at its vision "
+                f"tower's fixed {tower} x {tower} pixels; "
+                f"use image_size=native (the checkpoint's processor settings), {tower} (one view, pan-and-scan "
+                f"off) or a multiple k x {tower} "
                 f"(pan-and-scan, at most k crops: {2 * tower}, {3 * tower}, ...)"
             )
 
     def encode(self, processor, instructions, images, answers, side) -> dict:
         answers_ = answers if answers is not None else [None] * len(instructions)
-        texts = [self.text(processor, ins, len(imgs), ans) for ins, imgs, ans in zip(instructions, images, answers_, strict=True)]
+        texts = [
+            self.text(processor, ins, len(imgs), ans)
+            for ins, imgs, ans in zip(instructions, images, answers_, strict=True)
+        ]
         kwargs = pan_and_scan(processor.image_processor)
         # images nested per prompt: the processor matches them to each prompt's <start_of_image>
-        return dict(processor(text=texts, images=[list(imgs) for imgs in images], return_tensors="pt", padding=True, padding_side=side, **kwargs))
+        return dict(
+            processor(
+                text=texts,
+                images=[list(imgs) for imgs in images],
+                return_tensors="pt",
+                padding=True,
+                padding_side=side,
+                **kwargs,
+            )
+        )
 
     def image_facts(self, processor, model, images, batch) -> ImageFacts:
         # the crops of each image, as the image processor cuts them with the settings encode used
-        crops = [int(n) for n in processor.image_processor(images, **pan_and_scan(processor.image_processor))["num_crops"]]
+        crops = [
+            int(n) for n in processor.image_processor(images, **pan_and_scan(processor.image_processor))["num_crops"]
+        ]
         views = batch["pixel_values"].shape[0]
         if views != sum(1 + n for n in crops):
-            raise ValueError(f"{views} views in the batch, but the image processor cuts these images into {crops} crops (plus one whole view each)")
+            raise ValueError(
+                f"{views} views in the batch, but the image processor cuts these images into {crops} crops (plus "
+                f"one whole view each)"
+            )
         return ImageFacts(
             input_pixels=[[im.height, im.width] for im in images],
             processed_pixels=[list(batch["pixel_values"].shape[-2:])] * len(images),
@@ -127,7 +161,9 @@ class Gemma3(Family):
         t = cfg.tiny
         tokenizer = _tokenizer(t.vocab_size)
         patches = t.native_size // t.patch_size
-        side = patches // 2 if patches % 2 == 0 else patches  # image tokens per side: patches pooled 2 x 2 where they can be
+        side = (
+            patches // 2 if patches % 2 == 0 else patches
+        )  # image tokens per side: patches pooled 2 x 2 where they can be
         processor = _processor(tokenizer, t.native_size, side * side, **PAN_AND_SCAN_DEFAULTS)
         head_dim = t.text_hidden // offline.text_shape(t)["num_attention_heads"]
         ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in TOKENS}
@@ -169,11 +205,17 @@ class Gemma3(Family):
         from transformers import Gemma3Config
 
         tokenizer = _tokenizer(1024)
-        published = {k: facts[k] for k in ("image_mean", "image_std", "resample", *PAN_AND_SCAN) if facts.get(k) is not None}
+        published = {
+            k: facts[k] for k in ("image_mean", "image_std", "resample", *PAN_AND_SCAN) if facts.get(k) is not None
+        }
         processor = _processor(tokenizer, facts["image_size"], facts["image_seq_length"], **published)
         ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in TOKENS}
         config = Gemma3Config(
-            vision_config={"model_type": "siglip_vision_model", "image_size": facts["image_size"], "patch_size": facts["patch_size"]},
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "image_size": facts["image_size"],
+                "patch_size": facts["patch_size"],
+            },
             mm_tokens_per_image=facts["image_seq_length"],
             boi_token_index=ids[BOI],
             eoi_token_index=ids[EOI],

@@ -21,14 +21,24 @@ from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
 
 ROW_COL = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]  # the processor names tiles up to 6 x 6
-TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *ROW_COL]
+TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *ROW_COL,
+]
 # SmolVLM's chat format, images only: "<|im_start|>User:<image>...<end_of_utterance>\nAssistant: ...".
 # The prompt alone ends with "Assistant:", a pre-token of its own, so it is a prefix of prompt + answer.
 TEMPLATE = (
     "<|im_start|>"
     "{% for m in messages %}"
     "{{ m['role'] | capitalize }}{% if m['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}{% else %}{{ c['text'] }}{% endif "
+    "%}{% endfor %}"
     "{{ '<end_of_utterance>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
@@ -37,7 +47,9 @@ TILE_PATCHES = 4  # the tiny tower's tile: 4 x 4 patches, pixel-shuffled 2 x 2 i
 
 
 def _tokenizer(vocab_size: int):
-    tokenizer = offline.tokenizer(vocab_size, TOKENS, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>")
+    tokenizer = offline.tokenizer(
+        vocab_size, TOKENS, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>"
+    )
     tokenizer.chat_template = TEMPLATE
     return tokenizer
 
@@ -54,7 +66,9 @@ def _processor(tokenizer, tile: int, longest_edge: int, splitting: bool, image_s
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
-    return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=TEMPLATE)
+    return Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=TEMPLATE
+    )
 
 
 class Idefics3(Family):
@@ -67,7 +81,9 @@ class Idefics3(Family):
     def _tile_error(size: int, tile: int) -> ConfigError:
         multiples = ", ".join(str(k * tile) for k in range(1, 5))
         return ConfigError(
-            f"image_size.size={size}: an idefics3 (SmolVLM) model cuts images into {tile}-pixel tiles (its vision tower's size), so the longest edge is a whole number of tiles: {multiples}, ... ({tile}: one tile, no splitting); or image_size=native"
+            f"image_size.size={size}: an idefics3 (SmolVLM) model cuts images into {tile}-pixel tiles (its vision "
+            f"tower's size), so the longest edge is a whole number of tiles: {multiples}, ... ({tile}: one "
+            f"tile, no splitting); or image_size=native"
         )
 
     def check(self, cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None:
@@ -93,13 +109,16 @@ class Idefics3(Family):
         return ImageFacts(
             input_pixels=[[im.height, im.width] for im in images],
             processed_pixels=[[tile, tile]] * len(images),
-            tiles=[r * c + 1 if r else 1 for r, c in zip(grids["rows"][0], grids["cols"][0], strict=True)],  # + the global tile
+            tiles=[
+                r * c + 1 if r else 1 for r, c in zip(grids["rows"][0], grids["cols"][0], strict=True)
+            ],  # + the global tile
             image_tokens=int((batch["input_ids"] == model.config.image_token_id).sum()),
         )
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every image_size: the longest edge is the processor's
-        return f"idefics3-tiny-{offline.key({'tiny': asdict(cfg.tiny), 'template': TEMPLATE, 'tile_patches': TILE_PATCHES})}"
+        spec = {"tiny": asdict(cfg.tiny), "template": TEMPLATE, "tile_patches": TILE_PATCHES}
+        return f"idefics3-tiny-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
         from transformers import Idefics3Config, Idefics3ForConditionalGeneration
@@ -107,7 +126,9 @@ class Idefics3(Family):
         t = cfg.tiny
         tokenizer = _tokenizer(t.vocab_size)
         tile, scale = t.patch_size * TILE_PATCHES, 2
-        processor = _processor(tokenizer, tile, 2 * tile, True, (TILE_PATCHES // scale) ** 2)  # native: up to 2 x 2 tiles
+        processor = _processor(
+            tokenizer, tile, 2 * tile, True, (TILE_PATCHES // scale) ** 2
+        )  # native: up to 2 x 2 tiles
         config = Idefics3Config(
             vision_config=offline.vision_shape(t, image_size=tile, patch_size=t.patch_size),
             text_config=offline.text_shape(t, tokenizer, model_type="llama"),
@@ -129,6 +150,8 @@ class Idefics3(Family):
         image_seq_len = (tile // patch) ** 2 // scale**2
         processor = _processor(tokenizer, tile, facts["longest_edge"], facts["do_image_splitting"], image_seq_len)
         config = Idefics3Config(
-            vision_config={"image_size": tile, "patch_size": patch}, scale_factor=scale, image_token_id=tokenizer.convert_tokens_to_ids("<image>")
+            vision_config={"image_size": tile, "patch_size": patch},
+            scale_factor=scale,
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         )
         return processor, config

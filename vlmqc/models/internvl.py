@@ -36,7 +36,8 @@ TEMPLATE = (
     "{% for m in messages %}"
     "{{ '<|im_start|>' + m['role'] + '\\n' }}"
     "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}{% else %}{{ "
+    "c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}"
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
@@ -51,7 +52,9 @@ class _ImagesOnlyProcessor(InternVLProcessor):
     images and text behave exactly as in InternVLProcessor."""
 
     def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs)
+        super().__init__(
+            image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs
+        )
 
 
 def _tokenizer(vocab_size: int):
@@ -60,7 +63,12 @@ def _tokenizer(vocab_size: int):
         TOKENS,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens={"start_image_token": START, "end_image_token": END, "context_image_token": CONTEXT, "video_token": "<video>"},
+        extra_special_tokens={
+            "start_image_token": START,
+            "end_image_token": END,
+            "context_image_token": CONTEXT,
+            "video_token": "<video>",
+        },
     )
     tokenizer.chat_template = TEMPLATE
     return tokenizer
@@ -98,7 +106,8 @@ class InternVL(Family):
         tiles = size * size // (tile * tile)
         if tiles < 1:
             raise ConfigError(
-                f"image_size.size={size}: internvl cuts images into {tile} x {tile} tiles and image_size is a budget of size x size pixels in whole tiles; "
+                f"image_size.size={size}: internvl cuts images into {tile} x {tile} tiles and image_size is a "
+                f"budget of size x size pixels in whole tiles; "
                 f"use a size >= {tile} (one tile; {2 * tile} holds 4 tiles and a thumbnail)"
             )
         ip.max_patches = tiles
@@ -110,7 +119,9 @@ class InternVL(Family):
         ip = processor.image_processor
         tiles = [ip.get_number_of_image_patches(im.height, im.width, {"crop_to_patches": True}) for im in images]
         if sum(tiles) != batch["pixel_values"].shape[0]:
-            raise ValueError(f"internvl: {sum(tiles)} tiles by the tiling rule, {batch['pixel_values'].shape[0]} in pixel_values")
+            raise ValueError(
+                f"internvl: {sum(tiles)} tiles by the tiling rule, {batch['pixel_values'].shape[0]} in pixel_values"
+            )
         return ImageFacts(
             input_pixels=[[im.height, im.width] for im in images],
             processed_pixels=[list(batch["pixel_values"].shape[-2:])] * len(images),
@@ -137,11 +148,16 @@ class InternVL(Family):
         tokenizer = _tokenizer(t.vocab_size)
         tokens_per_tile = (TINY_TILE // TINY_PATCH) ** 2 // 4
         processor = _ImagesOnlyProcessor(
-            image_processor=_image_processor(TINY_TILE, 1, TINY_MAX_TILES), tokenizer=tokenizer, image_seq_length=tokens_per_tile, chat_template=TEMPLATE
+            image_processor=_image_processor(TINY_TILE, 1, TINY_MAX_TILES),
+            tokenizer=tokenizer,
+            image_seq_length=tokens_per_tile,
+            chat_template=TEMPLATE,
         )
         text = offline.text_shape(t, vocab_size=len(tokenizer))  # its token ids are _config's
         vision = offline.vision_shape(t)
-        config = _config(tokenizer, TINY_TILE, TINY_PATCH, tokens_per_tile, text=text, vision=vision, initializer_range=t.init_std)
+        config = _config(
+            tokenizer, TINY_TILE, TINY_PATCH, tokens_per_tile, text=text, vision=vision, initializer_range=t.init_std
+        )
         model = offline.random_model(InternVLForConditionalGeneration, config, t.seed, tokenizer)
         model.save_pretrained(path)
         offline.save_processor(processor, path, "InternVLProcessor")
@@ -151,17 +167,33 @@ class InternVL(Family):
         ``min_patches``, ``max_patches``, ``image_seq_length``."""
         tokenizer = _tokenizer(1024)
         ip = _image_processor(facts["tile_size"], facts["min_patches"], facts["max_patches"])
-        processor = _ImagesOnlyProcessor(image_processor=ip, tokenizer=tokenizer, image_seq_length=facts["image_seq_length"], chat_template=TEMPLATE)
-        config = _config(tokenizer, facts["tile_size"], facts["patch_size"], facts["image_seq_length"], facts["downsample_ratio"])
+        processor = _ImagesOnlyProcessor(
+            image_processor=ip, tokenizer=tokenizer, image_seq_length=facts["image_seq_length"], chat_template=TEMPLATE
+        )
+        config = _config(
+            tokenizer, facts["tile_size"], facts["patch_size"], facts["image_seq_length"], facts["downsample_ratio"]
+        )
         return processor, config
 
 
-def _config(tokenizer, tile: int, patch: int, tokens_per_tile: int, downsample_ratio: float = 0.5, text=None, vision=None, **kwargs):
+def _config(
+    tokenizer,
+    tile: int,
+    patch: int,
+    tokens_per_tile: int,
+    downsample_ratio: float = 0.5,
+    text=None,
+    vision=None,
+    **kwargs,
+):
     """An InternVLConfig (Qwen2 text model) with the tower's tile and patch and the tokenizer's ids."""
     from transformers import InternVLConfig
 
     if (tile // patch) ** 2 * downsample_ratio**2 != tokens_per_tile:
-        raise ValueError(f"internvl: {tile}-pixel tiles of {patch}-pixel patches, downsampled {downsample_ratio}, are not {tokens_per_tile} tokens a tile")
+        raise ValueError(
+            f"internvl: {tile}-pixel tiles of {patch}-pixel patches, downsampled {downsample_ratio}, are not "
+            f"{tokens_per_tile} tokens a tile"
+        )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in TOKENS}
     return InternVLConfig(
         vision_config={"image_size": [tile, tile], "patch_size": [patch, patch], **(vision or {})},

@@ -20,7 +20,8 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN, "<|user|>", "<|assistant|
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}{{ '<|user|>\\n' }}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ c['text'] }}{% endif "
+    "%}{% endfor %}"
     "{{ '\\n' }}"
     "{% else %}{{ '<|assistant|>\\n' }}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ '</s>' }}{% endif %}"
     "{% endfor %}"
@@ -34,7 +35,9 @@ def tiny_config(t, size: int, tokenizer):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     return LlavaConfig(
-        vision_config=CLIPVisionConfig(**offline.vision_shape(t, image_size=size, patch_size=t.patch_size, projection_dim=t.vision_hidden)),
+        vision_config=CLIPVisionConfig(
+            **offline.vision_shape(t, image_size=size, patch_size=t.patch_size, projection_dim=t.vision_hidden)
+        ),
         text_config=LlamaConfig(**offline.text_shape(t, tokenizer)),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default",
@@ -54,7 +57,8 @@ class Llava(Family):
         native = model.config.vision_config.image_size
         if native != size:
             raise ConfigError(
-                f"image_size.size={size}: this llava model's vision tower was built for {native} x {native} pixels (a fixed size); use image_size=native or {native}"
+                f"image_size.size={size}: this llava model's vision tower was built for {native} x {native} "
+                f"pixels (a fixed size); use image_size=native or {native}"
             )
         ip = processor.image_processor
         ip.size = {"height": size, "width": size}
@@ -72,10 +76,17 @@ class Llava(Family):
         t = cfg.tiny
         size = size or t.native_size
         tokenizer = offline.tokenizer(
-            t.vocab_size, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}
+            t.vocab_size,
+            SPECIAL_TOKENS,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            extra_special_tokens={"image_token": IMAGE_TOKEN},
         )
         # PIL processor: no torchvision needed; the whole image is resized to the square input
-        image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size})
+        image_processor = CLIPImageProcessorPil(
+            size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size}
+        )
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -100,9 +111,18 @@ class Llava(Family):
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         size, crop = facts["image_size"], facts.get("crop_size", facts["image_size"])
-        tokenizer = offline.tokenizer(1024, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN})
+        tokenizer = offline.tokenizer(
+            1024,
+            SPECIAL_TOKENS,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            extra_special_tokens={"image_token": IMAGE_TOKEN},
+        )
         image_processor = CLIPImageProcessorPil(
-            size={"shortest_edge": facts.get("shortest_edge", size)}, do_center_crop=facts.get("do_center_crop", True), crop_size={"height": crop, "width": crop}
+            size={"shortest_edge": facts.get("shortest_edge", size)},
+            do_center_crop=facts.get("do_center_crop", True),
+            crop_size={"height": crop, "width": crop},
         )
         processor = LlavaProcessor(
             image_processor=image_processor,
@@ -114,7 +134,9 @@ class Llava(Family):
             image_token=IMAGE_TOKEN,
         )
         config = LlavaConfig(
-            vision_config=CLIPVisionConfig(**{**facts.get("vision_config", {}), "image_size": size, "patch_size": facts["patch_size"]}),
+            vision_config=CLIPVisionConfig(
+                **{**facts.get("vision_config", {}), "image_size": size, "patch_size": facts["patch_size"]}
+            ),
             text_config=LlamaConfig(**facts.get("text_config", {})),
             image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             vision_feature_select_strategy=facts.get("vision_feature_select_strategy", "default"),

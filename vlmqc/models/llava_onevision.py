@@ -87,7 +87,10 @@ def _processor(tokenizer, tile: int, patch: int, pinpoints: list[list[int]]):
 
     # PIL image processor: no torchvision needed
     image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+        size={"height": tile, "width": tile},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
     return _ImagesOnlyProcessor(
         image_processor=image_processor,
@@ -109,7 +112,9 @@ class LlavaOnevision(Family):
     def _grid_error(size: int, tile: int) -> ConfigError:
         multiples = ", ".join(str(k * tile) for k in range(1, 5))
         return ConfigError(
-            f"image_size.size={size}: a llava_onevision model sees {tile}-pixel tiles (its vision tower's size, fixed) on a grid of pinpoints; image_size picks the grid, a whole number of tiles a side: {multiples}, ...; or image_size=native"
+            f"image_size.size={size}: a llava_onevision model sees {tile}-pixel tiles (its vision tower's size, "
+            f"fixed) on a grid of pinpoints; image_size picks the grid, a whole number of tiles a side: "
+            f"{multiples}, ...; or image_size=native"
         )
 
     def check(self, cfg: ModelConfig, image_size: ImageSizeConfig, layout: Layout) -> None:
@@ -137,8 +142,15 @@ class LlavaOnevision(Family):
     def encode(self, processor, instructions, images, answers, side) -> dict:
         # images grouped by prompt: the processor then knows which prompts hold several images
         answers_ = answers if answers is not None else [None] * len(instructions)
-        texts = [self.text(processor, ins, len(imgs), ans) for ins, imgs, ans in zip(instructions, images, answers_, strict=True)]
-        return dict(processor(text=texts, images=[list(imgs) for imgs in images], return_tensors="pt", padding=True, padding_side=side))
+        texts = [
+            self.text(processor, ins, len(imgs), ans)
+            for ins, imgs, ans in zip(instructions, images, answers_, strict=True)
+        ]
+        return dict(
+            processor(
+                text=texts, images=[list(imgs) for imgs in images], return_tensors="pt", padding=True, padding_side=side
+            )
+        )
 
     def image_token_id(self, processor, model) -> int | None:
         return model.config.image_token_index
@@ -148,7 +160,11 @@ class LlavaOnevision(Family):
 
         tile = model.config.vision_config.image_size
         if len(images) == 1:  # the base view and the best pinpoint's tiles
-            tiles = [image_size_to_num_patches([images[0].height, images[0].width], processor.image_processor.image_grid_pinpoints, tile)]
+            tiles = [
+                image_size_to_num_patches(
+                    [images[0].height, images[0].width], processor.image_processor.image_grid_pinpoints, tile
+                )
+            ]
         else:  # each image as its base view alone
             tiles = [1] * len(images)
         return ImageFacts(
@@ -160,7 +176,13 @@ class LlavaOnevision(Family):
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every image_size: the grid is set at load, in the processor and the config
-        spec = {"tiny": asdict(cfg.tiny), "template": TEMPLATE, "tile_patches": TILE_PATCHES, "grid": TINY_GRID, "processor_files": offline.PROCESSOR_FILES}
+        spec = {
+            "tiny": asdict(cfg.tiny),
+            "template": TEMPLATE,
+            "tile_patches": TILE_PATCHES,
+            "grid": TINY_GRID,
+            "processor_files": offline.PROCESSOR_FILES,
+        }
         return f"llava_onevision-tiny-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
@@ -172,7 +194,9 @@ class LlavaOnevision(Family):
         pinpoints = grid(tile, TINY_GRID)
         processor = _processor(tokenizer, tile, t.patch_size, pinpoints)
         config = LlavaOnevisionConfig(
-            vision_config=offline.vision_shape(t, model_type="siglip_vision_model", image_size=tile, patch_size=t.patch_size, vision_use_head=False),
+            vision_config=offline.vision_shape(
+                t, model_type="siglip_vision_model", image_size=tile, patch_size=t.patch_size, vision_use_head=False
+            ),
             text_config=offline.text_shape(t, tokenizer, model_type="qwen2", bos_token_id=None),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),

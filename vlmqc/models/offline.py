@@ -29,9 +29,11 @@ CORPUS = [
     "The bottom product passed. The bottom product is defective: ",
     "Find the red star among the other marks and answer its coordinate. The red star is at ",
     "The image shows where a candidate differs from a passed reference.",
-    '{"verdict": "pass"} {"verdict": "defective", "defects": [{"position": "C5", "type": "missing"}]} {"position": "U3"}',
+    '{"verdict": "pass"} {"verdict": "defective", "defects": [{"position": "C5", "type": "missing"}]} '
+    '{"position": "U3"}',
     "上の製品は合格品です。下の製品は合格ですか、不良ですか。不良なら位置と不良の種類を答えてください。",
-    "座標は横に1から9、縦にU、C、Dです。赤い星の位置を答えてください。合格 不良 端子欠落 端子ずれ 形状違い 端子焦げ 異物 端子変形",
+    "座標は横に1から9、縦にU、C、Dです。赤い星の位置を答えてください。"  # one corpus line: the key of every built model
+    "合格 不良 端子欠落 端子ずれ 形状違い 端子焦げ 異物 端子変形",
     " ".join(POSITIONS),
     " ".join(DEFECT_NAMES.values()),
 ]
@@ -104,7 +106,9 @@ def save_processor(processor, path: Path, processor_class: str) -> None:
     processor.image_processor.save_pretrained(path)
     own = json.loads((path / "processor_config.json").read_text())
     own.pop("image_processor")
-    (path / "processor_config.json").write_text(json.dumps({**own, "processor_class": processor_class}, indent=2, sort_keys=True) + "\n")
+    (path / "processor_config.json").write_text(
+        json.dumps({**own, "processor_class": processor_class}, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
@@ -116,7 +120,10 @@ def tokenizer(vocab_size: int, special_tokens: list[str], **kwargs):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **kwargs)

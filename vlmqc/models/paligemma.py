@@ -27,7 +27,12 @@ TOKENS = ["<pad>", "<eos>", "<bos>", IMAGE_TOKEN]  # Gemma's ids 0, 1, 2, as the
 
 def _tokenizer(vocab_size: int):
     return offline.tokenizer(
-        vocab_size, TOKENS, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}
+        vocab_size,
+        TOKENS,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
 
 
@@ -48,8 +53,10 @@ class PaliGemma(Family):
         native = model.config.vision_config.image_size
         if native != size:
             raise ConfigError(
-                f"image_size.size={size}: this paligemma checkpoint's vision tower was built for {native} x {native} pixels (a fixed size; "
-                f"PaliGemma publishes one checkpoint per size: 224, 448, 896); use image_size=native or {native}, or a checkpoint built for {size}"
+                f"image_size.size={size}: this paligemma checkpoint's vision tower was built for {native} x "
+                f"{native} pixels (a fixed size; "
+                f"PaliGemma publishes one checkpoint per size: 224, 448, 896); use image_size=native or {native}, "
+                f"or a checkpoint built for {size}"
             )
         processor.image_processor.size = {"height": size, "width": size}
 
@@ -80,13 +87,23 @@ class PaliGemma(Family):
         t = cfg.tiny
         size = size or t.native_size
         if size % t.patch_size:
-            raise ConfigError(f"image_size.size={size}: the tiny paligemma's tower needs a multiple of its patch size ({t.patch_size})")
+            raise ConfigError(
+                f"image_size.size={size}: the tiny paligemma's tower needs a multiple of its patch size "
+                f"({t.patch_size})"
+            )
         tokenizer = _tokenizer(t.vocab_size)
-        processor = PaliGemmaProcessor(image_processor=_image_processor(size, (size // t.patch_size) ** 2), tokenizer=tokenizer)
+        processor = PaliGemmaProcessor(
+            image_processor=_image_processor(size, (size // t.patch_size) ** 2), tokenizer=tokenizer
+        )
         head_dim = t.text_hidden // offline.text_shape(t)["num_attention_heads"]
         config = PaliGemmaConfig(
             vision_config=offline.vision_shape(
-                t, model_type="siglip_vision_model", image_size=size, patch_size=t.patch_size, vision_use_head=False, initializer_range=None
+                t,
+                model_type="siglip_vision_model",
+                image_size=size,
+                patch_size=t.patch_size,
+                vision_use_head=False,
+                initializer_range=None,
             ),
             # PaliGemma 2: a Gemma 2 text model, sliding-window and full attention layers; the
             # vocabulary with the processor's <loc>/<seg> tokens
@@ -116,7 +133,9 @@ class PaliGemma(Family):
         size, patch = facts["image_size"], facts["patch_size"]
         published = {k: facts[k] for k in ("image_mean", "image_std", "resample") if k in facts}
         tokenizer = _tokenizer(1024)
-        processor = PaliGemmaProcessor(image_processor=_image_processor(size, facts["image_seq_length"], **published), tokenizer=tokenizer)
+        processor = PaliGemmaProcessor(
+            image_processor=_image_processor(size, facts["image_seq_length"], **published), tokenizer=tokenizer
+        )
         config = PaliGemmaConfig(
             vision_config={"model_type": "siglip_vision_model", "image_size": size, "patch_size": patch},
             text_config={"model_type": "gemma2"},

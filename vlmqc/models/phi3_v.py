@@ -48,7 +48,9 @@ TEMPLATE = (
 
 def _pad(rows: list[torch.Tensor], value: int, side: str) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    return torch.stack([F.pad(r, (width - len(r), 0) if side == "left" else (0, width - len(r)), value=value) for r in rows])
+    return torch.stack(
+        [F.pad(r, (width - len(r), 0) if side == "left" else (0, width - len(r)), value=value) for r in rows]
+    )
 
 
 def _cat_images(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -76,7 +78,8 @@ class Phi3V(Family):
         super().check(cfg, image_size, layout)
         if not cfg.trust_remote_code:
             raise ConfigError(
-                f"model.trust_remote_code=false: a {self.name} checkpoint (Phi-3/3.5-vision) runs its own modeling and processing code, "
+                f"model.trust_remote_code=false: a {self.name} checkpoint (Phi-3/3.5-vision) runs its own "
+                f"modeling and processing code, "
                 "which transformers loads only with model.trust_remote_code=true; model=phi3_5_vision sets it"
             )
 
@@ -84,12 +87,14 @@ class Phi3V(Family):
         ip = processor.image_processor
         if not hasattr(ip, "num_crops"):
             raise ConfigError(
-                f"image_size.size={size}: this {self.name} processor ({type(ip).__name__}) has no num_crops (HD crops) to set; use image_size=native"
+                f"image_size.size={size}: this {self.name} processor ({type(ip).__name__}) has no num_crops (HD "
+                f"crops) to set; use image_size=native"
             )
         crops = size * size // (CROP * CROP)
         if crops < 1:
             raise ConfigError(
-                f"image_size.size={size}: phi3_v cuts images into {CROP} x {CROP} crops and image_size is a budget of size x size pixels in whole crops (num_crops); "
+                f"image_size.size={size}: phi3_v cuts images into {CROP} x {CROP} crops and image_size is a "
+                f"budget of size x size pixels in whole crops (num_crops); "
                 f"use a size >= {CROP} (one crop; {2 * CROP} holds 4)"
             )
         ip.num_crops = crops
@@ -144,7 +149,8 @@ class Phi3V(Family):
 
         if (facts["crop_size"], facts["num_img_tokens"]) != (published.CROP, published.TOKENS_PER_CROP):
             raise ConfigError(
-                f"model.processor: the published Phi-3-vision processor has {published.CROP}-pixel crops of {published.TOKENS_PER_CROP} tokens, "
+                f"model.processor: the published Phi-3-vision processor has {published.CROP}-pixel crops of "
+                f"{published.TOKENS_PER_CROP} tokens, "
                 f"not {facts['crop_size']} and {facts['num_img_tokens']}"
             )
         processor = published.Phi3VProcessor(published.Phi3VImageProcessor(facts["num_crops"]), _published_tokenizer())
@@ -153,7 +159,8 @@ class Phi3V(Family):
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         size = size or cfg.tiny.native_size
         code = {f: (REMOTE / f).read_text() for f in REMOTE_FILES}
-        return f"phi3_v-random-{size}px-{offline.key({'tiny': asdict(cfg.tiny), 'size': size, 'template': TEMPLATE, 'code': code})}"
+        spec = {"tiny": asdict(cfg.tiny), "size": size, "template": TEMPLATE, "code": code}
+        return f"phi3_v-random-{size}px-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
         from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -162,10 +169,17 @@ class Phi3V(Family):
         t = cfg.tiny
         size = size or t.native_size
         tokenizer = offline.tokenizer(
-            t.vocab_size, TOKENS, bos_token="<s>", eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": "<image>"}
+            t.vocab_size,
+            TOKENS,
+            bos_token="<s>",
+            eos_token="<|end|>",
+            pad_token="<|endoftext|>",
+            extra_special_tokens={"image_token": "<image>"},
         )
         tokenizer.chat_template = TEMPLATE
-        image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size})
+        image_processor = CLIPImageProcessorPil(
+            size={"height": size, "width": size}, do_center_crop=False, crop_size={"height": size, "width": size}
+        )
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -188,11 +202,18 @@ class Phi3V(Family):
             path / "config.json",
             model_type="phi3_v",  # config.json takes the class's model type, not the instance's
             architectures=["Phi3VForCausalLM"],
-            auto_map={"AutoConfig": "configuration_phi3_v.Phi3VConfig", "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"},
+            auto_map={
+                "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+                "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+            },
         )
         for name in ("processor_config.json", "preprocessor_config.json"):
             if (path / name).exists():
-                _edit_json(path / name, processor_class="Phi3VProcessor", auto_map={"AutoProcessor": "processing_phi3_v.Phi3VProcessor"})
+                _edit_json(
+                    path / name,
+                    processor_class="Phi3VProcessor",
+                    auto_map={"AutoProcessor": "processing_phi3_v.Phi3VProcessor"},
+                )
 
 
 def _edit_json(file: Path, **values) -> None:

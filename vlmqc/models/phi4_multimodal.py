@@ -62,15 +62,21 @@ VISION_LORA = "vision-lora"  # the native conversion's folder of the language mo
 def _refuse_remote_code(model_type: str | None, path: str) -> None:
     if model_type == "phi4mm":
         raise ConfigError(
-            f"model.path={path}: model_type phi4mm is the published main branch's remote code (written for transformers 4.48), which vlmqc does not run; "
+            f"model.path={path}: model_type phi4mm is the published main branch's remote code (written for "
+            f"transformers 4.48), which vlmqc does not run; "
             "the phi4_multimodal family loads transformers' native port: download the hub's conversion "
-            "(hf download microsoft/Phi-4-multimodal-instruct --revision refs/pr/70 --local-dir DIR) and give model.path=DIR"
+            "(hf download microsoft/Phi-4-multimodal-instruct --revision refs/pr/70 --local-dir DIR) and give "
+            "model.path=DIR"
         )
 
 
 def _tokenizer(vocab_size: int):
     tokenizer = offline.tokenizer(
-        vocab_size, TOKENS, eos_token="<|end|>", pad_token="<|endoftext|>", extra_special_tokens={"image_token": IMAGE, "audio_token": AUDIO}
+        vocab_size,
+        TOKENS,
+        eos_token="<|end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": IMAGE, "audio_token": AUDIO},
     )
     tokenizer.chat_template = TEMPLATE
     return tokenizer
@@ -79,12 +85,19 @@ def _tokenizer(vocab_size: int):
 def _processor(tokenizer, crop: int, patch: int, dynamic_hd: int):
     """Phi4MultimodalProcessor with the given crops; a ConfigError where torchvision is missing."""
     if not is_torchvision_available():
-        raise ConfigError("phi4_multimodal: transformers' Phi-4 image processor exists only with torchvision, which is not installed here")
+        raise ConfigError(
+            "phi4_multimodal: transformers' Phi-4 image processor exists only with torchvision, which is not "
+            "installed here"
+        )
     from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalProcessor
     from transformers.models.phi4_multimodal.image_processing_phi4_multimodal import Phi4MultimodalImageProcessor
 
-    image_processor = Phi4MultimodalImageProcessor(size={"height": crop, "width": crop}, patch_size=patch, dynamic_hd=dynamic_hd)
-    return Phi4MultimodalProcessor(image_processor=image_processor, audio_processor=Phi4MultimodalFeatureExtractor(), tokenizer=tokenizer)
+    image_processor = Phi4MultimodalImageProcessor(
+        size={"height": crop, "width": crop}, patch_size=patch, dynamic_hd=dynamic_hd
+    )
+    return Phi4MultimodalProcessor(
+        image_processor=image_processor, audio_processor=Phi4MultimodalFeatureExtractor(), tokenizer=tokenizer
+    )
 
 
 class Phi4Multimodal(Family):
@@ -112,7 +125,10 @@ class Phi4Multimodal(Family):
     def load_processor(self, path: str, trust_remote_code: bool):
         _refuse_remote_code(PretrainedConfig.get_config_dict(path)[0].get("model_type"), path)
         if not is_torchvision_available():
-            raise ConfigError("phi4_multimodal: transformers' Phi-4 image processor exists only with torchvision, which is not installed here")
+            raise ConfigError(
+                "phi4_multimodal: transformers' Phi-4 image processor exists only with torchvision, which is not "
+                "installed here"
+            )
         return super().load_processor(path, trust_remote_code)
 
     def load_model(self, path: str, trust_remote_code: bool, **kwargs) -> torch.nn.Module:
@@ -130,7 +146,8 @@ class Phi4Multimodal(Family):
         crops = size * size // (crop * crop)
         if crops < 1:
             raise ConfigError(
-                f"image_size.size={size}: phi4_multimodal cuts images into {crop} x {crop} crops and image_size is a budget of size x size pixels in whole crops (dynamic_hd); "
+                f"image_size.size={size}: phi4_multimodal cuts images into {crop} x {crop} crops and image_size "
+                f"is a budget of size x size pixels in whole crops (dynamic_hd); "
                 f"use a size >= {crop} (one crop; {2 * crop} holds 4)"
             )
         ip.dynamic_hd = crops
@@ -158,7 +175,14 @@ class Phi4Multimodal(Family):
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every resolution: the crop budget is the processor's
-        spec = {"tiny": asdict(cfg.tiny), "crop": CROP, "patch": PATCH, "dynamic_hd": TINY_DYNAMIC_HD, "audio": TINY_AUDIO, "template": TEMPLATE}
+        spec = {
+            "tiny": asdict(cfg.tiny),
+            "crop": CROP,
+            "patch": PATCH,
+            "dynamic_hd": TINY_DYNAMIC_HD,
+            "audio": TINY_AUDIO,
+            "template": TEMPLATE,
+        }
         return f"phi4_multimodal-random-{offline.key(spec)}"
 
     def build_random(self, cfg: ModelConfig, size: int | None, path: Path) -> None:
@@ -169,7 +193,9 @@ class Phi4Multimodal(Family):
         processor = _processor(tokenizer, CROP, PATCH, TINY_DYNAMIC_HD)
         config = Phi4MultimodalConfig(
             **offline.text_shape(t, tokenizer),
-            vision_config=offline.vision_shape(t, image_size=CROP, crop_size=CROP, patch_size=PATCH, image_token_id=processor.image_token_id),
+            vision_config=offline.vision_shape(
+                t, image_size=CROP, crop_size=CROP, patch_size=PATCH, image_token_id=processor.image_token_id
+            ),
             audio_config={**TINY_AUDIO, "audio_token_id": processor.audio_token_id},
         )
         model = offline.random_model(Phi4MultimodalForCausalLM, config, t.seed, tokenizer)
@@ -183,7 +209,11 @@ class Phi4Multimodal(Family):
 
         processor = _processor(_tokenizer(1024), facts["crop_size"], facts["patch_size"], facts["dynamic_hd"])
         config = Phi4MultimodalConfig(
-            vision_config={"crop_size": facts["crop_size"], "patch_size": facts["patch_size"], "image_token_id": processor.image_token_id},
+            vision_config={
+                "crop_size": facts["crop_size"],
+                "patch_size": facts["patch_size"],
+                "image_token_id": processor.image_token_id,
+            },
             audio_config={"audio_token_id": processor.audio_token_id},
         )
         return processor, config

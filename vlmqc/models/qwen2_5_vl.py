@@ -41,19 +41,26 @@ class Qwen2_5_VL(Qwen2VL):
 
     def random_folder(self, cfg: ModelConfig, size: int | None) -> str:
         # one model for every resolution: the budget is the processor's
-        return f"{self.name}-random-{offline.key({'family': self.name, 'tiny': asdict(cfg.tiny), 'template': self.template})}"
+        spec = {"family": self.name, "tiny": asdict(cfg.tiny), "template": self.template}
+        return f"{self.name}-random-{offline.key(spec)}"
 
     def random_config(self, cfg: ModelConfig, tok):
         """The transformers config of the tiny model, ``cfg.tiny``'s sizes, ``tok``'s token ids."""
         t = cfg.tiny
-        window_layers = max(1, t.vision_layers - 1)  # window attention in all blocks but the last, as the real tower mixes both
+        window_layers = max(
+            1, t.vision_layers - 1
+        )  # window attention in all blocks but the last, as the real tower mixes both
         return Qwen2_5_VLConfig(
             text_config=offline.text_shape(
                 t,
                 tok,
                 vocab_size=t.vocab_size,
                 bos_token_id=tok.pad_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},  # sums to head size / 2 (16 / 2)
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 1e6,
+                    "mrope_section": [2, 3, 3],
+                },  # sums to head size / 2 (16 / 2)
             ),
             vision_config={
                 "depth": t.vision_layers,
@@ -64,7 +71,9 @@ class Qwen2_5_VL(Qwen2VL):
                 "patch_size": self.patch_size,
                 "spatial_merge_size": self.merge_size,
                 "temporal_patch_size": 2,
-                "window_size": 4 * self.patch_size * self.merge_size,  # 4 x 4 image tokens a window: a 224 x 224 image is 2 x 2 windows
+                "window_size": 4
+                * self.patch_size
+                * self.merge_size,  # 4 x 4 image tokens a window: a 224 x 224 image is 2 x 2 windows
                 "fullatt_block_indexes": list(range(window_layers, t.vision_layers)),
                 "initializer_range": t.init_std,
             },
@@ -84,4 +93,10 @@ class Qwen2_5_VL(Qwen2VL):
             merge_size=self.merge_size,
         )
         torch.manual_seed(t.seed)
-        save(path, AutoModelForImageTextToText.from_config(self.random_config(cfg, tok)), tok, image_processor, self.template)
+        save(
+            path,
+            AutoModelForImageTextToText.from_config(self.random_config(cfg, tok)),
+            tok,
+            image_processor,
+            self.template,
+        )

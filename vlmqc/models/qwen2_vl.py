@@ -17,20 +17,38 @@ import torch
 from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLProcessor
 from transformers.utils import is_torchvision_available
 
-from vlmqc.config import ConfigError, ImageSizeConfig, Layout, ModelConfig, Qwen2VLModelConfig, Qwen2VLTextShape, Qwen2VLVisionShape
+from vlmqc.config import (
+    ConfigError,
+    ImageSizeConfig,
+    Layout,
+    ModelConfig,
+    Qwen2VLModelConfig,
+    Qwen2VLTextShape,
+    Qwen2VLVisionShape,
+)
 from vlmqc.models import offline
 from vlmqc.models.family import Family, ImageFacts
 
 # Qwen2-VL's special tokens (the ones its chat format and processor use) and a chat template in its
 # format, images only. The assistant turn starts with a fixed header, so the prompt alone always
 # tokenizes to a prefix of prompt + answer.
-TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 TEMPLATE = (
     "{% for m in messages %}"
-    "{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful "
+    "assistant.<|im_end|>\\n' }}{% endif %}"
     "{{ '<|im_start|>' + m['role'] + '\\n' }}"
     "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ "
+    "'<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}"
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
@@ -52,7 +70,16 @@ class _ImagesOnlyProcessor(Qwen2VLProcessor):
 # what a preset's model.processor may say: the keys of the published preprocessor_config.json that
 # set what the model sees (Qwen2-VL and Qwen2.5-VL name the pixel budget min_pixels / max_pixels,
 # Qwen3-VL size: {shortest_edge, longest_edge}; the image processor takes either)
-FACTS = ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels", "size", "image_mean", "image_std")
+FACTS = (
+    "patch_size",
+    "temporal_patch_size",
+    "merge_size",
+    "min_pixels",
+    "max_pixels",
+    "size",
+    "image_mean",
+    "image_std",
+)
 
 
 def tokenizer(vocab_size: int, template: str):
@@ -96,7 +123,11 @@ def config(cfg: Qwen2VLModelConfig, token_ids: dict[str, int]) -> Qwen2VLConfig:
     return Qwen2VLConfig(
         text_config={
             **text,
-            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "mrope_section": list(t.mrope_section),
+            },
             "initializer_range": cfg.initializer_range,
             "bos_token_id": token_ids["<|endoftext|>"],
             "eos_token_id": token_ids["<|im_end|>"],
@@ -131,7 +162,8 @@ class Qwen2VL(Family):
             key, lowest = self.random_min_pixels(cfg)  # the built processor's floor
             if image_size.size * image_size.size < lowest:
                 raise ConfigError(
-                    f"image_size.size={image_size.size}: the {self.name} processor scales every image up to {key} ({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}"
+                    f"image_size.size={image_size.size}: the {self.name} processor scales every image up to {key} "
+                    f"({lowest}); use a size >= {math.isqrt(lowest - 1) + 1}"
                 )
 
     def load_processor(self, path: str, trust_remote_code: bool):
@@ -146,7 +178,8 @@ class Qwen2VL(Family):
         lowest = ip.size["shortest_edge"]
         if size * size < lowest:
             raise ConfigError(
-                f"image_size.size={size}: this {self.name} processor scales every image up to at least {lowest} pixels (min_pixels); use a size >= {math.isqrt(lowest - 1) + 1}"
+                f"image_size.size={size}: this {self.name} processor scales every image up to at least {lowest} "
+                f"pixels (min_pixels); use a size >= {math.isqrt(lowest - 1) + 1}"
             )
         ip.size = {"shortest_edge": lowest, "longest_edge": size * size}
 
@@ -158,9 +191,14 @@ class Qwen2VL(Family):
         shapes = ("text_config", "vision_config")
         unknown = sorted(set(facts) - set(FACTS) - set(shapes))
         if unknown:
-            raise ConfigError(f"model.processor: {', '.join(unknown)} unknown to the {self.name} family; it reads {', '.join((*FACTS, *shapes))}")
+            raise ConfigError(
+                f"model.processor: {', '.join(unknown)} unknown to the {self.name} family; it reads "
+                f"{', '.join((*FACTS, *shapes))}"
+            )
         # every Qwen-VL processor is Qwen2-VL's image processor with the checkpoint's patch, merge and budget
-        image_processor = Qwen2VLImageProcessorPil(**{k: dict(v) if k == "size" else v for k, v in facts.items() if k not in shapes})
+        image_processor = Qwen2VLImageProcessorPil(
+            **{k: dict(v) if k == "size" else v for k, v in facts.items() if k not in shapes}
+        )
         tok = tokenizer(1024, self.template)
         processor = self.images_only(image_processor=image_processor, tokenizer=tok, chat_template=self.template)
         vision = {
@@ -169,7 +207,9 @@ class Qwen2VL(Family):
             "spatial_merge_size": image_processor.merge_size,
             "temporal_patch_size": image_processor.temporal_patch_size,
         }
-        return processor, self.config_class(text_config=dict(facts.get("text_config", {})), vision_config=vision, **token_ids(tok))
+        return processor, self.config_class(
+            text_config=dict(facts.get("text_config", {})), vision_config=vision, **token_ids(tok)
+        )
 
     def image_facts(self, processor, model, images, batch) -> ImageFacts:
         # pixel_values are flattened patches; image_grid_thw is each image's patch grid
@@ -201,7 +241,9 @@ class Qwen2VL(Family):
         )
         torch.manual_seed(q.seed)
         # random weights lose nothing in bf16, which halves the 2B model on disk; a GPU trial loads bf16 anyway
-        model = AutoModelForImageTextToText.from_config(config(q, {t: tok.convert_tokens_to_ids(t) for t in TOKENS}), dtype=torch.bfloat16)
+        model = AutoModelForImageTextToText.from_config(
+            config(q, {t: tok.convert_tokens_to_ids(t) for t in TOKENS}), dtype=torch.bfloat16
+        )
         save(path, model, tok, image_processor, TEMPLATE)
 
     def tiny_config(self) -> ModelConfig:
@@ -211,9 +253,17 @@ class Qwen2VL(Family):
         t = TinyModelConfig()
         shape = Qwen2VLModelConfig(
             text=Qwen2VLTextShape(
-                **offline.text_shape(t, vocab_size=t.vocab_size, max_position_embeddings=None, initializer_range=None, mrope_section=[2, 3, 3])
+                **offline.text_shape(
+                    t,
+                    vocab_size=t.vocab_size,
+                    max_position_embeddings=None,
+                    initializer_range=None,
+                    mrope_section=[2, 3, 3],
+                )
             ),
-            vision=Qwen2VLVisionShape(depth=t.vision_layers, embed_dim=t.vision_hidden, num_heads=max(1, t.vision_hidden // 16)),
+            vision=Qwen2VLVisionShape(
+                depth=t.vision_layers, embed_dim=t.vision_hidden, num_heads=max(1, t.vision_hidden // 16)
+            ),
             tokenizer_vocab_size=t.vocab_size,
             max_pixels=224 * 224,
             initializer_range=t.init_std,

@@ -21,7 +21,8 @@ TEMPLATE = (
     "{% for m in messages %}"
     "{{ '<|im_start|>' + m['role'] + '\\n' }}"
     "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ "
+    "'<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}"
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
@@ -41,7 +42,11 @@ class Qwen3VL(Qwen2_5_VL):
     name = "qwen3_vl"
     model_types = ("qwen3_vl",)
     # the DeepStack mergers project the tower's intermediate features into the language model, like the merger
-    parts = {"projector": r"visual\.(merger|deepstack_merger_list)", "vision": r"visual\.", "language": r"language_model"}
+    parts = {
+        "projector": r"visual\.(merger|deepstack_merger_list)",
+        "vision": r"visual\.",
+        "language": r"language_model",
+    }
     config_class = Qwen3VLConfig
     images_only = _ImagesOnlyProcessor
     template = TEMPLATE
@@ -58,7 +63,12 @@ class Qwen3VL(Qwen2_5_VL):
                 bos_token_id=tok.pad_token_id,
                 head_dim=16,
                 # interleaved multimodal rotary frequencies, as published; sums to head_dim / 2
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 5e6,
+                    "mrope_section": [2, 3, 3],
+                    "mrope_interleaved": True,
+                },
             ),
             vision_config={
                 "depth": t.vision_layers,

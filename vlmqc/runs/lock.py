@@ -50,16 +50,34 @@ class RunLock:
             f.seek(0)
             holder = _parse(f.read())
             f.close()
-            who = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}" if holder else "another process"
-            raise RunFolderLocked(f"{self.path.parent} is in use by {who} (lock file {self.path}); wait for it to end, or pick another folder") from None
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+                if holder
+                else "another process"
+            )
+            raise RunFolderLocked(
+                f"{self.path.parent} is in use by {who} (lock file {self.path}); wait for it to end, or pick "
+                f"another folder"
+            ) from None
         f.seek(0)
         left = _parse(f.read())
         if left:
             self.took_over = left
-            log.warning("taking over %s: its holder (pid %s on %s, since %s) is gone", self.path, left.get("pid"), left.get("host"), left.get("started"))
+            log.warning(
+                "taking over %s: its holder (pid %s on %s, since %s) is gone",
+                self.path,
+                left.get("pid"),
+                left.get("host"),
+                left.get("started"),
+            )
         f.seek(0)
         f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        f.write(
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            )
+            + "\n"
+        )
         f.flush()
         self.file = f
         return self

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vlmqc.runs.records import PredictionRow, Records, Sample
+from vlmqc.runs.records import PredictionRow, Sample
 from vlmqc.runs.tracking import Tracker
+from vlmqc.runs.writer import Records
 
 
 class Recorder:
@@ -29,9 +30,13 @@ class Recorder:
         """Summary fields of the run folder alone (W&B's summary gets its own, below)."""
         self.records.update(**fields)
 
-    def track(self, logger_cfg, run_name: str, config: dict, resume_id: str | None, group: str | None, tags: list[str]) -> None:
+    def track(
+        self, logger_cfg, run_name: str, config: dict, resume_id: str | None, group: str | None, tags: list[str]
+    ) -> None:
         """Start (or resume) the W&B run; its id and folder go into the summary, so a rerun resumes it."""
-        self.tracker = Tracker(logger_cfg, self.records.dir, run_name, config, resume_id, group=group, tags=tags, enabled=self.enabled)
+        self.tracker = Tracker(
+            logger_cfg, self.records.dir, run_name, config, resume_id, group=group, tags=tags, enabled=self.enabled
+        )
         if self.tracker.id:
             self.records.update(wandb={"id": self.tracker.id, "dir": self.tracker.dir, "mode": logger_cfg.mode})
 
@@ -44,7 +49,10 @@ class Recorder:
         """What a model scores without learning (chance) and what a no-learning detector scores (ceiling)."""
         self.records.update(chance=chance, ceiling=ceiling)
         if self.tracker:
-            self.tracker.summary({f"chance/{k}": v for k, v in chance["prior"].items()} | {f"chance/uniform/{k}": v for k, v in chance["uniform"].items()})
+            self.tracker.summary(
+                {f"chance/{k}": v for k, v in chance["prior"].items()}
+                | {f"chance/uniform/{k}": v for k, v in chance["uniform"].items()}
+            )
             if ceiling:
                 self.tracker.summary({f"ceiling/{k}": v for k, v in ceiling.items() if k != "examples"})
 
@@ -53,7 +61,16 @@ class Recorder:
         if self.tracker:
             self.tracker.log(metrics, step)
 
-    def evaluation(self, step: int, scores: dict, rows: list[PredictionRow], samples: list[Sample], images: dict, metric: str, n_test: int) -> dict | None:
+    def evaluation(
+        self,
+        step: int,
+        scores: dict,
+        rows: list[PredictionRow],
+        samples: list[Sample],
+        images: dict,
+        metric: str,
+        n_test: int,
+    ) -> dict | None:
         """One evaluation: its metrics, every prediction, the inference samples, and the summary's
         final / baseline / best / diagnosis worked out again from metrics.jsonl. Returns the diagnosis."""
         self.log(scores, step)
@@ -69,12 +86,22 @@ class Recorder:
         and W&B's summary of it."""
         self.records.update(**self.records.standing(metric, n_test))
         if self.tracker:
-            parts = {f"{part}/{k}": v for part in ("best", "baseline", "diagnosis") for k, v in (self.records.summary[part] or {}).items()}
+            parts = {
+                f"{part}/{k}": v
+                for part in ("best", "baseline", "diagnosis")
+                for k, v in (self.records.summary[part] or {}).items()
+            }
             self.tracker.summary({"status": "completed", **parts})
 
     def close(self, status: str, reason: str | None, step: int | None, started: float) -> None:
         """The end, however it came: the status is written first, then W&B is closed."""
-        self.records.update(status=status, reason=reason, step=step, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), runtime_seconds=round(time.time() - started, 2))
+        self.records.update(
+            status=status,
+            reason=reason,
+            step=step,
+            ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            runtime_seconds=round(time.time() - started, 2),
+        )
         if self.tracker is not None:
             self.tracker.summary({"status": status, "reason": reason})
             self.tracker.finish(status)

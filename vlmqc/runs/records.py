@@ -1,7 +1,7 @@
-"""The run record: what a trial writes in its folder, typed, with its readers and its one writer.
+"""The run record: what a trial writes in its folder, typed, and its readers.
 
-Training writes the folder only through ``Records``; the report, sweeps, benchmarks and
-``python -m vlmqc.rescore`` read it through the readers below, which return ``(records, problems)``
+Training writes the folder only through ``Records`` (vlmqc/runs/writer.py); the report, sweeps,
+benchmarks and ``vlmqc rescore`` read it through the readers below, which return ``(records, problems)``
 so that one bad line is reported, by file, line and field, and never stops the reading.
 
 A run folder (schema version 2; folders written before versions existed are version 1):
@@ -22,8 +22,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmqc.answers import Parsed
-from vlmqc.files import write_atomic, write_json
-from vlmqc.runs.standing import diagnose, evaluations, standing
 from vlmqc.runs.tracking import STEP
 
 log = logging.getLogger(__name__)
@@ -71,7 +67,9 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is Any:
         return True
     if typing.is_typeddict(hint):
-        return isinstance(value, dict) and all(k in value and _fits(value[k], h) for k, h in typing.get_type_hints(hint).items())
+        return isinstance(value, dict) and all(
+            k in value and _fits(value[k], h) for k, h in typing.get_type_hints(hint).items()
+        )
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args)
     if hint is type(None):
@@ -88,7 +86,11 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "").replace("vlmqc.runs.records.", "")
+    return (
+        hint.__name__
+        if isinstance(hint, type) and not typing.get_args(hint)
+        else str(hint).replace("typing.", "").replace("vlmqc.runs.records.", "")
+    )
 
 
 def _expected(hint: Any, value: Any) -> str:
@@ -137,7 +139,9 @@ class _Record:
             raise RecordError(where, "(line)", f"expected a JSON object, got {type(d).__name__}")
         d = cls._upgrade(dict(d))
         names = {f.name: f for f in dataclasses.fields(cls)}
-        required = [n for n, f in names.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            n for n, f in names.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         kwargs, extra, found = {}, {}, []
         for k, v in d.items():
             if k not in names or k == "extra":
@@ -195,9 +199,13 @@ class Summary(_Record):
     baseline: dict[str, float] | None = None  # the base model's, at step 0: never a candidate for best
     best: dict[str, float] | None = None  # every metric at the evaluation step with the best best_metric
     best_metric: str | None = None
-    chance: dict[str, Any] | None = None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}, "constant": {metric: v}}
+    chance: dict[str, Any] | None = (
+        None  # {"answer": {task: prior answer}, "prior": {metric: v}, "uniform": {metric: v}, "constant": {metric: v}}
+    )
     diagnosis: dict[str, Any] | None = None  # diagnose(): a flat training loss with answers at chance
-    ceiling: dict[str, Any] | None = None  # the pixel-difference detector on the test rows, no learning (vlmqc.data.report.pixel_ceiling)
+    ceiling: dict[str, Any] | None = (
+        None  # the pixel-difference detector on the test rows, no learning (vlmqc.data.report.pixel_ceiling)
+    )
     rescored: dict[str, Any] | None = None  # {"parser_version", "schema_version", "time"} after python -m vlmqc.rescore
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 
@@ -224,21 +232,44 @@ class PredictionRow(_Record):
     @classmethod
     def of(cls, example: dict, text: str, parsed: Parsed) -> PredictionRow:
         return cls(
-            id=example["id"], task=example["task"], prediction=text, verdict=example.get("verdict") or "", defects=list(example.get("defects") or []),
-            target=example.get("target") or "", answer=example.get("answer") or "",
-            parsed={"verdict": parsed.verdict, "defects": [list(d) for d in parsed.defects], "target": parsed.target, "ok": parsed.ok},
+            id=example["id"],
+            task=example["task"],
+            prediction=text,
+            verdict=example.get("verdict") or "",
+            defects=list(example.get("defects") or []),
+            target=example.get("target") or "",
+            answer=example.get("answer") or "",
+            parsed={
+                "verdict": parsed.verdict,
+                "defects": [list(d) for d in parsed.defects],
+                "target": parsed.target,
+                "ok": parsed.ok,
+            },
         )
 
     def example(self) -> dict:
         """The labels, as ``vlmqc.evaluate.score`` reads a dataset row."""
-        return {"id": self.id, "task": self.task, "verdict": self.verdict, "defects": self.defects, "target": self.target, "answer": self.answer}
+        return {
+            "id": self.id,
+            "task": self.task,
+            "verdict": self.verdict,
+            "defects": self.defects,
+            "target": self.target,
+            "answer": self.answer,
+        }
 
     def parsed_answer(self) -> Parsed | None:
         """The parsed answer; None when the row read back had none that could be read."""
         p = self.parsed
         if p is None:
             return None
-        return Parsed(verdict=p["verdict"], defects=tuple(tuple(d) for d in p["defects"]), target=p["target"], ok=p["ok"], text=self.prediction or "")
+        return Parsed(
+            verdict=p["verdict"],
+            defects=tuple(tuple(d) for d in p["defects"]),
+            target=p["target"],
+            ok=p["ok"],
+            text=self.prediction or "",
+        )
 
 
 @dataclass
@@ -336,80 +367,3 @@ def read_summary(path: Path) -> tuple[Summary | None, list[str]]:
         return None, [f"{path}: not a JSON object"]
     problems: list[str] = []
     return Summary.from_dict(d, str(path), problems), problems
-
-
-# --- The writer ----------------------------------------------------------------------------------
-
-
-def _finite(v):
-    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
-
-
-class Records:
-    """The run folder's one writer. ``enabled=False`` (ranks other than 0) reads but never writes.
-
-    ``summary`` is the summary as a dict (what is on disk); ``update`` checks every field against
-    ``Summary`` before writing, so an ill-typed or misspelled field fails where it is written.
-    """
-
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.dir, self.enabled = run_dir, enabled
-        self.summary_path = run_dir / "summary.json"
-        summary, problems = read_summary(self.summary_path)
-        for p in problems:
-            log.warning("%s", p)
-        # a new folder is this version; an older one stays what it was until rescored
-        self.summary = summary.to_dict() if summary else {"schema_version": SCHEMA_VERSION}
-
-    def log(self, metrics: dict, step: int) -> None:
-        if not self.enabled:
-            return
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({STEP: step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}) + "\n")
-
-    def _metric_rows(self) -> list[dict]:
-        rows, problems = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else ([], [])
-        for p in problems:
-            log.warning("%s", p)
-        return rows
-
-    def evaluations(self) -> dict[int, dict]:
-        return evaluations(self._metric_rows())
-
-    def standing(self, metric: str, n_test: int) -> dict:
-        """The summary's ``final``, ``baseline``, ``best``, ``best_metric`` and ``diagnosis``, from
-        metrics.jsonl as it is now (earlier attempts' evaluations included)."""
-        rows = self._metric_rows()
-        fields = standing(evaluations(rows), metric)
-        fields["diagnosis"] = diagnose(rows, fields["final"], self.summary.get("chance"), metric, n_test)
-        return fields
-
-    def samples(self, samples: list[Sample], images: dict, step: int) -> Path | None:
-        """The samples of one evaluation; ``images`` maps each id to its PIL image, saved once."""
-        if not self.enabled:
-            return None
-        for s in samples:
-            path = self.dir / s.image
-            if not path.exists():  # the same test image at every step
-                path.parent.mkdir(parents=True, exist_ok=True)
-                images[s.id].convert("RGB").save(path)
-        out = self.dir / "samples" / f"step-{step:06d}.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        write_atomic(out, "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in samples).encode())
-        return out
-
-    def predictions(self, rows: list[PredictionRow], step: int) -> Path | None:
-        """Every test prediction of one evaluation, with the labels it is judged against."""
-        if not self.enabled:
-            return None
-        out = self.dir / "predictions" / f"step-{step:06d}.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        write_atomic(out, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows).encode())
-        return out
-
-    def update(self, **fields) -> None:
-        for k, v in fields.items():
-            Summary.check(k, v, str(self.summary_path))
-        self.summary.update(fields)
-        if self.enabled:
-            write_json(self.summary_path, self.summary)

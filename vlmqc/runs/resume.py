@@ -40,7 +40,16 @@ log = logging.getLogger(__name__)
 # explicitly (hydra.run.dir) keeps them apart from what the trial computes
 LOCATION_KEYS = ("run_name", "paths.output_dir")
 # what a trial leaves in its folder; .hydra/, train.log and the lock stay with the folder
-ATTEMPT_ENTRIES = ("summary.json", "metrics.jsonl", "samples", "predictions", "checkpoints", "adapter", "model", "wandb")
+ATTEMPT_ENTRIES = (
+    "summary.json",
+    "metrics.jsonl",
+    "samples",
+    "predictions",
+    "checkpoints",
+    "adapter",
+    "model",
+    "wandb",
+)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STEP_FILE = re.compile(r"^step-(\d+)\.jsonl$")
 
@@ -88,7 +97,11 @@ def differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every key whose value differs (missing keys shown as <absent>)."""
     a, b = _flat(old), _flat(new)
     absent = "<absent>"
-    return [f"{k}: {a.get(k, absent)!r} -> {b.get(k, absent)!r}" for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+    return [
+        f"{k}: {a.get(k, absent)!r} -> {b.get(k, absent)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, absent) != b.get(k, absent)
+    ]
 
 
 def damage(checkpoint: Path) -> str | None:
@@ -120,7 +133,13 @@ def damage(checkpoint: Path) -> str | None:
 
 def pick_checkpoint(folder: Path, write: bool) -> tuple[str | None, list[dict]]:
     """The newest complete checkpoint in ``folder``, and the damaged ones newer than it."""
-    found = sorted(((int(m[1]), p) for p in folder.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()), reverse=True) if folder.is_dir() else []
+    found = (
+        sorted(
+            ((int(m[1]), p) for p in folder.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()), reverse=True
+        )
+        if folder.is_dir()
+        else []
+    )
     skipped = []
     for _, path in found:
         reason = damage(path)
@@ -153,7 +172,12 @@ def drop_after(run_dir: Path, step: int, write: bool) -> dict | None:
                     path.unlink()
     if not (rows or files):
         return None
-    log.warning("dropping the records after step %d (to be logged again): %d metrics row(s), %d step file(s)", step, rows, len(files))
+    log.warning(
+        "dropping the records after step %d (to be logged again): %d metrics row(s), %d step file(s)",
+        step,
+        rows,
+        len(files),
+    )
     return {"after_step": step, "metrics_rows": rows, "files": files}
 
 
@@ -197,11 +221,16 @@ def prepare(cfg: DictConfig, run_dir: Path, write: bool = True) -> Plan:
             raise ConfigChanged(
                 f"{run_dir} holds a trial run with another config; resuming it would mix the two. Differs: "
                 + "; ".join(diff or ["(the recorded hash only)"])
-                + ". Rerun with trainer.resume=false to start a new attempt (the old one moves to attempts/), or pick another folder."
+                + ". Rerun with trainer.resume=false to start a new attempt (the old one moves to attempts/), or "
+                "pick another folder."
             )
     plan.checkpoint, plan.skipped_checkpoints = pick_checkpoint(run_dir / "checkpoints", write)
     if previous.get("status") != "completed":  # a completed trial is not run again: its records stay whole
-        step = (read_json(Path(plan.checkpoint) / "trainer_state.json") or {}).get("global_step", 0) if plan.checkpoint else -1
+        step = (
+            (read_json(Path(plan.checkpoint) / "trainer_state.json") or {}).get("global_step", 0)
+            if plan.checkpoint
+            else -1
+        )
         plan.dropped = drop_after(run_dir, step, write)
     return plan
 
@@ -210,6 +239,8 @@ def already_completed(cfg: DictConfig, run_dir: Path) -> bool:
     """A completed trial is not run again (``trainer.resume=false`` starts a new attempt instead)."""
     summary = read_json(run_dir / "summary.json") or {}
     if cfg.trainer.resume and summary.get("status") == "completed":
-        log.info("%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, run_dir / "summary.json")
+        log.info(
+            "%s already completed (%s); trainer.resume=false runs it again", cfg.run_name, run_dir / "summary.json"
+        )
         return True
     return False

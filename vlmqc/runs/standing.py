@@ -78,5 +78,13 @@ def diagnose(rows: list[dict], final: dict | None, chance: dict | None, metric: 
     beyond = level + margin if METRICS[metric].higher_is_better else level - margin
     at_chance = not better(metric, value, beyond)
     flat = change is not None and change < PLATEAU_FLAT
-    return {"metric": metric, "value": value, "chance": level, "margin": margin, "at_chance": at_chance,
-            "loss_change": change, "loss_flat": flat if change is not None else None, "plateau": flat and at_chance}
+    return {
+        "metric": metric,
+        "value": value,
+        "chance": level,
+        "margin": margin,
+        "at_chance": at_chance,
+        "loss_change": change,
+        "loss_flat": flat if change is not None else None,
+        "plateau": flat and at_chance,
+    }

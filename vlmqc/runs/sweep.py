@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def trials(sweep_dir: Path) -> list[tuple[Path, Summary | None, list[str]]]:
     """Every trial folder of a sweep (one that Hydra started), with its record if it wrote a
     readable one, and the problems reading it (why it is unreadable, or its ill-typed fields)."""
-    return [(d, *read_summary(d / "summary.json")) for d in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/config.yaml"))]
+    return [
+        (d, *read_summary(d / "summary.json"))
+        for d in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/config.yaml"))
+    ]
 
 
 class SweepSummary(Callback):
@@ -37,7 +40,11 @@ class SweepSummary(Callback):
         lines = [f"sweep {sweep_dir}: {len(found)} trial(s)"]
         for folder, summary, problems in found:
             if summary is None:
-                status, reason = ("unreadable", "; ".join(problems)) if problems else ("no record", "the trial wrote no summary.json")
+                status, reason = (
+                    ("unreadable", "; ".join(problems))
+                    if problems
+                    else ("no record", "the trial wrote no summary.json")
+                )
             else:
                 status, reason = summary.status or "unknown", summary.reason or "no reason recorded"
             value = (summary.final or {}).get(self.metric) if summary else None

@@ -15,7 +15,17 @@ STEP = "trainer/global_step"  # every metric's x axis in W&B
 class Tracker:
     """W&B, or nothing. Errors inside W&B never take a trial down with them."""
 
-    def __init__(self, logger_cfg, run_dir: Path, run_name: str, config: dict, resume_id: str | None, group: str | None = None, tags: list[str] = (), enabled: bool = True):
+    def __init__(
+        self,
+        logger_cfg,
+        run_dir: Path,
+        run_name: str,
+        config: dict,
+        resume_id: str | None,
+        group: str | None = None,
+        tags: list[str] = (),
+        enabled: bool = True,
+    ):
         self.run = None
         if not enabled or logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
             return

@@ -27,7 +27,10 @@ from vlmqc.serve import marks
 from vlmqc.serve.uploads import MAX_BYTES, UploadError, read_image, same_size
 
 TEMPLATES = Path(__file__).parent / "templates"
-CSP = "default-src 'none'; img-src data:; style-src 'self'; script-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'self'; script-src 'self'; form-action 'self'; base-uri "
+    "'none'; frame-ancestors 'none'"
+)
 
 
 class InMemoryRequest(Request):
@@ -41,7 +44,12 @@ class InMemoryRequest(Request):
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters.update(shown=shown, number=number, runtime=runtime)
     return env
@@ -97,7 +105,9 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
     def inputs() -> tuple[Image.Image, Image.Image | None, str]:
         """The candidate and reference the form names, checked; and what they are, for the page."""
         picked = request.form.get("example") or ""
-        files = {k: request.files[k] for k in ("candidate", "reference") if k in request.files and request.files[k].filename}
+        files = {
+            k: request.files[k] for k in ("candidate", "reference") if k in request.files and request.files[k].filename
+        }
         if picked and files:
             raise UploadError("choose either a test image of the trial or an upload, not both")
         if picked:
@@ -135,11 +145,17 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
             "positions": marks.positions_of(result),
             "mark_note": note,
             "candidate_image": data_url(marked),
-            "reference_image": data_url(marks.mark(reference, [])[0]) if reference is not None else None,  # enlarged alike
+            "reference_image": data_url(marks.mark(reference, [])[0])
+            if reference is not None
+            else None,  # enlarged alike
         }
 
     def page(result: dict | None = None, error: str | None = None, status: int = 200):
-        html = environment().get_template("page.html.j2").render(trial=info, examples=examples, result=result, error=error, max_mb=max_bytes / 2**20)
+        html = (
+            environment()
+            .get_template("page.html.j2")
+            .render(trial=info, examples=examples, result=result, error=error, max_mb=max_bytes / 2**20)
+        )
         return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
     @app.after_request
@@ -166,7 +182,9 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
             result = answer()
         except UploadError as e:
             return jsonify(error=str(e)), 400
-        return jsonify({k: v for k, v in result.items() if not k.endswith("_image")} | {"image": result["candidate_image"]})
+        return jsonify(
+            {k: v for k, v in result.items() if not k.endswith("_image")} | {"image": result["candidate_image"]}
+        )
 
     @app.get("/page.css")
     def css():

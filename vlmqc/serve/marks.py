@@ -45,7 +45,11 @@ def mark(image: Image.Image, positions: list[str], upscale: int = 2) -> tuple[Im
     if not positions:
         return out, None
     if not is_board(image):
-        return out, f"the grid cannot be placed on a {image.width} x {image.height} image (not a board image of this trial's layout)"
+        return (
+            out,
+            f"the grid cannot be placed on a {image.width} x {image.height} image (not a board image of this "
+            f"trial's layout)",
+        )
     geom = board.Geometry(out.width)
     draw = ImageDraw.Draw(out)
     width = max(2, round(geom.cell / 14))

@@ -23,7 +23,9 @@ def read_image(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Im
         with Image.open(io.BytesIO(data)) as img:
             # the header's size, before decoding: a small file may claim a huge image
             if img.width * img.height > max_pixels:
-                raise UploadError(f"the {what} is {img.width} x {img.height} pixels; at most {max_pixels:,} pixels are accepted")
+                raise UploadError(
+                    f"the {what} is {img.width} x {img.height} pixels; at most {max_pixels:,} pixels are accepted"
+                )
             img.load()
             return img.convert("RGB")
     except UploadError:
@@ -36,6 +38,7 @@ def read_image(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Im
 def same_size(candidate: Image.Image, reference: Image.Image) -> None:
     if candidate.size != reference.size:
         raise UploadError(
-            f"the reference is {reference.width} x {reference.height} pixels but the candidate is {candidate.width} x {candidate.height}: "
+            f"the reference is {reference.width} x {reference.height} pixels but the candidate is "
+            f"{candidate.width} x {candidate.height}: "
             "a pair is compared cell by cell, so both must be the same size"
         )

@@ -13,10 +13,16 @@ from vlmqc.config import ConfigError, Precision
 from vlmqc.devices import resolve_precision
 
 # transformers renamed gradient_checkpointing to activation_checkpointing (5.2x); 5.17 knows only the old name
-CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
-def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_on_start: bool = False) -> TrainingArguments:
+def training_arguments(
+    t, run_dir: Path, device: str, world_size: int = 1, eval_on_start: bool = False
+) -> TrainingArguments:
     precision = resolve_precision(t.precision, device)
     if device == "cpu" and precision != Precision.fp32:
         raise ConfigError(f"trainer.precision={precision.value}: mixed precision needs a GPU here; use fp32 or auto")
@@ -24,7 +30,9 @@ def training_arguments(t, run_dir: Path, device: str, world_size: int = 1, eval_
         if device != "cuda":
             raise ConfigError("trainer.liger=true: Liger's Triton kernels need a CUDA GPU; this trial runs on the CPU")
         if importlib.util.find_spec("liger_kernel") is None:
-            raise ConfigError("trainer.liger=true: the liger-kernel package is not installed (pip install liger-kernel)")
+            raise ConfigError(
+                "trainer.liger=true: the liger-kernel package is not installed (pip install liger-kernel)"
+            )
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,

@@ -46,7 +46,9 @@ def claim(n: int, poll_seconds: float = 2.0) -> list[str]:
     if gpus is None:
         raise RuntimeError("CUDA_VISIBLE_DEVICES is not set: there is no GPU list to claim from")
     if n > len(gpus):
-        raise ConfigError(f"trainer.devices={n}: only {len(gpus)} GPU(s) are visible to this trial ({','.join(gpus) or 'none'})")
+        raise ConfigError(
+            f"trainer.devices={n}: only {len(gpus)} GPU(s) are visible to this trial ({','.join(gpus) or 'none'})"
+        )
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     started, waited = time.monotonic(), False
@@ -71,7 +73,11 @@ def claim(n: int, poll_seconds: float = 2.0) -> list[str]:
                 f.write(f"{os.getpid()}\n")
                 f.flush()
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)
-            log.info("claimed GPU(s) %s%s", ",".join(claimed), f" after waiting {time.monotonic() - started:.0f} s" if waited else "")
+            log.info(
+                "claimed GPU(s) %s%s",
+                ",".join(claimed),
+                f" after waiting {time.monotonic() - started:.0f} s" if waited else "",
+            )
             return claimed
         for _, f in got:
             f.close()  # all or nothing: holding some while waiting for more could deadlock two trials
@@ -91,4 +97,3 @@ def distributed_backend() -> str | None:
     import torch.distributed as dist
 
     return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
-

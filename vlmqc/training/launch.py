@@ -29,7 +29,7 @@ from vlmqc.models import random_checkpoint
 from vlmqc.preflight import validate
 from vlmqc.runs import resume
 from vlmqc.runs.lock import RunLock
-from vlmqc.runs.records import Records
+from vlmqc.runs.writer import Records
 from vlmqc.training.trial import run
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ def _worker(overrides: list[str], run_dir: str, run_name: str, context: dict, pl
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir, cfg.run_name = run_dir, run_name
     objs = validate(cfg)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s][rank " + os.environ.get("RANK", "?") + "][%(name)s][%(levelname)s] - %(message)s",
+    )
     console.setup(cfg.quiet)
     return run(cfg, objs, Path(run_dir), context, plan)
 
@@ -68,10 +71,14 @@ def rendezvous(t) -> tuple[int, str, str, bool]:
     try:
         job = submitit.JobEnvironment()
     except RuntimeError as e:
-        raise ConfigError(f"trainer.nodes={t.nodes}: a multi-node trial runs as one task per node of a Slurm job (hydra/launcher=slurm_multinode); {e}") from e
+        raise ConfigError(
+            f"trainer.nodes={t.nodes}: a multi-node trial runs as one task per node of a Slurm job "
+            f"(hydra/launcher=slurm_multinode); {e}"
+        ) from e
     if job.num_nodes != t.nodes or job.num_tasks != t.nodes:
         raise ConfigError(
-            f"trainer.nodes={t.nodes}: this Slurm job has {job.num_nodes} node(s) and {job.num_tasks} task(s); it needs one task on each of {t.nodes} nodes "
+            f"trainer.nodes={t.nodes}: this Slurm job has {job.num_nodes} node(s) and {job.num_tasks} task(s); it "
+            f"needs one task on each of {t.nodes} nodes "
             "(hydra.launcher.nodes and tasks_per_node=1; hydra/launcher=slurm_multinode sets them from trainer.nodes)"
         )
     return t.nodes, f"{job.hostnames[0]}:{t.rdzv_port}", f"vlmqc-{job.job_id}", job.node == 0
@@ -120,7 +127,11 @@ def launch(cfg: DictConfig, objs: dict, run_dir: Path, context: dict) -> str:
         except SignalException as e:
             # the launcher passed the signal on to the ranks, which stop at a step end and record it
             # (vlmqc/signals.py); it kills those that take longer than its shutdown timeout
-            return _launch_ended(records, "interrupted", f"interrupted by {e.sigval.name} (the launcher's); the ranks did not record stopping")
+            return _launch_ended(
+                records,
+                "interrupted",
+                f"interrupted by {e.sigval.name} (the launcher's); the ranks did not record stopping",
+            )
         except Exception as e:  # a rank failed: its own reason, when it wrote one, stays in the record
             return _launch_ended(records, "failed", f"a worker process failed: {_first_failure(e)}")
     # the global ranks' results; on a later node, rank 0's is not among them, but its own are the same
@@ -131,7 +142,9 @@ def _first_failure(e: Exception) -> str:
     """The first failed rank's own exception, as torch's elastic launcher recorded it."""
     try:
         rank, failure = e.get_first_failure()  # ChildFailedError
-        message = failure.message.get("message", failure.message) if isinstance(failure.message, dict) else failure.message
+        message = (
+            failure.message.get("message", failure.message) if isinstance(failure.message, dict) else failure.message
+        )
         return f"rank {rank}: {str(message)[:2000]}"
     except AttributeError:
         return f"{type(e).__name__}: {str(e)[:2000]}"

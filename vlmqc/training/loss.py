@@ -68,7 +68,9 @@ class AnswerOnlyTrainer(Trainer):
         keep, shift_labels = answer_span(labels)
         # labels stay in: the model computes a loss only when given them, and the Trainer counts
         # its tokens from them; shift_labels, when given, is what the loss uses instead
-        return super().compute_loss(model, {**inputs, "logits_to_keep": keep, "shift_labels": shift_labels}, return_outputs, num_items_in_batch)
+        return super().compute_loss(
+            model, {**inputs, "logits_to_keep": keep, "shift_labels": shift_labels}, return_outputs, num_items_in_batch
+        )
 
 
 def trainer_class(mode: LossMode, model: torch.nn.Module) -> tuple[type[Trainer], LossMode]:

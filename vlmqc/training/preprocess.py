@@ -116,7 +116,8 @@ def encode_row(collator: Collator, row: dict, pixels: PixelStorage) -> bytes:
     for key, value in batch.items():
         if not isinstance(value, torch.Tensor):
             raise ConfigError(
-                f"trainer.preprocess=once: the {collator.family.name} family's processor returns {key} as {type(value).__name__}, not a tensor; use trainer.preprocess=step"
+                f"trainer.preprocess=once: the {collator.family.name} family's processor returns {key} as "
+                f"{type(value).__name__}, not a tensor; use trainer.preprocess=step"
             )
     if pixels is PixelStorage.bf16 and PIXELS in batch:
         batch[PIXELS] = batch[PIXELS].to(torch.bfloat16)
@@ -127,7 +128,11 @@ def _tokenizer_digest(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     text += json.dumps(
-        {"special": tokenizer.special_tokens_map, "pad": tokenizer.pad_token_id, "template": getattr(tokenizer, "chat_template", None)},
+        {
+            "special": tokenizer.special_tokens_map,
+            "pad": tokenizer.pad_token_id,
+            "template": getattr(tokenizer, "chat_template", None),
+        },
         sort_keys=True,
         default=str,
     )
@@ -173,7 +178,9 @@ def _encoded_rows(task):
         yield {"tensors": encode_row(collator, train[i], pixels)}
 
 
-def check(train: datasets.Dataset, collator: Collator, encoded: EncodedCollator, pixels: PixelStorage, rows: int = CHECK_ROWS) -> None:
+def check(
+    train: datasets.Dataset, collator: Collator, encoded: EncodedCollator, pixels: PixelStorage, rows: int = CHECK_ROWS
+) -> None:
     """The first ``rows`` training rows, collated by the Collator and by encoding each and stacking:
     the same batch (keys, shapes, dtypes, values) or a ConfigError naming the family."""
     sample = [train[i] for i in range(min(rows, len(train)))]
@@ -184,13 +191,15 @@ def check(train: datasets.Dataset, collator: Collator, encoded: EncodedCollator,
     name = collator.family.name
     if want.keys() != got.keys():
         raise ConfigError(
-            f"trainer.preprocess=once: the {name} family's batches hold {sorted(want)}, its stacked examples {sorted(got)}; use trainer.preprocess=step"
+            f"trainer.preprocess=once: the {name} family's batches hold {sorted(want)}, its stacked examples "
+            f"{sorted(got)}; use trainer.preprocess=step"
         )
     for key, w in want.items():
         g = got[key]
         if w.shape != g.shape or w.dtype != g.dtype or not torch.equal(w, g):
             raise ConfigError(
-                f"trainer.preprocess=once: the {name} family's processor batches {key} differently from its examples encoded one by one "
+                f"trainer.preprocess=once: the {name} family's processor batches {key} differently from its "
+                f"examples encoded one by one "
                 f"({tuple(w.shape)} {w.dtype} against {tuple(g.shape)} {g.dtype}); use trainer.preprocess=step"
             )
 
@@ -213,13 +222,22 @@ def prepare(
     if pixels is PixelStorage.auto:
         pixels = PixelStorage.bf16 if bf16_training and family.bf16_pixels else PixelStorage.fp32
     if pixels is PixelStorage.bf16 and not (bf16_training and family.bf16_pixels):
-        why = f"the {family.name} family's first use of pixel_values is not known to be a bf16 conv" if bf16_training else "this trial does not train in bf16"
-        raise ConfigError(f"trainer.preprocess_pixels=bf16: {why}, so bf16 pixels would change the computation; use trainer.preprocess_pixels=fp32")
+        why = (
+            f"the {family.name} family's first use of pixel_values is not known to be a bf16 conv"
+            if bf16_training
+            else "this trial does not train in bf16"
+        )
+        raise ConfigError(
+            f"trainer.preprocess_pixels=bf16: {why}, so bf16 pixels would change the computation; use "
+            f"trainer.preprocess_pixels=fp32"
+        )
     collator = Collator(processor, family, prompt, train=True, layout=layout)
     encoded = EncodedCollator(collator)
     check(train, collator, encoded, pixels)
     data_path = Path(data_path)
-    path = data_path.parent / f"{data_path.name}-encoded-{cache_key(data_path, processor, family, prompt, layout, pixels)}"
+    path = (
+        data_path.parent / f"{data_path.name}-encoded-{cache_key(data_path, processor, family, prompt, layout, pixels)}"
+    )
     reused = (path / store.INFO).exists()
     if reused:
         log.info("preprocess: reusing the encoded training split %s", path)
@@ -231,15 +249,33 @@ def prepare(
         log.info("preprocess: encoding %d training examples into %s (%d workers)", len(train), path, num_workers)
         n = len(train)
         tasks = [(collator, str(data_path), pixels, a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
-        info = {"name": path.name, "verb": "encoding", "examples": n, "dataset": data_path.name, "family": family.name, "pixels": pixels.value}
-        dsd = store.build(path, {"train": tasks}, _encoded_rows, info, num_workers=num_workers, progress=progress, features=FEATURES)
+        info = {
+            "name": path.name,
+            "verb": "encoding",
+            "examples": n,
+            "dataset": data_path.name,
+            "family": family.name,
+            "pixels": pixels.value,
+        }
+        dsd = store.build(
+            path, {"train": tasks}, _encoded_rows, info, num_workers=num_workers, progress=progress, features=FEATURES
+        )
     encoded_train = dsd["train"]
     if len(encoded_train) != len(train):
         raise RuntimeError(f"{path}: {len(encoded_train)} encoded examples for {len(train)} training examples")
     seconds = round(time.perf_counter() - start, 3)
-    log.info("preprocess: %d examples ready in %.1f s (%s)", len(encoded_train), seconds, "reused" if reused else "built")
+    log.info(
+        "preprocess: %d examples ready in %.1f s (%s)", len(encoded_train), seconds, "reused" if reused else "built"
+    )
     return (
         encoded_train,
         encoded,
-        {"mode": "once", "path": str(path), "reused": reused, "seconds": seconds, "examples": len(encoded_train), "pixels": pixels.value},
+        {
+            "mode": "once",
+            "path": str(path),
+            "reused": reused,
+            "seconds": seconds,
+            "examples": len(encoded_train),
+            "pixels": pixels.value,
+        },
     )

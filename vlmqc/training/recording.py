@@ -28,7 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class RecordingCallback(TrainerCallback):
-    def __init__(self, trainer_cfg, prompt, layout, recorder: Recorder, processor, family, test_rows: list[dict], sample_ids: list[str], metric: str):
+    def __init__(
+        self,
+        trainer_cfg,
+        prompt,
+        layout,
+        recorder: Recorder,
+        processor,
+        family,
+        test_rows: list[dict],
+        sample_ids: list[str],
+        metric: str,
+    ):
         self.t, self.prompt, self.layout, self.recorder = trainer_cfg, prompt, layout, recorder
         self.processor, self.family = processor, family
         self.test_rows, self.sample_ids, self.metric = test_rows, set(sample_ids), metric
@@ -54,7 +65,9 @@ class RecordingCallback(TrainerCallback):
             elif k == "train_loss":  # the end-of-training summary: the mean over all steps
                 metrics["train/mean_loss"] = v
             elif k.startswith("train_"):  # and runtime, samples per second, ... over the whole run, warm-up included:
-                metrics[f"train/overall_{k[6:]}"] = v  # not to be confused with the per-interval train/samples_per_second
+                metrics[f"train/overall_{k[6:]}"] = (
+                    v  # not to be confused with the per-interval train/samples_per_second
+                )
         if "loss" in logs:
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             if self._last is not None and now > self._last[0]:
@@ -70,24 +83,55 @@ class RecordingCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         t = self.t
-        preds = predict_sharded(model, self.processor, self.family, self.prompt, self.test_rows, t.eval_batch_size, t.max_new_tokens, self.layout, t.eval_workers)
-        self.evaluated_step = state.global_step  # on every rank: whether to evaluate again must not differ between ranks
+        preds = predict_sharded(
+            model,
+            self.processor,
+            self.family,
+            self.prompt,
+            self.test_rows,
+            t.eval_batch_size,
+            t.max_new_tokens,
+            self.layout,
+            t.eval_workers,
+        )
+        self.evaluated_step = (
+            state.global_step
+        )  # on every rank: whether to evaluate again must not differ between ranks
         if not state.is_world_process_zero:
             return
         step, parsed = state.global_step, [p["parsed"] for p in preds]
-        scores = {f"eval/{k}": v for k, v in score(self.test_rows, parsed).items()}  # eval/loss was logged by on_log, which the Trainer calls first
+        scores = {
+            f"eval/{k}": v for k, v in score(self.test_rows, parsed).items()
+        }  # eval/loss was logged by on_log, which the Trainer calls first
         rows = [PredictionRow.of(row, p["text"], p["parsed"]) for row, p in zip(self.test_rows, preds, strict=True)]
         samples, images = [], {}
         for row, pred in zip(self.test_rows, preds, strict=True):
             if row["id"] in self.sample_ids:
                 correct = score([row], [pred["parsed"]]).get("exact_match") == 1.0
                 shown = instruction(self.prompt, row["task"], len(row_images(row, self.layout)))
-                samples.append(Sample(id=row["id"], step=step, image=sample_image(row["id"]), prompt=shown, truth=render_answer(self.prompt, row),
-                                      prediction=pred["text"], correct=correct))
+                samples.append(
+                    Sample(
+                        id=row["id"],
+                        step=step,
+                        image=sample_image(row["id"]),
+                        prompt=shown,
+                        truth=render_answer(self.prompt, row),
+                        prediction=pred["text"],
+                        correct=correct,
+                    )
+                )
                 images[row["id"]] = row["image"]
         diagnosis = self.recorder.evaluation(step, scores, rows, samples, images, self.metric, len(self.test_rows))
         if (diagnosis or {}).get("plateau"):
             d = diagnosis
-            log.warning("step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance (%.3f): the plateau; "
-                        "train longer or with warm-up (experiments/LOG.md)", step, 100 * d["loss_change"], d["metric"], d["value"], d["chance"])
+            log.warning(
+                "step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance "
+                "(%.3f): the plateau; "
+                "train longer or with warm-up (experiments/LOG.md)",
+                step,
+                100 * d["loss_change"],
+                d["metric"],
+                d["value"],
+                d["chance"],
+            )
         log.info("step %d: %s", step, ", ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(scores.items())))

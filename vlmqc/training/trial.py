@@ -81,7 +81,9 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
         model, processor, family, facts = load_model(cfg, objs, data, device, world, run_dir)
         start_recording(recorder, cfg, objs, context, facts, data, rank)
         stopper = StopOnSignal(signals)
-        trainer, callback, cache = build_trainer(cfg, objs, run_dir, recorder, model, processor, family, data, device, world, facts, stopper, plan)
+        trainer, callback, cache = build_trainer(
+            cfg, objs, run_dir, recorder, model, processor, family, data, device, world, facts, stopper, plan
+        )
         recorder.facts(facts)
         signals.graceful = True
         trainer.train(resume_from_checkpoint=plan.checkpoint)  # the base model's evaluation first (trainer.eval_before)
@@ -90,7 +92,9 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
             raise Interrupted(stopper.name)
         if callback.nonfinite_step is not None:
             raise NonFiniteLoss(f"non-finite training loss at step {callback.nonfinite_step}")
-        if callback.evaluated_step != trainer.state.global_step:  # eval_every may have just done it (the same answer on every rank)
+        if (
+            callback.evaluated_step != trainer.state.global_step
+        ):  # eval_every may have just done it (the same answer on every rank)
             trainer.evaluate()
         facts["vision_cache"] = features.facts(cache)
         recorder.facts(facts)
@@ -99,11 +103,21 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
         status, step = "completed", trainer.state.global_step
         recorder.completed(cfg.sweep_metric, len(data.test))
     except (KeyboardInterrupt, Interrupted) as e:
-        at = stopper.step if stopper is not None and stopper.step is not None else (trainer.state.global_step if trainer is not None else None)
-        saved = "; checkpoint saved, the same command resumes from it" if stopper is not None and stopper.step is not None else ""
+        at = (
+            stopper.step
+            if stopper is not None and stopper.step is not None
+            else (trainer.state.global_step if trainer is not None else None)
+        )
+        saved = (
+            "; checkpoint saved, the same command resumes from it"
+            if stopper is not None and stopper.step is not None
+            else ""
+        )
         name = e.name if isinstance(e, Interrupted) else "KeyboardInterrupt"
         status, step = "interrupted", at
-        reason = f"interrupted by {name} at step {at}{saved}" if at is not None else f"interrupted by {name} before training"
+        reason = (
+            f"interrupted by {name} at step {at}{saved}" if at is not None else f"interrupted by {name} before training"
+        )
     except NonFiniteLoss as e:
         status, reason, step = "failed", str(e), callback.nonfinite_step
     except (ConfigError, CustomDataError) as e:
@@ -133,11 +147,22 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
 def begin(recorder: Recorder, cfg: DictConfig, run_dir: Path, context: dict, plan: Plan) -> float:
     """The record says ``running`` and holds what a rerun is checked against, before anything can fail."""
     previous, resuming = recorder.summary, bool(cfg.trainer.resume)
-    recorder.update(status="running", run_name=cfg.run_name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=None, step=None, traceback=None,
-                    attempts=int(previous.get("attempts", 0)) + 1 if resuming else 1, **context,
-                    config_hash=plan.config_hash, config=OmegaConf.to_container(cfg, resolve=True),
-                    resumed_from=plan.checkpoint, skipped_checkpoints=plan.skipped_checkpoints, dropped_records=plan.dropped,
-                    earlier_attempts=sorted((p.name for p in (run_dir / "attempts").glob("*") if p.name.isdigit()), key=int))
+    recorder.update(
+        status="running",
+        run_name=cfg.run_name,
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        reason=None,
+        step=None,
+        traceback=None,
+        attempts=int(previous.get("attempts", 0)) + 1 if resuming else 1,
+        **context,
+        config_hash=plan.config_hash,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        resumed_from=plan.checkpoint,
+        skipped_checkpoints=plan.skipped_checkpoints,
+        dropped_records=plan.dropped,
+        earlier_attempts=sorted((p.name for p in (run_dir / "attempts").glob("*") if p.name.isdigit()), key=int),
+    )
     return time.time()
 
 
@@ -149,7 +174,9 @@ def load_data(cfg: DictConfig, objs: dict) -> Data:
     sample_ids = [test[i]["id"] for i in report.pick(test, t.samples)] if t.samples else []
     # the prior-only answers come from the train split's labels (no image decoded)
     labels = [c for c in ("task", "verdict", "defects", "target", "answer") if c in dsd["train"].column_names]
-    return Data(dsd["train"], list(test), test, path, sample_ids, prior_answers(list(dsd["train"].select_columns(labels))))
+    return Data(
+        dsd["train"], list(test), test, path, sample_ids, prior_answers(list(dsd["train"].select_columns(labels)))
+    )
 
 
 def load_model(cfg: DictConfig, objs: dict, data: Data, device: str, world: int, run_dir: Path):
@@ -165,7 +192,9 @@ def load_model(cfg: DictConfig, objs: dict, data: Data, device: str, world: int,
     trainable, total = parameter_counts(model)
     # what the model really sees of one example, as the family's processor makes it
     first = data.test[0]
-    seen = family.image_facts(processor, model, row_images(first, layout), Collator(processor, family, objs["prompt"], True, layout)([first]))
+    seen = family.image_facts(
+        processor, model, row_images(first, layout), Collator(processor, family, objs["prompt"], True, layout)([first])
+    )
     facts = {
         "model_family": family.name,
         "processed_resolution": seen.processed_pixels[0],
@@ -187,24 +216,41 @@ def load_model(cfg: DictConfig, objs: dict, data: Data, device: str, world: int,
         "parser_version": PARSER_VERSION,
     }
     (h, w), (ph, pw) = seen.input_pixels[0], seen.processed_pixels[0]
-    log.info("%s", console.table(f"trial {cfg.run_name}", {
-        "model": f"{family.name} from {model_path}, {trainable:,} of {total:,} parameters trained",
-        "data": f"{objs['data'].name}: {len(data.train):,} train, {len(data.test):,} test ({data.path})",
-        "images": f"{w}x{h} pixels in, {pw}x{ph} processed (width x height), {seen.image_tokens} image tokens a sample",
-        "training": f"{device}, batch {facts['effective_batch']}, lr {facts['learning_rate']:g}, {world} process(es)",
-        "run folder": str(run_dir),
-    }))
+    log.info(
+        "%s",
+        console.table(
+            f"trial {cfg.run_name}",
+            {
+                "model": f"{family.name} from {model_path}, {trainable:,} of {total:,} parameters trained",
+                "data": f"{objs['data'].name}: {len(data.train):,} train, {len(data.test):,} test ({data.path})",
+                "images": f"{w}x{h} pixels in, {pw}x{ph} processed (width x height), {seen.image_tokens} image "
+                f"tokens a sample",
+                "training": f"{device}, batch {facts['effective_batch']}, lr {facts['learning_rate']:g}, {world} "
+                f"process(es)",
+                "run folder": str(run_dir),
+            },
+        ),
+    )
     return model, processor, family, facts
 
 
-def start_recording(recorder: Recorder, cfg: DictConfig, objs: dict, context: dict, facts: dict, data: Data, rank: int) -> None:
+def start_recording(
+    recorder: Recorder, cfg: DictConfig, objs: dict, context: dict, facts: dict, data: Data, rank: int
+) -> None:
     """W&B (resumed with the trial), the facts, the chance levels and the no-learning ceiling."""
     logger = objs["logger"]
     resume_id = (recorder.summary.get("wandb") or {}).get("id") if cfg.trainer.resume else None
     # a sweep's trials share a W&B group and carry their overrides as tags, for W&B's own views
     tags = [*logger.tags, *(o[:64] for o in context["overrides"])]  # W&B's tag limit is 64 characters
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    recorder.track(logger, cfg.run_name, {**resolved, "overrides": context["overrides"]}, resume_id, logger.group or context["sweep"], tags)
+    recorder.track(
+        logger,
+        cfg.run_name,
+        {**resolved, "overrides": context["overrides"]},
+        resume_id,
+        logger.group or context["sweep"],
+        tags,
+    )
     recorder.facts(facts)
     # the ceiling: what a pixel-difference detector with no learning scores on the same test rows (pair and diff data)
     ceiling = report.pixel_ceiling(data.test, objs["data"], data.path) if rank == 0 else None
@@ -212,14 +258,20 @@ def start_recording(recorder: Recorder, cfg: DictConfig, objs: dict, context: di
     recorder.update(config=resolved)
 
 
-def build_trainer(cfg, objs, run_dir, recorder, model, processor, family, data: Data, device, world, facts, stopper, plan: Plan):
+def build_trainer(
+    cfg, objs, run_dir, recorder, model, processor, family, data: Data, device, world, facts, stopper, plan: Plan
+):
     """transformers' Trainer with vlmqc's collator, callbacks and speed levers (each the same computation)."""
     t, layout, prompt = objs["trainer"], objs["data"].layout, objs["prompt"]
-    callback = RecordingCallback(t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric)
+    callback = RecordingCallback(
+        t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric
+    )
     args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and plan.checkpoint is None)
     # the frozen image path's features, once per image (vlmqc/features.py); None when off
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    cache = features.enable(model, family, processor, t.vision_cache, cfg.paths.features_dir, precision, device, t.vision_cache_memory_gb)
+    cache = features.enable(
+        model, family, processor, t.vision_cache, cfg.paths.features_dir, precision, device, t.vision_cache_memory_gb
+    )
     image_keys = bool(cache and cache.active)
     train, test = data.train, data.test_dataset
     collator = Collator(processor, family, prompt, train=True, layout=layout, image_keys=image_keys)
@@ -230,18 +282,39 @@ def build_trainer(cfg, objs, run_dir, recorder, model, processor, family, data: 
         # rank 0 encodes (or finds the cache) first, the other ranks then load its cache
         with args.main_process_first(desc="preprocess"):
             extra = {c: train[c] for c in ("length",) if c in train.column_names}
-            if image_keys:  # the encoded rows carry their images' feature-cache keys (the images are not decoded again per step)
+            if (
+                image_keys
+            ):  # the encoded rows carry their images' feature-cache keys (the images are not decoded again per step)
                 extra[features.KEY] = features.row_keys(train, layout)
             train, collator, facts["preprocess"] = preprocess.prepare(
-                train, data.path, processor, family, prompt, layout, t.preprocess_pixels, args.bf16, num_workers=cfg.num_workers
+                train,
+                data.path,
+                processor,
+                family,
+                prompt,
+                layout,
+                t.preprocess_pixels,
+                args.bf16,
+                num_workers=cfg.num_workers,
             )
             for column, values in extra.items():
                 train = train.add_column(column, values)
     trainer_cls, loss_path = trainer_class(t.loss, model)
-    facts["loss"] = loss_path.value  # the path that runs: answer_only falls back to full where the model cannot keep some logits
-    callbacks = [callback, stopper, console.TrainingBar(t.effective_batch(world)), *([cache.callback()] if cache else [])]
-    trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=test, data_collator=collator, callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # its {'loss': ...} dict every logging step: the bar shows them (vlmqc/console.py)
+    facts["loss"] = (
+        loss_path.value
+    )  # the path that runs: answer_only falls back to full where the model cannot keep some logits
+    callbacks = [
+        callback,
+        stopper,
+        console.TrainingBar(t.effective_batch(world)),
+        *([cache.callback()] if cache else []),
+    ]
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train, eval_dataset=test, data_collator=collator, callbacks=callbacks
+    )
+    trainer.remove_callback(
+        PrinterCallback
+    )  # its {'loss': ...} dict every logging step: the bar shows them (vlmqc/console.py)
     facts["distributed_backend"] = gpus.distributed_backend()
     facts["vision_cache"] = features.facts(cache)  # whether it is used; its hits once trained
     if trainer.args.device.type == "cuda":  # the rank's own GPU, known once the Trainer has set it up
@@ -264,16 +337,29 @@ def report_end(recorder: Recorder, run_name: str, status: str, reason: str | Non
     final, levels = recorder.summary.get("final"), recorder.summary.get("chance")
     if status != "completed" or not final:
         return
-    shown = ", ".join(f"{k[5:]} {v:.3f}" + (f" (chance {c:.3f})" if (c := chance_level(levels, k)) is not None else "")
-                      for k, v in final.items() if k.startswith("eval/") and k not in ("eval/loss", "eval/unparseable_rate"))
-    log.info("trial completed in %.0f s at step %s: %s; the record: %s", time.time() - started, final.get("step"), shown, recorder.records.summary_path)
+    shown = ", ".join(
+        f"{k[5:]} {v:.3f}" + (f" (chance {c:.3f})" if (c := chance_level(levels, k)) is not None else "")
+        for k, v in final.items()
+        if k.startswith("eval/") and k not in ("eval/loss", "eval/unparseable_rate")
+    )
+    log.info(
+        "trial completed in %.0f s at step %s: %s; the record: %s",
+        time.time() - started,
+        final.get("step"),
+        shown,
+        recorder.records.summary_path,
+    )
 
 
 def git_commit() -> str | None:
     try:
         here = Path(__file__).parent
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here, timeout=5
+        ).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -15,4 +15,6 @@ class Phi3VProcessor(LlavaProcessor):
         numbers = [int(n) for n in PLACEHOLDER.findall(text)]
         if numbers != list(range(1, len(numbers) + 1)) or len(numbers) != len(images or []):
             raise ValueError(f"image placeholders {numbers} do not number the {len(images or [])} images 1, 2, ...")
-        return super().__call__(text=[PLACEHOLDER.sub(self.image_token, text)], images=images, return_tensors=return_tensors, **kwargs)
+        return super().__call__(
+            text=[PLACEHOLDER.sub(self.image_token, text)], images=images, return_tensors=return_tensors, **kwargs
+        )
