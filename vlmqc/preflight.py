@@ -167,6 +167,7 @@ def check_command_line(config_name: str, argv: list[str]) -> int:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    register()
     args = get_args_parser().parse_args(argv)
     if (
         args.help
