@@ -13,7 +13,6 @@ from vlmqc.metrics import DEFAULT_METRIC, METRICS, better
 from vlmqc.runs.records import (
     PredictionRow,
     RecordError,
-    Records,
     Sample,
     Summary,
     read_metrics,
@@ -23,6 +22,7 @@ from vlmqc.runs.records import (
     read_summary,
     sample_image,
 )
+from vlmqc.runs.writer import Records
 from vlmqc.runs.standing import evaluations, standing
 from vlmqc.runs.sweep import SweepSummary
 
