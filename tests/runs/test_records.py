@@ -22,9 +22,9 @@ from vlmqc.runs.records import (
     read_summary,
     sample_image,
 )
-from vlmqc.runs.writer import Records
 from vlmqc.runs.standing import evaluations, standing
 from vlmqc.runs.sweep import SweepSummary
+from vlmqc.runs.writer import Records
 
 EXAMPLE = {
     "id": "test-1",
