@@ -78,6 +78,7 @@ from vlmqc.collate import IGNORE, Collator
 from vlmqc.data import get_dataset
 from vlmqc.data.layout import images as row_images
 from vlmqc.models import adapt, load
+from vlmqc.preflight import quote_numeric_options, validate
 from vlmqc.prompts import instruction, render_answer
 from vlmqc.runs.records import read_metrics
 
@@ -126,9 +127,9 @@ def compose_cfg(overrides: list[str]):
     """The train app's config for these overrides, validated as ``python -m vlmqc.train`` does."""
     schema.register()
     with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR)):
-        cfg = compose("train", overrides=schema.quote_numeric_options(overrides))
+        cfg = compose("train", overrides=quote_numeric_options(overrides))
     cfg.paths.output_dir = str(Path.cwd())  # Hydra names the run folder only when a job starts
-    return cfg, schema.validate(cfg)
+    return cfg, validate(cfg)
 
 
 def fresh_model(s: Setup):
