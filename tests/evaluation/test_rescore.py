@@ -52,6 +52,8 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
     assert main([str(old_run.parent)]) == 0  # a multirun folder: its trials are found
     printed = capsys.readouterr().out
     assert f"eval/escape_rate: {old_final['eval/escape_rate']} -> {expected[4]['eval/escape_rate']}" in printed
+    unchanged = [k for k, v in expected[4].items() if old_final.get(k) == pytest.approx(v)]
+    assert unchanged and not [k for k in unchanged if f"final {k}:" in printed]  # only what changed is printed
 
     evals = {r["trainer/global_step"]: r for r in lines(old_run / "metrics.jsonl") if "eval/exact_match" in r}
     assert set(evals) == set(expected) == {0, 2, 4}

@@ -149,10 +149,12 @@ def rescore(run_dir: Path) -> list[str]:
     fields["diagnosis"] = diagnose(kept, fields["final"], fields.get("chance") or summary.chance, metric, len(test))
     if (fields["diagnosis"] or {}).get("plateau"):
         lines.append(f"  plateau: the training loss is flat while {metric} is at chance")
-    old = summary.final or {}
-    for name in sorted(set(old) | set(fields["final"] or {})):
-        if name != "step":
-            lines.append(f"  final {name}: {old.get(name)} -> {(fields['final'] or {}).get(name)}")
+    old, new = summary.final or {}, fields["final"] or {}
+    changed = [name for name in sorted(set(old) | set(new)) if name != "step" and old.get(name) != new.get(name)]
+    for name in changed:  # only what changed: an unchanged metric is noise in a sweep's forty lines
+        lines.append(f"  final {name}: {old.get(name)} -> {new.get(name)}")
+    if not changed:
+        lines.append(f"  final metrics unchanged ({len([n for n in new if n != 'step'])})")
     if (summary.best or {}).get("step") != (fields["best"] or {}).get("step"):
         lines.append(
             f"  best {metric}: step {(summary.best or {}).get('step')} -> {(fields['best'] or {}).get('step')}"
