@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21's two timings on a quiet 2-core machine: the lent GPU host pinned to two cores, its GPU
 # hidden, caches empty. The dev machine and CI are 2-core CPU machines too, but shared with other work.
-#   bash benchmarks/cpu2_on_gpu_host.sh     # writes $OUT/first_run.txt and $OUT/fast_tier.txt
+#   bash benchmarks/cpu2_on_gpu_host.sh     # writes $OUT/first_run.txt, $OUT/bench_data_2cores.txt, $OUT/fast_tier.txt
 set -uo pipefail
 python3 -c "import hydra, wandb, datasets, flask" 2>/dev/null || python3 -m pip install -q --no-index --find-links .whl hydra-core wandb datasets flask >/dev/null 2>&1 || exit 1
 OUT=${OUT:-/tmp/out}
@@ -18,5 +18,7 @@ import json, sys, pathlib
 s = json.loads(next(pathlib.Path(sys.argv[1], "outputs", "runs").glob("*/summary.json")).read_text())
 print("status", s["status"], "runtime_seconds", s["runtime_seconds"], "final", {k: round(v, 3) for k, v in s["final"].items() if isinstance(v, float)})
 PY
+cold
+taskset -c 0,1 python3 benchmarks/bench_data.py --examples 1000 --workers 1 2 2>&1 | grep -v "Loading weights\|Writing model" | tee "$OUT/bench_data_2cores.txt"
 cold
 /usr/bin/time -f "fast tier: %e s wall" taskset -c 0,1 python3 -m pytest -q -p no:cacheprovider -x --durations=15 2>&1 | tail -25 | tee "$OUT/fast_tier.txt"
