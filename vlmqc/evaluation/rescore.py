@@ -154,8 +154,10 @@ def rescore(run_dir: Path) -> tuple[list[str], bool]:
             f"and the data is not synthetic"
         )
     fields["diagnosis"] = diagnose(kept, fields["final"], fields.get("chance") or summary.chance, metric, len(test))
-    if (fields["diagnosis"] or {}).get("plateau"):
-        lines.append(f"  plateau: the training loss is flat while {metric} is at chance")
+    if (d := fields["diagnosis"] or {}).get("plateau"):
+        lines.append(
+            f"  plateau: the training loss is flat while {metric} is at chance ({d['chance']:.3f}, {d['kind']})"
+        )
     old = summary.final or {}
     for name in sorted(set(old) | set(fields["final"] or {})):
         if name != "step":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from vlmqc.metrics import chance_levels
 from vlmqc.runs.records import PredictionRow, Sample
 from vlmqc.runs.tracking import Tracker
 from vlmqc.runs.writer import Records
@@ -49,9 +50,11 @@ class Recorder:
         """What a model scores without learning (chance) and what a no-learning detector scores (ceiling)."""
         self.records.update(chance=chance, ceiling=ceiling)
         if self.tracker:
+            # one level per metric, the one the summary, the report and the log show, and the guesser that scores it
+            levels = chance_levels(chance)
             self.tracker.summary(
-                {f"chance/{k}": v for k, v in chance["prior"].items()}
-                | {f"chance/uniform/{k}": v for k, v in chance["uniform"].items()}
+                {f"chance/{m}": level["value"] for m, level in levels.items()}
+                | {f"chance_kind/{m}": level["kind"] for m, level in levels.items()}
             )
             if ceiling:
                 self.tracker.summary({f"ceiling/{k}": v for k, v in ceiling.items() if k != "examples"})

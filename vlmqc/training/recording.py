@@ -126,12 +126,17 @@ class RecordingCallback(TrainerCallback):
             d = diagnosis
             log.warning(
                 "step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance "
-                "(%.3f): the plateau; "
-                "train longer or with warm-up (experiments/LOG.md)",
+                "(%.3f, %s)%s: the plateau; train longer or with warm-up (experiments/LOG.md)",
                 step,
                 100 * d["loss_change"],
                 d["metric"],
                 d["value"],
                 d["chance"],
+                d["kind"],
+                "".join(
+                    f"; {m[5:]}={x['value']:.3f} is above its chance ({x['chance']:.3f}, {x['kind']})"
+                    for m, x in d["metrics"].items()
+                    if not x["at_chance"]
+                ),
             )
         log.info("step %d: %s", step, ", ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(scores.items())))

@@ -37,7 +37,7 @@ from vlmqc.data.custom import CustomDataError
 from vlmqc.data.layout import images as row_images
 from vlmqc.devices import pick_device
 from vlmqc.evaluation.scoring import chance, prior_answers
-from vlmqc.metrics import chance_level
+from vlmqc.metrics import chance_of
 from vlmqc.models import adapt, load, parameter_counts
 from vlmqc.runs.recorder import Recorder
 from vlmqc.runs.resume import Plan
@@ -338,7 +338,7 @@ def report_end(recorder: Recorder, run_name: str, status: str, reason: str | Non
     if status != "completed" or not final:
         return
     shown = ", ".join(
-        f"{k[5:]} {v:.3f}" + (f" (chance {c:.3f})" if (c := chance_level(levels, k)) is not None else "")
+        f"{k[5:]} {v:.3f}" + (f" (chance {c[0]:.3f}, {c[1]})" if (c := chance_of(levels, k)) is not None else "")
         for k, v in final.items()
         if k.startswith("eval/") and k not in ("eval/loss", "eval/unparseable_rate")
     )
