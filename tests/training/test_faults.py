@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import run_app
 
-from vlmqc.runs.lock import RunFolderLocked, RunLock
+from vlmqc.compare.load import load_trial
+from vlmqc.compare.notes import Notes
+from vlmqc.runs.lock import RunFolderLocked, RunLock, status_of
 
 FAST = [
     "data.train_size=32",
@@ -148,7 +150,7 @@ def test_the_same_command_twice_at_once_makes_one_run(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from vlmqc.lock import RunLock
+from vlmqc.runs.lock import RunLock
 lock = RunLock(Path(sys.argv[1])).acquire()  # referenced: a collected lock object closes its file
 print("held", flush=True)
 time.sleep(600)
@@ -209,9 +211,12 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_trial(tmp_path, small_disk
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, out[-3000:]
     assert "No space left on device" in out
-    assert json.loads((run_dir / "summary.json").read_text())["status"] in ("running", "failed"), (
-        "the record stays readable"
-    )
+    # the record stays readable, and never says running for a process that is gone: its end was
+    # written (failed), or the disk would not take it and every reader shows died
+    recorded = json.loads((run_dir / "summary.json").read_text())["status"]
+    assert recorded in ("running", "failed") and status_of(run_dir, recorded) in ("failed", "died")
+    assert load_trial(run_dir, Notes()).status in ("failed", "died")
+    assert "Traceback" not in out, out[-3000:]  # one line says what failed, not the traceback of each write
 
     filler.unlink()
     resumed = trial(tmp_path, run_dir, *args)
@@ -271,3 +276,30 @@ def test_a_rank_that_fails_keeps_its_own_reason_in_the_record(tmp_path):
     assert not record["reason"].startswith("a worker process failed"), record["reason"]
     assert str(broken) in record["reason"] or "processor" in record["reason"].lower(), record["reason"]
     assert record["traceback"], "the rank's traceback is kept"
+
+
+def test_a_running_record_whose_process_is_gone_reads_as_died_everywhere(tmp_path, capsys):
+    """A trial killed (or whose last write a full disk refused) leaves ``running`` in its record:
+    the report, the inspector (predict, serve) and a sweep's end derive ``died`` from its free lock."""
+    from omegaconf import OmegaConf
+
+    from vlmqc.inspector import CompletedRun, InspectorError
+    from vlmqc.runs.sweep import SweepSummary
+
+    run_dir = tmp_path / "sweep" / "trial-0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("{}\n")  # a trial Hydra started
+    (run_dir / "summary.json").write_text(json.dumps({"schema_version": 2, "status": "running", "run_name": "t"}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert status_of(run_dir, "running") == "running" and load_trial(run_dir, Notes()).status == "running"
+    holder.kill()
+    holder.wait()
+    assert status_of(run_dir, "running") == "died" and status_of(run_dir, "failed") == "failed"
+    trial = load_trial(run_dir, Notes())
+    assert trial.status == "died" and "full disk" in trial.reason
+    with pytest.raises(InspectorError, match="status 'died'"):
+        CompletedRun.read(run_dir)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
+    assert "died        trial-0" in capsys.readouterr().out

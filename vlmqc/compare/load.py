@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from vlmqc.compare.notes import Notes
 from vlmqc.metrics import CHANCE_KINDS, METRICS, better, chance_of
+from vlmqc.runs.lock import DIED, DIED_REASON, status_of
 from vlmqc.runs.records import (
     PredictionRow,
     Sample,
@@ -151,6 +152,8 @@ def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
     else:
         where = str(path)
         trial.status, trial.reason, trial.traceback = summary.status or "unknown", summary.reason, summary.traceback
+        if status_of(run_dir, trial.status) == DIED:  # its record says running, and no process holds its folder
+            trial.status, trial.reason = DIED, DIED_REASON
         trial.run_name, trial.step, trial.config = summary.run_name, summary.step, summary.config
         trial.runtime = float(summary.runtime_seconds) if summary.runtime_seconds is not None else None
         trial.dataset_hash = checked(

@@ -125,8 +125,12 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
         raise
     except Exception as e:  # noqa: BLE001 - a trial's record must say why it failed, whatever it was
         status, reason = "failed", f"{type(e).__name__}: {e}"
-        recorder.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
-        log.exception("trial %s failed", cfg.run_name)
+        try:
+            recorder.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
+        except OSError as unwritten:  # a full disk: one line, not a traceback of the write that failed too
+            log.error("trial %s failed: %s (and its record could not be written: %s)", cfg.run_name, reason, unwritten)
+        else:
+            log.exception("trial %s failed", cfg.run_name)
         if world > 1:
             # raised again, so this rank's process fails: the launcher then stops the other ranks, which
             # would otherwise wait for this one in their next collective, and reports this exception
