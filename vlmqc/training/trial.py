@@ -268,7 +268,7 @@ def build_trainer(
     """transformers' Trainer with vlmqc's collator, callbacks and speed levers (each the same computation)."""
     t, layout, prompt = objs["trainer"], objs["data"].layout, objs["prompt"]
     callback = RecordingCallback(
-        t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric
+        t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric, stopper
     )
     args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and plan.checkpoint is None)
     # the frozen image path's features, once per image (vlmqc/features.py); None when off
