@@ -17,6 +17,8 @@ from conftest import run_app
 from PIL import Image
 
 from vlmqc.cli import compare
+from vlmqc.metrics import METRICS
+from vlmqc.runs.standing import diagnose
 
 TINY = [
     "data.train_size=32",
@@ -141,11 +143,22 @@ class Tables(HTMLParser):
         return [t for t in self.tables if all(t["attrs"].get(k) == v for k, v in attrs.items())]
 
 
+GROUPS = ("metrics-final", "metrics-best", "metrics-baseline", "settings-fixed")  # the collapsible tables
+
+
 def trials_table(text: str) -> tuple[list[str], dict[str, list]]:
-    """The trials table: its column heads, and each row's cells keyed by run folder name."""
-    (table,) = Tables(text).find(id="trials")
+    """The trials table and the collapsible groups after it as one: the column heads, and each
+    row's cells keyed by run folder name (a group's own "trial" column left out)."""
+    tables = Tables(text)
+    (table,) = tables.find(id="trials")
     head = [c[2] for c in table["head"][0][1]]
-    return head, {Path(attrs["data-dir"]).name: cells for attrs, cells in table["rows"]}
+    rows = {Path(attrs["data-dir"]).name: list(cells) for attrs, cells in table["rows"]}
+    for group in GROUPS:
+        for t in tables.find(id=group):
+            head += [c[2] for c in t["head"][0][1][1:]]
+            for attrs, cells in t["rows"]:
+                rows[Path(attrs["data-dir"]).name] += cells[1:]
+    return head, rows
 
 
 def column(head: list[str], name: str) -> int:
@@ -491,12 +504,15 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
         cells = rows[name]
         assert float(cells[column(head, "baseline exact_match")][1]["data-value"]) == 0.125
         assert (
-            "chance 0.250" in cells[column(head, "final exact_match")][2]
+            cells[column(head, "chance")][2].startswith("0.250")
             and "chance 0.500" in cells[column(head, "final verdict_accuracy")][2]
         )
-        assert "step 3" in cells[column(head, "best exact_match")][2]
+        assert cells[column(head, "best step")][2] == "3"
+    # the level's kind, where the summary names the guessers: the prior's 0.250, the uniform guess's 0.500
+    assert rows["at"][column(head, "chance")][2] == "0.250prior"
+    assert "chance 0.500 (uniform)" in rows["at"][column(head, "final verdict_accuracy")][2]
     assert rows["plain"][column(head, "baseline exact_match")][1]["data-value"] == ""
-    assert "chance" not in rows["plain"][column(head, "final exact_match")][2]
+    assert rows["plain"][column(head, "chance")][1]["data-value"] == ""
     assert "pixels 0.990" in rows["above"][column(head, "final verdict_accuracy")][2]
     assert (
         "pixels"
@@ -580,3 +596,80 @@ def test_report_in_a_browser_loads_clean_and_sorts(sweep, report, tmp_path):
             browser.close()
     shutil.copy(tmp_path / "report.png", "/tmp/vlmqc-report-screenshot.png")
     assert problems == [] and dialogs == []
+
+
+def write_trials(root: Path, n: int, extra_metrics: int) -> dict[str, float]:
+    """n completed trials written as the run record writes them, each with the registered metrics
+    and ``extra_metrics`` more; exact match rises with the trial's number except the last, which
+    plateaus. Returns each run folder's final exact match."""
+    finals = {}
+    for i in range(n):
+        run = root / f"trial-{i:02d}"
+        run.mkdir(parents=True)
+        exact = 0.5 if i == n - 1 else round(0.3 + 0.6 * (i % 7) / 7 + 0.001 * i, 4)
+        scores = {m: 0.4 for m in METRICS if m != "eval/loss"} | {
+            f"eval/extra_{k:02d}": 0.1 * (k % 10) for k in range(extra_metrics)
+        }
+        final = scores | {"eval/exact_match": exact, "eval/verdict_accuracy": 0.877}
+        summary = {
+            "schema_version": 2,
+            "status": "completed",
+            "run_name": f"trainer.lr={i}",
+            "overrides": [f"trainer.lr={i}", "data=pair_round"],
+            "final": final | {"step": 8},
+            "best": final | {"step": 4, "eval/exact_match": exact + 0.01},
+            "baseline": scores | {"step": 0, "eval/exact_match": 0.99},  # a baseline far above every trial
+            "chance": {
+                "prior": {"eval/exact_match": 0.0, "eval/verdict_accuracy": 0.5},
+                "constant": {"eval/exact_match": 0.5, "eval/verdict_accuracy": 0.5},
+            },
+            "facts": {"dataset_hash": "h"},
+            "config": {},
+            "best_metric": "eval/exact_match",
+        }
+        if i == n - 1:
+            summary["diagnosis"] = diagnose(
+                [{"train/loss": 0.37} for _ in range(12)], final, summary["chance"], "eval/exact_match", 300
+            )
+        (run / "summary.json").write_text(json.dumps(summary))
+        finals[run.name] = exact
+    return finals
+
+
+def test_the_first_screen_says_which_trial_is_best_and_by_how_much(tmp_path):
+    """40 trials of 20 metrics: the first table has the sweep metric's final, lead, best, best step,
+    chance and ceiling, a column each, the trials ranked and the best marked; the baseline and the
+    other metrics follow in collapsible groups."""
+    finals = write_trials(tmp_path / "sweep", 40, extra_metrics=12)
+    report = compare.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    text = report.read_text()
+    tables = Tables(text)
+    (first,) = tables.find(id="trials")
+    head = [c[2] for c in first["head"][0][1]]
+    assert head[:7] == ["trial", "final exact_match", "vs best", "best exact_match", "best step", "chance", "ceiling"]
+    assert len(head) <= 12, head  # readable: the trial, six numbers, the swept setting, status and runtime
+    order = [Path(attrs["data-dir"]).name for attrs, _ in first["rows"]]
+    assert order == sorted(finals, key=lambda k: -finals[k])  # best first
+    best, runner_up = order[0], order[1]
+    lead = finals[best] - finals[runner_up]
+    (best_attrs, best_cells) = first["rows"][0]
+    assert "best" in best_attrs["class"].split() and "★ best" in best_cells[0][2]
+    assert not [a for a, _ in first["rows"][1:] if "best" in a["class"].split()]
+    assert float(best_cells[2][1]["data-value"]) == pytest.approx(lead)
+    assert best_cells[2][2] == f"best, by {lead:.3f} over trainer.lr={int(runner_up.removeprefix('trial-'))}"
+    last = first["rows"][-1][1]
+    assert float(last[2][1]["data-value"]) == pytest.approx(min(finals.values()) - finals[best])
+    # the chance column: the one level, named by kind (a constant "pass" to all, not the prior's 0)
+    assert best_cells[5][2] == "0.500constant"
+    # the baseline leads nothing: it sits in a collapsible group after the first table
+    assert "baseline" not in " ".join(head)
+    assert re.search(r'<details class="more" id="more-baseline">', text)
+    assert text.index('id="trials"') < text.index('id="metrics-baseline"')
+    for group, metrics in (("metrics-final", 19), ("metrics-best", 19), ("metrics-baseline", 20)):
+        (t,) = tables.find(id=group)
+        assert len(t["head"][0][1]) == 1 + metrics and len(t["rows"]) == 40
+    # the plateau names its metric, and every other metric against its own level
+    plateaued = next(cells for attrs, cells in first["rows"] if Path(attrs["data-dir"]).name == "trial-39")
+    assert "plateau on exact_match" in plateaued[0][2]
+    assert "verdict_accuracy 0.877 above chance (0.500, prior)" in plateaued[0][2]
+    assert "exact_match 0.500 at chance (0.500, constant)" in plateaued[0][2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -232,9 +233,19 @@ def test_a_model_path_must_be_a_folder_or_a_hub_id(tmp_path, path, rule):
     assert str(e.value).startswith(f"model.path={path!r}: {rule}")
 
 
-def test_a_hub_id_or_an_existing_folder_is_a_model_path(tmp_path):
+def test_a_hub_id_or_a_model_folder_is_a_model_path(tmp_path):
     assert validated(tmp_path, "model.path=llava-hf/llava-1.5-7b-hf")["model"].path == "llava-hf/llava-1.5-7b-hf"
+    (tmp_path / "config.json").write_text("{}")
     assert validated(tmp_path, f"model.path={tmp_path}")["model"].path == str(tmp_path)
+
+
+def test_a_folder_that_holds_no_model_is_refused_before_a_run_folder_exists(cli_exit, tmp_path):
+    (tmp_path / "photos").mkdir()
+    code, err = cli_exit("vlmqc.train", f"model.path={tmp_path / 'photos'}", "logger=none")
+    assert code == 2 and err.strip().endswith(
+        "holds no config.json: not a model folder (a transformers checkpoint: config.json, weights, processor)"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["photos"]  # no outputs/: no failed run folder
 
 
 def test_custom_data_needs_an_existing_folder(tmp_path):
@@ -287,6 +298,25 @@ CONFIG_ERRORS = [
     ("vlmqc.data", ["data=custom"], "data.path: required"),
     ("vlmqc.data", ["num_workers=-1"], "num_workers=-1"),
     ("vlmqc.data", ["-m", "data=star,pair_round", "data.seed=-1"], "data.seed=-1"),
+    # keys added with +: checked against the schema like any other
+    ("vlmqc.train", ["--cfg", "job", "+trainer.lrr=1"], "trainer.lrr: not a key of trainer's schema"),
+    ("vlmqc.train", ["+sweep_metrc=eval/loss"], "sweep_metrc: not a key of the app's schema"),
+    ("vlmqc.data", ["+data.sed=1"], "data.sed: not a key of data's schema"),
+    # schedulers the trial could not run
+    ("vlmqc.train", ["trainer.lr_schedule=reduce_lr_on_plateau"], "steps on a metric of the Trainer's own"),
+    ("vlmqc.train", ["trainer.lr_schedule=greedy"], "steps on a metric of the Trainer's own"),
+    ("vlmqc.train", ["trainer.lr_schedule=warmup_stable_decay"], "cannot run with this trial's settings"),
+    ("vlmqc.train", ["trainer.lr_schedule=cosine_with_min_lr"], "cannot run with this trial's settings"),
+    # templates formatted once with sample values
+    ("vlmqc.train", ["prompt.answer_star='{position}{0}'"], "prompt.answer_star='{position}{0}': does not format"),
+    ("vlmqc.train", ["prompt.defect_item='{name} {position} {kind}'"], "KeyError: 'kind'"),
+    # upper bounds, each saying why
+    ("vlmqc.train", ["data.train_size=100000000"], "kept in the dataset cache on disk"),
+    ("vlmqc.data", ["data.test_size=100000000"], "must be <= 1,000,000"),
+    ("vlmqc.train", ["trainer.batch_size=100000000"], "no GPU holds that many"),
+    ("vlmqc.train", ["trainer.eval_batch_size=5000"], "trainer.eval_batch_size=5000: must be <= 4096"),
+    ("vlmqc.train", ["trainer.max_new_tokens=100000000"], "answers are one sentence"),
+    ("vlmqc.train", ["lora.r=100000"], "no longer low-rank"),
 ]
 
 
@@ -306,7 +336,7 @@ def test_every_config_error_is_refused_naming_the_key_before_anything_runs(cli_e
 # for vlmqc.train); one case of each app in the default run, every case in the full suite
 @pytest.mark.parametrize(
     "app, args, key",
-    [pytest.param(*case, marks=[] if i in (0, 8) else [pytest.mark.slow]) for i, case in enumerate(CONFIG_ERRORS)],
+    [pytest.param(*case, marks=[] if i in (0, 8, 13) else [pytest.mark.slow]) for i, case in enumerate(CONFIG_ERRORS)],
 )
 def test_every_config_error_exits_2_naming_the_key_before_anything_runs(tmp_path, app, args, key):
     out = run_app(tmp_path, app, *app_args(app, args), timeout=300)
@@ -363,3 +393,19 @@ def test_a_prompt_without_two_image_wording_is_refused_only_for_the_separate_lay
         validated(
             tmp_path, "data=pair_round", "data.layout=separate", "model=qwen2_vl_2b_random", "prompt.pair_separate=null"
         )
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_output_folder_that_cannot_be_made_is_refused_in_one_line(cli_exit, tmp_path, multirun):
+    (tmp_path / "file").write_text("not a folder")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    code, err = cli_exit("vlmqc.train", *(["-m"] if multirun else []), f"{key}={tmp_path / 'file' / 'run'}")
+    assert code == 2 and err.count("\n") == 1 and "is not a folder, so the run folder cannot be made" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_output_folder_is_refused_in_one_line(cli_exit, tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    code, err = cli_exit("vlmqc.train", f"hydra.run.dir={tmp_path / 'ro' / 'run'}")
+    assert code == 2 and "is not writable" in err and err.count("\n") == 1

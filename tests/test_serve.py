@@ -282,3 +282,70 @@ def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_pat
             browser.close()
     shutil.copy(tmp_path / "serve.png", "/tmp/vlmqc-serve-screenshot.png")
     assert problems == [] and dialogs == []
+
+
+def test_the_app_refuses_other_hosts_cross_site_posts_and_work_beyond_its_slots(completed_trial, monkeypatch):
+    """DNS rebinding (a page of evil.example whose name now points here) sends its own Host; a
+    cross-site form sends its Origin: both refused. Requests beyond the slots wait, then get 503,
+    rather than each decoding a large upload at once (four 5000 x 5000 pairs once took 4.85 GB)."""
+    import threading
+
+    from vlmqc.inspector import Inspector
+    from vlmqc.runs.records import read_samples
+    from vlmqc.serve import app as serve_app
+
+    run, _ = completed_trial
+    summary = json.loads((run / "summary.json").read_text())
+    inspector = Inspector.load(run, device="cpu")
+    samples, _ = read_samples(run / "samples" / f"step-{summary['step']:06d}.jsonl")
+    sample = samples[0]
+    client = serve_app.create_app(inspector, run).test_client()
+    assert client.get("/").status_code == 200  # the test client's Host is localhost
+    rebound = client.get("/", headers={"Host": "evil.example"})
+    assert rebound.status_code == 403 and "not for evil.example" in rebound.text
+    assert (
+        client.post("/api/predict", data={"example": sample.id}, headers={"Host": "evil.example:8000"}).status_code
+        == 403
+    )
+    cross = client.post("/api/predict", data={"example": sample.id}, headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and "another site (http://evil.example)" in cross.json["error"]
+    fetched = client.post("/", data={"example": sample.id}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert fetched.status_code == 403 and "another site" in fetched.text
+    own = client.post("/api/predict", data={"example": sample.id}, headers={"Origin": "http://localhost"})
+    assert own.status_code == 200, own.text
+    # a server bound to another address answers its own name only
+    named = serve_app.create_app(inspector, run, hosts=("10.1.2.3",)).test_client()
+    assert named.get("/", headers={"Host": "10.1.2.3:8000"}).status_code == 200
+    assert named.get("/").status_code == 403
+
+    class Held:  # the inspector, held inside its first answer until released
+        def __init__(self):
+            self.inside, self.go = threading.Event(), threading.Event()
+
+        def predict(self, *args, **kwargs):
+            self.inside.set()
+            assert self.go.wait(60)
+            return inspector.predict(*args, **kwargs)
+
+    held = Held()
+    monkeypatch.setattr(serve_app, "BUSY_WAIT_S", 0.2)
+    app = serve_app.create_app(held, run, slots=1)
+    first: list = []
+    worker = threading.Thread(
+        target=lambda: first.append(app.test_client().post("/api/predict", data={"example": sample.id}))
+    )
+    worker.start()
+    assert held.inside.wait(60)
+    busy = app.test_client().post("/api/predict", data={"example": sample.id})
+    assert busy.status_code == 503 and "busy" in busy.json["error"]
+    held.go.set()
+    worker.join(60)
+    assert first[0].status_code == 200
+    assert app.test_client().post("/api/predict", data={"example": sample.id}).status_code == 200  # the slot is free
+
+
+def test_marks_enlarge_a_small_image_but_draw_on_a_large_one_at_its_own_size():
+    small = Image.new("RGB", (448, board.Geometry(448).height))
+    assert marks.mark(small, [])[0].size == (896, 2 * small.height)
+    large = Image.new("RGB", (5000, 5000))
+    assert marks.mark(large, ["C5"])[0].size == (5000, 5000)

@@ -4,9 +4,9 @@
 vlmqc/evaluation/scoring.py. For every prompt option, the answer ``vlmqc.prompts.render_answer``
 writes is read back exactly.
 
-How a text answer is read (``format: json`` first reads the first JSON object in the answer,
-fenced or not, and falls back to these rules when there is none, it is invalid, or it holds no
-verdict / star position):
+How a text answer is read (``format: json`` first reads the answer's JSON objects, fenced or
+not, and falls back to these rules when there is none, it is invalid, or it holds no verdict /
+star position):
 
 - Text is NFKC-normalised (full-width ``Ｃ５`` is ``C5``) and matched case-insensitively.
 - Positions: a row U/C/D and a column 1-9, written ``C5``, ``c5``, ``C-5``, ``C 5``, ``C:5``,
@@ -18,13 +18,22 @@ verdict / star position):
   defect name, so "not defective" and "no defects found" read pass and "did not pass" reads
   defective; so do Japanese negations after the word (不良なし, 欠陥はありません, 合格ではない) and
   "defects: none".
-- Verdict conflicts: a statement in a clause about the reference (top, reference, 上の, 基準)
-  and not the candidate is ignored, since models echo "the top product passed". Of the rest the
+- Whose statement: a word is said of the product named nearest before it in its clause (top,
+  reference, 上の, 基準 for the reference; bottom, candidate, 下の for the candidate), else of the
+  candidate unless its clause names the reference alone. What is said of the reference is ignored,
+  verdicts, positions and defect names alike, since models echo "the top product passed"; so
+  "The bottom productthe top product passed" (two products garbled together) says nothing of the
+  candidate and is unparseable.
+- Verdict conflicts: an answer whose product statements (labelled verdicts, and strong words not
+  said of a terminal, row or position named before them in their clause) give the candidate both
+  verdicts is unparseable, as a careful grader would not pick one ("Passed. Defective: C5", a
+  question echoed as "passed or defective"); so is a JSON answer whose objects disagree. Else the
   answer's verdict is the first labelled one ("Verdict: defective", "判定：不良"); else the first
   strong word (pass, defective, NG, fail, 合格, 不良, ...), since answers state their conclusion
   first; else defective if the answer names a defect; else the first weak word (OK, good, fine,
-  defect, problem, 異常, ...) in a clause that names no position, else next to a position. Weak
-  words are often about one terminal ("U3 is fine, but C5 is absent"), so they rank last.
+  defect, problem, 異常, ...) in a clause that names no position, else a strong word said of a
+  part ("all other terminals passed"), else a weak word next to a position. Weak words are often
+  about one terminal ("U3 is fine, but C5 is absent"), so they rank last.
 - Defects (only kept when the verdict is defective): each position is given a defect name in its
   clause (clauses end at , ; 、 and / but / while, sentences at . ! ? 。 and line ends). Equal
   numbers of positions and names in a clause pair up in order ("C5 missing U3 bent"); otherwise
@@ -48,11 +57,11 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from vlmqc.config import AnswerFormat, PromptConfig
-from vlmqc.labels import DEFECT_NAMES, DEFECTIVE, PASS, DefectType, Task, board_order
+from vlmqc.labels import DEFECT_NAMES, DEFECT_SYNONYMS, DEFECTIVE, PASS, Task, board_order
 
 # Bump whenever parse_answer reads any answer differently: a run's facts record the version that
 # scored it, and python -m vlmqc.rescore re-parses stored answers with the current one.
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: statements read by their subject; an answer giving the candidate both verdicts is unparseable
 _CANONICAL = {t.value: name for t, name in DEFECT_NAMES.items()}
 
 
@@ -94,7 +103,7 @@ _VERDICT_WORDS = (
     (rf"{_A}accept(?:ed|able)?{_Z}", PASS, True),
     (rf"{_A}defective{_Z}", DEFECTIVE, True),
     (rf"{_A}(?:ng|nok){_Z}", DEFECTIVE, True),
-    (rf"{_A}fail(?:s|ed|ing|ure)?{_Z}", DEFECTIVE, True),
+    (rf"{_A}fail(?:s|ed|ing|ure)?{_Z}(?![ \t]+to{_Z})", DEFECTIVE, True),  # "failed to find" is a negation
     (rf"{_A}reject(?:s|ed|ion)?{_Z}", DEFECTIVE, True),
     (rf"{_A}(?:faulty|flawed|damaged){_Z}", DEFECTIVE, True),
     (rf"{_A}(?:ok|okay|good|fine|normal|intact|flawless|identical|match(?:es|ed)?){_Z}", PASS, False),
@@ -135,66 +144,18 @@ _SCOPE = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_RE = re.compile(_SENTENCE)
-_REFERENCE = re.compile(rf"{_A}(?:top|reference){_Z}|上の|上側|基準|参照|お手本", re.IGNORECASE)
+# "top" names the reference product, not a place on the board ("the top row", "top left")
+_REFERENCE = re.compile(
+    rf"{_A}(?:top(?![ \t-]*(?:rows?|left|right|edge|side|corner|half|part|of|terminals?){_Z})|reference){_Z}"
+    r"|上の|上側|基準|参照|お手本",
+    re.IGNORECASE,
+)
 _CANDIDATE = re.compile(rf"{_A}(?:bottom|lower|candidate){_Z}|下の|下側|対象", re.IGNORECASE)
+# what a statement about one terminal or row names before its verdict word ("all other terminals passed")
+_PART = re.compile(rf"{_A}(?:terminals?|rows?|columns?|positions?|pins?|others?|rest){_Z}|端子", re.IGNORECASE)
 _RED = re.compile(rf"{_A}red{_Z}|赤", re.IGNORECASE)
 _STAR = re.compile(rf"{_A}stars?{_Z}|星", re.IGNORECASE)
 
-_SYNONYMS = {
-    DefectType.missing: ("missing", "absent", "empty", "no terminal", "not present", "lacking", "欠落", "欠品"),
-    DefectType.shifted: (
-        "shifted",
-        "shift",
-        "offset",
-        "misaligned",
-        "misalignment",
-        "displaced",
-        "misplaced",
-        "out of position",
-        "moved",
-        "ずれ",
-        "位置ずれ",
-    ),
-    DefectType.wrong_shape: (
-        "wrong shape",
-        "wrongly shaped",
-        "incorrect shape",
-        "different shape",
-        "shape mismatch",
-        "wrong terminal shape",
-        "形状違い",
-        "形状不良",
-    ),
-    DefectType.discoloured: (
-        "burnt",
-        "burned",
-        "burn",
-        "burn mark",
-        "scorched",
-        "charred",
-        "blackened",
-        "discoloured",
-        "discolored",
-        "discolouration",
-        "discoloration",
-        "焦げ",
-        "変色",
-    ),
-    DefectType.foreign_particle: (
-        "foreign particle",
-        "foreign object",
-        "foreign matter",
-        "foreign material",
-        "foreign body",
-        "particle",
-        "debris",
-        "contamination",
-        "contaminant",
-        "dust",
-        "異物",
-    ),
-    DefectType.deformed: ("deformed", "deformation", "bent", "warped", "distorted", "crushed", "変形", "曲がり"),
-}
 _Vocabulary = tuple[
     re.Pattern, tuple[str, ...]
 ]  # every defect name in one regex, and the type key of each of its groups
@@ -224,7 +185,7 @@ def _name_pattern(name: str) -> str:
 def _vocabulary(prompt_names: tuple[tuple[str, str], ...]) -> _Vocabulary:
     """Built-in names and synonyms plus the prompt's own, longest first so "missing terminal" beats "missing"."""
     names: dict[str, str] = {}
-    for t, synonyms in _SYNONYMS.items():
+    for t, synonyms in DEFECT_SYNONYMS.items():
         for name in (t.value, _CANONICAL[t.value], *synonyms):
             names[_normalize(name).lower()] = t.value
     for t, name in prompt_names:  # the prompt's own names win over a synonym that happens to equal one
@@ -252,6 +213,13 @@ class _Reader:
         names_re, types = vocab
         self.names = [(m.start(), m.end(), types[int(m.lastgroup[1:])]) for m in names_re.finditer(text)]
         self.anchor_ends = sorted(e for _, e, _ in self.positions + self.names)
+        mentions = [(m.start(), True) for m in _REFERENCE.finditer(text)]
+        self.products = sorted(mentions + [(m.start(), False) for m in _CANDIDATE.finditer(text)])
+        self.reference_only = {self.clause(i) for i, _ in mentions} - {
+            self.clause(m.start()) for m in _CANDIDATE.finditer(text)
+        }
+        self.parts = [m.start() for m in _PART.finditer(text)] + [p[0] for p in self.positions]
+        self.parts.sort()
 
     def clause(self, i: int) -> int:
         return _segment(self.clauses, i)
@@ -272,25 +240,49 @@ class _Reader:
         where = self.sentence if sentences else self.clause
         return {where(m.start()) for m in regex.finditer(self.t)}
 
+    def about_reference(self, i: int) -> bool:
+        """Whether what is said at text index i is said of the reference: the nearest product named
+        before it in its clause is the reference ("the bottom productthe top product passed" is
+        about the top one), or, where its clause names none before it, the clause names only the
+        reference ("passed, like the top one")."""
+        clause = self.clause(i)
+        k = bisect.bisect_left(self.products, (i,))
+        if k and self.clause(self.products[k - 1][0]) == clause:
+            return self.products[k - 1][1]
+        return clause in self.reference_only
+
+    def local(self, i: int) -> bool:
+        """Whether a verdict word at i is said of a part: a terminal, row or position named before
+        it in its clause ("U3 is fine", "all other terminals passed")."""
+        k = bisect.bisect_left(self.parts, i)
+        return bool(k) and self.clause(self.parts[k - 1]) == self.clause(i)
+
     def verdict(self, names: list[tuple[int, int, str]]) -> tuple[str | None, set[int], set[int]]:
-        """The answer's verdict, the clauses that say pass and the clauses that say defective."""
-        about_reference = self.clauses_matching(_REFERENCE) - self.clauses_matching(_CANDIDATE)
+        """The answer's verdict, the clauses that say pass and the clauses that say defective.
+
+        None when the product statements (labelled or strong words not said of a part) give the
+        candidate both verdicts: a careful grader would not pick one."""
         about_a_position = {self.clause(p[0]) for p in self.positions}
-        labelled, strong, weak, weak_local = [], [], [], []
+        labelled, strong, weak, weak_local, local = [], [], [], [], []
         says = {PASS: set(), DEFECTIVE: set()}
         for m in _VERDICT.finditer(self.t):
-            clause = self.clause(m.start())
-            if clause in about_reference:
+            if self.about_reference(m.start()):
                 continue
+            clause = self.clause(m.start())
             _, polarity, is_strong = _VERDICT_WORDS[int(m.lastgroup[1:])]
             if self.negated(m.start(), m.end(), after_none=polarity == DEFECTIVE):
                 polarity = PASS if polarity == DEFECTIVE else DEFECTIVE
             says[polarity].add(clause)
             if _LABEL_BEFORE.search(self.t, max(0, m.start() - 48), m.start()):
                 labelled.append(polarity)
+            elif is_strong and self.local(m.start()):
+                local.append(polarity)
+                continue
             (strong if is_strong else weak_local if clause in about_a_position else weak).append(polarity)
+        if len(set(labelled + strong)) > 1:
+            return None, says[PASS], says[DEFECTIVE]
         named = [DEFECTIVE] if names else []
-        for found in (labelled, strong, named, weak, weak_local):
+        for found in (labelled, strong, named, weak, local, weak_local):
             if found:
                 return found[0], says[PASS], says[DEFECTIVE]
         return None, says[PASS], says[DEFECTIVE]
@@ -356,23 +348,31 @@ def _read_text(text: str, task: Task, vocab: _Vocabulary) -> tuple[str | None, t
     r = _Reader(text, vocab)
     if task is Task.star:
         return None, (), r.star()
-    names = [n for n in r.names if not r.negated(n[0], n[1])]
+    # what is said of the reference names none of the candidate's defects
+    r.positions = [p for p in r.positions if not r.about_reference(p[0])]
+    names = [n for n in r.names if not r.negated(n[0], n[1]) and not r.about_reference(n[0])]
     verdict, pass_clauses, defective_clauses = r.verdict(names)
     # a clause that says pass and names no defect ("U3 is fine") holds no defect position
     cleared = pass_clauses - defective_clauses - {r.clause(n[0]) for n in names}
     return (*_finish(verdict, r.defects(names, cleared)), None)
 
 
-def _first_json_object(text: str) -> dict | None:
-    decoder = json.JSONDecoder()
+def _json_objects(text: str) -> list[tuple[dict, int, int]]:
+    """The JSON objects of an answer, outermost only, in order (an answer may repeat itself), each
+    with its start and end."""
+    decoder, found, end = json.JSONDecoder(), [], 0
     for k, m in enumerate(re.finditer(r"\{", text)):
         if k == _JSON_TRIES:
             break
+        if m.start() < end:  # inside an object already read
+            continue
         try:
-            return decoder.raw_decode(text, m.start())[0]
+            obj, end = decoder.raw_decode(text, m.start())
         except (ValueError, RecursionError):  # RecursionError: deeply nested brackets
             continue
-    return None
+        if isinstance(obj, dict):
+            found.append((obj, m.start(), end))
+    return found
 
 
 def _first_position(value) -> str | None:
@@ -413,8 +413,19 @@ def parse_answer(cfg: PromptConfig, text: str, task: str) -> Parsed:
     vocab = _vocabulary(tuple(sorted(cfg.defect_names.items())))
     found = None
     if cfg.format == AnswerFormat.json:
-        obj = _first_json_object(normal)
-        found = _read_json(obj, task, vocab) if obj is not None else None
+        objects = _json_objects(normal)
+        readings = [r for obj, _, _ in objects if (r := _read_json(obj, task, vocab)) is not None]
+        if readings:  # the words around the objects count too: "{"verdict": "pass"} It is defective."
+            around = "\n".join(
+                normal[a:b]
+                for a, b in zip([0] + [e for *_, e in objects], [s for _, s, _ in objects] + [None], strict=True)
+            )
+            words = _read_text(around, task, vocab)
+            readings += [words] if words[0] or words[2] else []
+        # readings that disagree (a verdict, or a star position, each) leave nothing a grader could pick
+        if len({(v, t) for v, _, t in readings}) > 1:
+            return Parsed(text=text)
+        found = readings[0] if readings else None
     verdict, defects, target = found or _read_text(normal, task, vocab)
     ok = target is not None if task is Task.star else verdict is not None
     return Parsed(verdict=verdict, defects=defects, target=target, ok=ok, text=text)

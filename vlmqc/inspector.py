@@ -45,6 +45,7 @@ from vlmqc.files import publish
 from vlmqc.labels import Task
 from vlmqc.models import load as load_model
 from vlmqc.models import peft_warnings_off
+from vlmqc.runs.lock import DIED, DIED_REASON, status_of
 from vlmqc.runs.records import read_summary
 
 ImageInput = str | os.PathLike | Image.Image
@@ -109,8 +110,11 @@ class CompletedRun:
         if summary is None:
             raise InspectorError(f"{run_dir}: not a trial's folder ({problems[0] if problems else 'no summary.json'})")
         if summary.status != "completed":
-            reason = f": {summary.reason}" if summary.reason else ""
-            raise InspectorError(f"{run_dir}: the trial is not completed (status {summary.status!r}{reason})")
+            status = status_of(run_dir, summary.status)  # a running record no process holds: died
+            reason = (
+                f": {DIED_REASON if status == DIED else summary.reason}" if status == DIED or summary.reason else ""
+            )
+            raise InspectorError(f"{run_dir}: the trial is not completed (status {status!r}{reason})")
         config = summary.config
         missing = [
             k

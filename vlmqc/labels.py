@@ -93,3 +93,61 @@ _ORDER = {p: i for i, p in enumerate(POSITIONS)}
 def board_order(position: str) -> tuple[int, str]:
     """A sort key: the board's order (U1..U9, C1..D9), then a custom grid's other positions, alphabetically."""
     return _ORDER.get(position, len(_ORDER)), position
+
+
+# the words answers use for each defect type besides its name (vlmqc/answers.py reads them)
+DEFECT_SYNONYMS = {
+    DefectType.missing: ("missing", "absent", "empty", "no terminal", "not present", "lacking", "欠落", "欠品"),
+    DefectType.shifted: (
+        "shifted",
+        "shift",
+        "offset",
+        "misaligned",
+        "misalignment",
+        "displaced",
+        "misplaced",
+        "out of position",
+        "moved",
+        "ずれ",
+        "位置ずれ",
+    ),
+    DefectType.wrong_shape: (
+        "wrong shape",
+        "wrongly shaped",
+        "incorrect shape",
+        "different shape",
+        "shape mismatch",
+        "wrong terminal shape",
+        "形状違い",
+        "形状不良",
+    ),
+    DefectType.discoloured: (
+        "burnt",
+        "burned",
+        "burn",
+        "burn mark",
+        "scorched",
+        "charred",
+        "blackened",
+        "discoloured",
+        "discolored",
+        "discolouration",
+        "discoloration",
+        "焦げ",
+        "変色",
+    ),
+    DefectType.foreign_particle: (
+        "foreign particle",
+        "foreign object",
+        "foreign matter",
+        "foreign material",
+        "foreign body",
+        "particle",
+        "debris",
+        "contamination",
+        "contaminant",
+        "dust",
+        "異物",
+    ),
+    DefectType.deformed: ("deformed", "deformation", "bent", "warped", "distorted", "crushed", "変形", "曲がり"),
+}

@@ -61,15 +61,29 @@ def better(name: str, a: float, b: float) -> bool:
 CHANCE_KINDS = ("prior", "uniform", "constant")  # the guessers a summary's chance holds, each {metric: level}
 
 
-def chance_level(chance: dict | None, metric: str) -> float | None:
-    """The level a trial must beat on ``metric``: the best (in the metric's direction) of the
-    prior-only answer's, the best constant answer's and the uniform guess's score, from a
-    summary's ``chance``."""
-    levels = [
-        v
-        for kind in CHANCE_KINDS
-        if isinstance(v := ((chance or {}).get(kind) or {}).get(metric), (int, float)) and math.isfinite(v)
-    ]
-    if not levels or metric not in METRICS:
+def chance_of(chance: dict | None, metric: str) -> tuple[float, str] | None:
+    """The one level a trial must beat on ``metric``, and the guesser that scores it (its kind):
+    the best (in the metric's direction) of the prior-only answer's, the uniform guess's and the
+    best constant answer's score, from a summary's ``chance``; on a tie the earlier kind of
+    ``CHANCE_KINDS``. The summary (its ``chance.level``), W&B (``chance/<metric>``,
+    ``chance_kind/<metric>``), the report and the log all show this one."""
+    if metric not in METRICS:
         return None
-    return max(levels) if METRICS[metric].higher_is_better else min(levels)
+    found = None
+    for kind in CHANCE_KINDS:
+        v = ((chance or {}).get(kind) or {}).get(metric)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if found is None or better(metric, v, found[0]):
+                found = (float(v), kind)
+    return found
+
+
+def chance_level(chance: dict | None, metric: str) -> float | None:
+    """The level of ``chance_of``, without its kind."""
+    found = chance_of(chance, metric)
+    return found[0] if found else None
+
+
+def chance_levels(chance: dict | None) -> dict[str, dict]:
+    """Every metric's level and kind, ``{metric: {"value": v, "kind": k}}``: the summary's ``chance.level``."""
+    return {m: {"value": v, "kind": k} for m in METRICS if (found := chance_of(chance, m)) for v, k in [found]}

@@ -10,6 +10,8 @@ that names the key. Nothing here loads a model or reaches the network.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import re
 import sys
@@ -52,6 +54,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """
     app = OmegaConf.get_type(cfg)
     groups = {TrainAppConfig: TRAIN_GROUPS, PreviewAppConfig: PREVIEW_GROUPS}.get(app, DATA_APP_GROUPS)
+    check_keys(cfg)
     objs = {group: None if cfg[group] is None else to_object(cfg[group], group) for group in groups}
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "must be >= 0")
     data = objs["data"]
@@ -70,6 +73,13 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     else:
         _check(1 <= cfg.examples <= 100, "examples", cfg.examples, "must be between 1 and 100")
     model, size = objs["model"], objs["image_size"] or ImageSizeConfig(name="native")
+    if model.path is not None and os.path.isdir(model.path):
+        _check(
+            os.path.isfile(os.path.join(model.path, "config.json")),
+            "model.path",
+            model.path,
+            "holds no config.json: not a model folder (a transformers checkpoint: config.json, weights, processor)",
+        )
     if model.path is not None and not os.path.isdir(model.path):
         # transformers reads "~" and "./x" as hub ids, so a path the shell did not expand fails late
         looks_local = model.path.startswith(("/", ".", "~")) or "\\" in model.path
@@ -108,6 +118,53 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         _check(bool(model.processor), "model.processor", {}, f"must hold the published processor facts of {model.path}")
         family.check(model, size, data.layout)
     return objs
+
+
+# keys no schema describes: Hydra's own, and the documented free-form groups (an experiment file's
+# name; a family's published processor facts and a prompt's defect names are dicts by their schema)
+FREE_FORM = ("hydra", "experiment")
+
+
+def check_keys(cfg: DictConfig, key: str = "") -> None:
+    """Every key of a composed config is one its schema has. Hydra refuses a misspelt key, but a key
+    added with ``+`` (``+trainer.lrr=1``) is composed into the config and read by nothing: refused
+    here, naming the closest key the schema has."""
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for k in cfg.keys():
+        full = f"{key}.{k}" if key else str(k)
+        if k not in fields and not (not key and k in FREE_FORM):
+            close = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f"did you mean {key + '.' if key else ''}{close[0]}? " if close else ""
+            raise ConfigError(
+                f"{full}: not a key of {key or 'the app'}'s schema ({schema.__name__}), so nothing would read it "
+                f"({hint}a key added with + must be one the schema has)"
+            )
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig) and not node._is_none():
+            check_keys(node, full)
+
+
+def check_output_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
+    """The run (or sweep) folder Hydra will make can be made: its nearest existing folder is a
+    writable folder. Checked on the folder's fixed part (what precedes the first ``${...}``), so
+    nothing is resolved or written."""
+    node = hydra_cfg.sweep if multirun else hydra_cfg.run
+    raw = OmegaConf.to_container(node, resolve=False)["dir"]
+    key = f"hydra.{'sweep' if multirun else 'run'}.dir"
+    fixed = Path(os.path.expanduser(str(raw).split("${", 1)[0]) or ".")
+    existing = fixed if fixed.is_absolute() else Path.cwd() / fixed
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _check(existing.is_dir(), key, raw, f"{existing} is not a folder, so the run folder cannot be made under it")
+    _check(
+        os.access(existing, os.W_OK | os.X_OK),
+        key,
+        raw,
+        f"{existing} is not writable, so the run folder cannot be made there (choose another: {key}=...)",
+    )
 
 
 NUMERIC_GROUPS = ("image_size",)  # config groups whose option names are numbers: image_size=448
@@ -183,10 +240,12 @@ def check_command_line(config_name: str, argv: list[str]) -> int:
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             trials = [args.overrides]
+            hydra_cfg = None
             if args.multirun:
                 parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
                 fixed = [o.input_line for o in parser.parse_overrides(args.overrides) if not o.is_sweep_override()]
-                sweeper = compose(name, fixed, return_hydra_config=True).hydra.sweeper
+                hydra_cfg = compose(name, fixed, return_hydra_config=True).hydra
+                sweeper = hydra_cfg.sweeper
                 trials = [fixed]
                 if sweeper.get("_target_") == BASIC_SWEEPER:
                     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
@@ -195,6 +254,9 @@ def check_command_line(config_name: str, argv: list[str]) -> int:
                         for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + args.overrides), None)
                         for t in batch
                     ]
+            if not args.cfg:  # --cfg job prints the config and runs nothing
+                hydra_cfg = hydra_cfg or compose(name, args.overrides, return_hydra_config=True).hydra
+                check_output_dir(hydra_cfg, args.multirun)
             for overrides in trials:
                 cfg = compose(name, list(overrides))
                 # Hydra names the run folder when the job starts; until then ${hydra:runtime.output_dir} has no value

@@ -332,6 +332,24 @@ def test_the_pixel_limit_is_configurable(folder):
     assert custom.read(config(folder, max_pixels=pixels)).size == 2
 
 
+def test_a_stacked_pair_is_bounded_by_the_pixel_limit_as_each_image_is(folder):
+    """A 1x500 reference above a 500x500 candidate: each image is small, but the reference scaled to
+    the candidate's width is 500x250000, and the stack 125 megapixels. Refused at validation, naming
+    the line; the same pair shown as two images (no stack) is not."""
+    write_image(folder / "thin.png", (0, 0, 0), size=(1, 500))
+    write_image(folder / "wide.png", (0, 0, 0), size=(500, 500))
+    write_image(folder / "ok-ref.png", (0, 0, 0), size=(500, 400))
+    lines = (
+        passed("wide.png", reference="thin.png", split="train"),
+        passed("a.png", reference="ok-ref.png", split="test"),
+    )
+    msg = problems(folder, *lines)
+    assert f"{folder / META}:1: the pair stacked for the model" in msg
+    assert "is 500x250505 = 125252500 pixels, more than data.max_pixels=89478485" in msg
+    assert f"{META}:2:" not in msg  # a reference of the candidate's proportions stacks within the limit
+    assert custom.read(config(folder, stack_reference=False)).size == 2
+
+
 def test_same_image_listed_twice_is_refused(folder):
     msg = problems(folder, passed("a.png"), passed("b.png"), passed("./a.png"))
     assert f"{folder / META}:3:" in msg and "'./a.png' is already listed on line 1" in msg

@@ -113,8 +113,32 @@ def test_a_bad_prediction_line_leaves_that_evaluation_as_it_was(old_run, capsys)
     path = old_run / "predictions" / "step-000002.jsonl"
     path.write_text(path.read_text() + '{"id": 3, "task": "pair"}\n')
     before = [r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r]
-    assert main([str(old_run)]) == 0
-    assert "step-000002.jsonl:25: id: expected str" in capsys.readouterr().out
+    assert main([str(old_run)]) == 1  # a part was not rescored: the command says so in its status
+    out, err = capsys.readouterr()
+    assert "step-000002.jsonl:25: id: expected str" in out and "could not be rescored" in err
     assert [
         r for r in lines(old_run / "metrics.jsonl") if r["trainer/global_step"] == 2 and "eval/escape_rate" in r
     ] == before
+
+
+def test_a_damaged_run_exits_1(old_run, capsys):
+    (old_run / "summary.json").write_text("{ not json")
+    assert main([str(old_run)]) == 1
+    out, err = capsys.readouterr()
+    assert "not rescored" in out and "could not be rescored" in err
+
+
+def test_rescoring_shows_the_answers_the_current_parser_reads_differently(old_run, capsys):
+    """An answer the version-1 parser read as pass (two products garbled together) is unparseable now."""
+    path = old_run / "predictions" / "step-000004.jsonl"
+    rows = lines(path)
+    rows[0] |= {
+        "prediction": "The bottom productthe top product passed",
+        "parsed": {"verdict": "pass", "defects": [], "target": None, "ok": True},
+    }
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(old_run)]) == 0
+    out = capsys.readouterr().out
+    assert "step 4: 1 of 24 answers read differently" in out
+    assert "test-00000: 'The bottom productthe top product passed': pass -> unread" in out
+    assert lines(path)[0]["parsed"]["ok"] is False

@@ -260,3 +260,51 @@ def test_diagnose_finds_the_plateau_only_where_the_loss_is_flat_and_the_answers_
     # a lower-is-better metric: at chance means not below the level by more than the margin
     esc = {"constant": {"eval/escape_rate": 0.0}, "prior": {"eval/escape_rate": 1.0}}
     assert diagnose(flat, {"eval/escape_rate": 0.5}, esc, "eval/escape_rate", 300)["chance"] == 0.0
+
+
+def test_diagnose_names_every_metric_at_or_above_chance():
+    """A trial whose exact match is at chance but whose verdicts are right: the plateau is the sweep
+    metric's, and each other metric says where it stands against its own level, named by kind."""
+    from vlmqc.runs.standing import diagnose
+
+    chance = {
+        "prior": {"eval/exact_match": 0.0, "eval/verdict_accuracy": 0.5, "eval/unparseable_rate": 0.0},
+        "constant": {"eval/exact_match": 0.5, "eval/verdict_accuracy": 0.5, "eval/unparseable_rate": 0.0},
+    }
+    flat = [{"train/loss": 0.371 + 0.001 * (i % 2)} for i in range(30)]
+    final = {"eval/exact_match": 0.5, "eval/verdict_accuracy": 0.877, "eval/unparseable_rate": 0.0}
+    d = diagnose(flat, final, chance, "eval/exact_match", 300)
+    assert d["plateau"] and d["metric"] == "eval/exact_match" and (d["chance"], d["kind"]) == (0.5, "constant")
+    verdict = d["metrics"]["eval/verdict_accuracy"]
+    assert verdict["at_chance"] is False and verdict["plateau"] is False and verdict["kind"] == "prior"
+    assert "eval/unparseable_rate" not in d["metrics"]  # a guess is always readable: its level cannot be beaten
+    assert set(d["metrics"]) == {"eval/exact_match", "eval/verdict_accuracy"}
+
+
+def test_one_chance_level_per_metric_named_by_its_kind():
+    """Balanced pair data: the prior-only answer ("defective at the most frequent position") scores
+    about 0 exact match, answering "pass" to all scores 0.5: the level is 0.5, a constant answer's,
+    in the summary's level as everywhere it is shown (chance_of)."""
+    from vlmqc.evaluation.scoring import chance
+    from vlmqc.metrics import chance_of
+
+    test = [
+        {"id": f"p{i}", "task": "pair", "verdict": "pass", "defects": [], "target": "", "answer": ""} for i in range(4)
+    ] + [
+        {
+            "id": f"d{i}",
+            "task": "pair",
+            "verdict": "defective",
+            "defects": [{"position": p, "type": "missing"}],
+            "target": "",
+            "answer": "",
+        }
+        for i, p in enumerate(["C5", "U1", "D9", "C2"])
+    ]
+    answers = {"pair": {"verdict": "defective", "position": "C5", "type": "missing"}}
+    levels = chance(test, answers)
+    assert levels["prior"]["eval/exact_match"] == 0.125
+    assert levels["level"]["eval/exact_match"] == {"value": 0.5, "kind": "constant"}
+    assert chance_of(levels, "eval/exact_match") == (0.5, "constant")
+    assert levels["level"]["eval/escape_rate"] == {"value": 0.0, "kind": "prior"}  # "defective" to all escapes none
+    assert "eval/loss" not in levels["level"]

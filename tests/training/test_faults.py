@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import run_app
 
-from vlmqc.runs.lock import RunFolderLocked, RunLock
+from vlmqc.compare.load import load_trial
+from vlmqc.compare.notes import Notes
+from vlmqc.runs.lock import RunFolderLocked, RunLock, status_of
 
 FAST = [
     "data.train_size=32",
@@ -71,6 +74,41 @@ def leet_summary(run_dir: Path) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow  # a real trial signalled during an evaluation of 300 rows
+def test_sigterm_during_an_evaluation_stops_between_its_batches_and_records_none_of_it(tmp_path):
+    run_dir = tmp_path / "run"
+    evaluating = [
+        "data.test_size=300",
+        "trainer.eval_every=2",
+        "trainer.eval_batch_size=4",
+        "trainer.samples=4",
+        "trainer.max_steps=40",
+        "trainer.save_steps=100",
+        "logger=none",
+    ]
+    proc = start(tmp_path, run_dir, *evaluating)
+    wait_for_step(proc, run_dir, 2)  # step 2's loss is logged, then its evaluation starts
+    time.sleep(1.0)  # into the evaluation: the Trainer's loss pass, then generation
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    waited = time.monotonic() - signalled
+    assert proc.returncode == 1, out[-3000:]
+    # the whole evaluation takes 40 s and more on 2 cores (300 rows); one batch of 4, a second or two
+    assert waited < 20, f"{waited:.0f} s from SIGTERM to the end: the evaluation was not stopped between batches"
+    stopped = re.search(r"SIGTERM: stopped after (\d+) of 300 rows", out)
+    assert stopped and int(stopped[1]) < 300, out[-3000:]
+    record = summary(run_dir)
+    assert record["status"] == "interrupted" and record["step"] == 2 and "SIGTERM" in record["reason"]
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file(), "this step's checkpoint"
+    assert loss_steps(run_dir) == [1, 2], "no step after the signal"
+    # the part of the evaluation is recorded nowhere: no predictions, no scores, no final
+    assert not (run_dir / "predictions" / "step-000002.jsonl").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "eval/exact_match" in r]
+    assert record.get("final") is None
+
+
 @pytest.mark.slow  # four trials of 40 steps in real processes, one signalled
 def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_checkpoint_is_skipped(tmp_path):
     run_dir = tmp_path / "run"
@@ -97,7 +135,7 @@ def test_sigterm_checkpoints_a_rerun_with_another_config_is_refused_a_damaged_ch
         tmp_path, run_dir, "trainer.max_steps=41", "trainer.save_steps=2", "trainer.save_total_limit=2", "logger=none"
     )
     assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
-    assert "trainer.max_steps: 40 -> 41" in changed.stdout + changed.stderr
+    assert "trainer.max_steps: 40 -> 41" in changed.stderr and "40 -> 41" not in changed.stdout  # refusals: stderr
     assert (run_dir / "summary.json").read_bytes() == before
 
     # the newest checkpoint half-written (a full disk): the rerun resumes from the one before it,
@@ -148,7 +186,7 @@ def test_the_same_command_twice_at_once_makes_one_run(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from vlmqc.lock import RunLock
+from vlmqc.runs.lock import RunLock
 lock = RunLock(Path(sys.argv[1])).acquire()  # referenced: a collected lock object closes its file
 print("held", flush=True)
 time.sleep(600)
@@ -209,9 +247,16 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_trial(tmp_path, small_disk
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, out[-3000:]
     assert "No space left on device" in out
-    assert json.loads((run_dir / "summary.json").read_text())["status"] in ("running", "failed"), (
-        "the record stays readable"
-    )
+    # the record stays readable, and never says running for a process that is gone: its end was
+    # written (failed), or the disk would not take it and every reader shows died
+    recorded = json.loads((run_dir / "summary.json").read_text())["status"]
+    assert recorded in ("running", "failed") and status_of(run_dir, recorded) in ("failed", "died")
+    assert load_trial(run_dir, Notes()).status in ("failed", "died")
+    # the trial's own failure is logged once (with its traceback where the record took it); a
+    # record write that fails on the full disk is one line, never a traceback of its own
+    assert out.count("Traceback (most recent call last)") <= 1, out[-3000:]
+    if recorded == "running":
+        assert "could not be written" in out and "Traceback" not in out, out[-3000:]
 
     filler.unlink()
     resumed = trial(tmp_path, run_dir, *args)
@@ -271,3 +316,30 @@ def test_a_rank_that_fails_keeps_its_own_reason_in_the_record(tmp_path):
     assert not record["reason"].startswith("a worker process failed"), record["reason"]
     assert str(broken) in record["reason"] or "processor" in record["reason"].lower(), record["reason"]
     assert record["traceback"], "the rank's traceback is kept"
+
+
+def test_a_running_record_whose_process_is_gone_reads_as_died_everywhere(tmp_path, capsys):
+    """A trial killed (or whose last write a full disk refused) leaves ``running`` in its record:
+    the report, the inspector (predict, serve) and a sweep's end derive ``died`` from its free lock."""
+    from omegaconf import OmegaConf
+
+    from vlmqc.inspector import CompletedRun, InspectorError
+    from vlmqc.runs.sweep import SweepSummary
+
+    run_dir = tmp_path / "sweep" / "trial-0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("{}\n")  # a trial Hydra started
+    (run_dir / "summary.json").write_text(json.dumps({"schema_version": 2, "status": "running", "run_name": "t"}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert status_of(run_dir, "running") == "running" and load_trial(run_dir, Notes()).status == "running"
+    holder.kill()
+    holder.wait()
+    assert status_of(run_dir, "running") == "died" and status_of(run_dir, "failed") == "failed"
+    trial = load_trial(run_dir, Notes())
+    assert trial.status == "died" and "full disk" in trial.reason
+    with pytest.raises(InspectorError, match="status 'died'"):
+        CompletedRun.read(run_dir)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
+    assert "died        trial-0" in capsys.readouterr().out

@@ -121,10 +121,17 @@ def test_wandb_offline_run_holds_every_logged_step_and_the_samples_table(complet
     )
     targets = Counter(dsd["train"]["target"])
     prior = min(targets, key=lambda t: (-targets[t], t))
-    assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(
-        sum(t == prior for t in dsd["test"]["target"]) / 12
-    )
-    assert summary["summary"]["chance/uniform/eval/position_accuracy"] == pytest.approx(1 / 27)
+    prior_level = sum(t == prior for t in dsd["test"]["target"]) / 12
+    assert summary["summary"]["chance/eval/exact_match"] == pytest.approx(prior_level)
+    assert summary["summary"]["chance_kind/eval/exact_match"] == "prior"
+    # one level per metric, the best guesser's: position accuracy's is the prior's or a uniform guess's
+    assert summary["summary"]["chance/eval/position_accuracy"] == pytest.approx(max(prior_level, 1 / 27))
+    assert summary["summary"]["chance_kind/eval/position_accuracy"] == ("prior" if prior_level >= 1 / 27 else "uniform")
+    # W&B shows the summary's own level of every metric, and its kind
+    levels = json.loads((run_dir / "summary.json").read_text())["chance"]["level"]
+    assert {m: (summary["summary"][f"chance/{m}"], summary["summary"][f"chance_kind/{m}"]) for m in levels} == {
+        m: (level["value"], level["kind"]) for m, level in levels.items()
+    }
     assert summary["summary"]["best/step"] in (4, 8) and summary["summary"]["baseline/step"] == 0
     # star data has no pair to difference: no pixel ceiling
     assert json.loads((run_dir / "summary.json").read_text())["ceiling"] is None

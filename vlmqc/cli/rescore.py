@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     if not folders:
         print(f"{args.path}: no run folder (summary.json) here or one level down", file=sys.stderr)
         return 2
+    complete = True
     for folder in folders:
-        print("\n".join(rescore(folder)), flush=True)
-    return 0
+        lines, done = rescore(folder)
+        print("\n".join(lines), flush=True)
+        complete &= done
+    if not complete:
+        print(f"{args.path}: some parts could not be rescored (above); they are as they were", file=sys.stderr)
+    return 0 if complete else 1

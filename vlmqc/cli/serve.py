@@ -27,7 +27,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
     from werkzeug.serving import make_server
 
     from vlmqc.inspector import Inspector, InspectorError
-    from vlmqc.serve.app import create_app
+    from vlmqc.serve.app import LOOPBACK_NAMES, create_app
 
     try:
         inspector = Inspector.load(run_dir, device=device)
@@ -40,7 +40,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
             "authentication",
             host,
         )
-    server = make_server(host, port, create_app(inspector, Path(run_dir)), threaded=True)
+    # the Host names a request may carry: this address, and the loopback names when it is one
+    # of them; none checked when listening on every address (the warning above says so)
+    everywhere = host in ("0.0.0.0", "::", "")
+    hosts = None if everywhere else tuple(dict.fromkeys([host, *(LOOPBACK_NAMES if is_loopback(host) else ())]))
+    server = make_server(host, port, create_app(inspector, Path(run_dir), hosts=hosts), threaded=True)
     # the port actually bound (--port 0 picks a free one), on stdout for scripts and tests
     print(f"vlmqc.serve: {run_dir} on http://{host}:{server.server_port}/", flush=True)
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlmqc.compare.notes import Notes
-from vlmqc.metrics import CHANCE_KINDS, METRICS, better, chance_level
+from vlmqc.metrics import CHANCE_KINDS, METRICS, better, chance_of
+from vlmqc.runs.lock import DIED, DIED_REASON, status_of
 from vlmqc.runs.records import (
     PredictionRow,
     Sample,
@@ -38,18 +39,19 @@ def _values(block: dict[str, float] | None) -> dict[str, float]:
     return {k: float(v) for k, v in (block or {}).items() if k != "step"}
 
 
-def _chance(summary: Summary, where: str, problems: list[str]) -> dict[str, float]:
-    """Chance levels by metric: ``{"eval/…": v}``, or the run record's ``{"prior": {…}, "uniform": {…},
-    "constant": {…}, "answer": {…}}``, where the best guesser (by the metric's direction,
-    ``vlmqc.records.chance_level``) is the level to beat."""
+def _chance(summary: Summary, where: str, problems: list[str]) -> dict[str, tuple[float, str | None]]:
+    """Chance levels by metric, each with the guesser that scores it: from ``{"eval/…": v}`` (no
+    kind), or the run record's ``{"prior": {…}, "uniform": {…}, "constant": {…}, …}``, where the
+    one level is ``vlmqc.metrics.chance_of``'s, as the summary, W&B and the log show it."""
     chance = summary.chance or {}
     if not any(k in chance for k in CHANCE_KINDS):
-        return _values(checked(chance, dict[str, float], where, "chance", problems))
+        flat = _values(checked(chance, dict[str, float], where, "chance", problems))
+        return {m: (v, None) for m, v in flat.items()}
     kinds = {
         kind: _values(checked(chance.get(kind), dict[str, float] | None, where, f"chance.{kind}", problems))
         for kind in CHANCE_KINDS
     }
-    return {m: level for m in set().union(*kinds.values()) if (level := chance_level(kinds, m)) is not None}
+    return {m: found for m in set().union(*kinds.values()) if (found := chance_of(kinds, m)) is not None}
 
 
 @dataclass
@@ -72,10 +74,12 @@ class TrialRow:
     best_step: int | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # the base model's evaluation at step 0
     chance: dict[str, float] = field(default_factory=dict)  # what guessing scores on this dataset
+    chance_kind: dict[str, str | None] = field(default_factory=dict)  # the guesser that scores it
     ceiling: dict[str, float] = field(
         default_factory=dict
     )  # what the pixel-difference detector scores on this trial's test rows, no learning
     plateau: dict | None = None  # the summary's diagnosis when it found the plateau: a flat loss, answers at chance
+    diagnosis: dict | None = None  # the summary's diagnosis, each metric against its chance level
     label: str = ""  # short and unique among the compared trials: legends and column heads
 
     @property
@@ -148,6 +152,8 @@ def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
     else:
         where = str(path)
         trial.status, trial.reason, trial.traceback = summary.status or "unknown", summary.reason, summary.traceback
+        if status_of(run_dir, trial.status) == DIED:  # its record says running, and no process holds its folder
+            trial.status, trial.reason = DIED, DIED_REASON
         trial.run_name, trial.step, trial.config = summary.run_name, summary.step, summary.config
         trial.runtime = float(summary.runtime_seconds) if summary.runtime_seconds is not None else None
         trial.dataset_hash = checked(
@@ -162,10 +168,13 @@ def load_trial(run_dir: Path, notes: Notes) -> TrialRow:
             _values(summary.baseline),
         )
         trial.best_step = checked((summary.best or {}).get("step"), int | None, where, "best.step", problems)
-        trial.chance = _chance(summary, where, problems)
+        levels = _chance(summary, where, problems)
+        trial.chance = {m: v for m, (v, _) in levels.items()}
+        trial.chance_kind = {m: k for m, (_, k) in levels.items()}
         ceiling = checked(summary.ceiling, dict[str, float] | None, where, "ceiling", problems) or {}
         trial.ceiling = {k: float(v) for k, v in ceiling.items() if k.startswith("eval/")}
         diagnosis = checked(summary.diagnosis, dict | None, where, "diagnosis", problems)
+        trial.diagnosis = diagnosis
         trial.plateau = diagnosis if diagnosis and diagnosis.get("plateau") is True else None
         notes.extend(path, problems)
     # Hydra's own file first; the summary's copy; the run name, which holds the same overrides

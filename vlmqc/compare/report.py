@@ -27,6 +27,8 @@ def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list
     metric, metrics = choose_metric(trials, wanted_metric, notes)
     swept, fixed = swept_and_fixed(trials)
     label_trials(trials, swept)
+    table = trials_table(trials, swept, fixed, metrics, metric)
+    trials = table["ranked"]  # every section in the first table's order: the best first
 
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = curves_png(trials, history)
@@ -34,7 +36,7 @@ def build(run_dirs: list[Path], out_dir: Path, wanted_metric: str, sources: list
         write_atomic(out_dir / "curves.png", curves)
     labels = {d: {p.id: p.example() for p in rows} for d, (_, _, rows) in predictions.items()}
     sections = {
-        "table": trials_table(trials, swept, fixed, metrics, metric),
+        "table": table,
         "curves": data_uri(curves) if curves else None,
         "figures": sweep_figures(trials, swept, metric, out_dir),
         "samples": samples_section(trials, samples, labels, notes),

@@ -14,10 +14,8 @@ from vlmqc.compare.settings import config_value, override_value
 from vlmqc.evaluation.scoring import confusion
 from vlmqc.files import write_atomic
 from vlmqc.labels import describe
-from vlmqc.metrics import CONFUSION_ORDER
+from vlmqc.metrics import CONFUSION_ORDER, METRICS
 from vlmqc.runs.records import PredictionRow, problem
-
-KINDS = ("baseline", "final", "best")
 
 
 def choose_metric(trials: list[TrialRow], wanted: str, notes: Notes) -> tuple[str, list[str]]:
@@ -39,39 +37,93 @@ def choose_metric(trials: list[TrialRow], wanted: str, notes: Notes) -> tuple[st
 class MetricCell:
     value: float | None
     chance: float | None  # the trial's dataset's chance level (final column only)
+    chance_kind: str | None  # the guesser that scores it (prior, uniform, constant)
     ceiling: float | None  # the pixel-difference detector's score on the trial's test rows (final column only)
     step: int | None  # the best value's step (best column only)
-    chosen: bool
     below_chance: bool
 
 
-def trials_table(trials: list[TrialRow], swept: list[str], fixed: list[str], metrics: list[str], chosen: str) -> dict:
-    """Swept settings and results first, where the eye starts; settings common to all trials last."""
-    kinds = [k for k in KINDS if k != "baseline" or any(t.baseline for t in trials)]
-    rows = []
-    for t in trials:
-        cells = [
-            MetricCell(
-                t.metric(kind, m),
-                t.chance.get(m) if kind == "final" else None,
-                t.ceiling.get(m) if kind == "final" else None,
-                t.best_step if kind == "best" and m in t.best else None,
-                m == chosen,
-                kind == "final" and t.below_chance(m),
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def standings(trial: TrialRow) -> list[str]:
+    """Each metric of the trial's diagnosis against its own chance level, named: what the plateau
+    badge explains ("exact_match 0.500 at chance (0.500, constant)")."""
+    out = []
+    for m, d in ((trial.diagnosis or {}).get("metrics") or {}).items():
+        if isinstance(d, dict) and all(isinstance(d.get(k), (int, float)) for k in ("value", "chance")):
+            where = "at" if d.get("at_chance") else "above"
+            out.append(
+                f"{m.removeprefix('eval/')} {d['value']:.3f} {where} chance ({d['chance']:.3f}, {d.get('kind')})"
             )
-            for kind in kinds
-            for m in metrics
-        ]
+    return out
+
+
+def trials_table(trials: list[TrialRow], swept: list[str], fixed: list[str], metrics: list[str], chosen: str) -> dict:
+    """The first screen answers "which trial is best, and by how much": the trials ranked by the
+    chosen metric's final value, one column each for that value, its lead over the next (or gap to
+    the best), the best value and its step, chance and ceiling; the swept settings beside them.
+    The other metrics, the baseline and the fixed settings follow in collapsible groups, rows in
+    the same order."""
+    higher = METRICS[chosen].higher_is_better if chosen in METRICS else True
+    finals = {t.dir: v for t in trials if _finite(v := t.final.get(chosen))}
+    ranked = sorted(
+        trials,
+        key=lambda t: (t.dir not in finals, -finals[t.dir] if t.dir in finals and higher else finals.get(t.dir, 0.0)),
+    )
+    leader = ranked[0] if ranked and ranked[0].dir in finals else None
+    runner_up = ranked[1] if len(ranked) > 1 and ranked[1].dir in finals else None
+    rows = []
+    for t in ranked:
+        value = finals.get(t.dir)
+        if t is leader:
+            gap = abs(value - finals[runner_up.dir]) if runner_up else None
+            gap_text = f"best, by {gap:.3f} over {runner_up.label}" if runner_up else "best (the only one scored)"
+        elif value is not None:
+            gap = -abs(value - finals[leader.dir])
+            gap_text = f"{-gap:.3f} behind"
+        else:
+            gap, gap_text = None, "—"
         rows.append(
             {
                 "trial": t,
+                "is_best": t is leader,
+                "final": t.final.get(chosen),
+                "gap": gap,
+                "gap_text": gap_text,
+                "best": t.best.get(chosen),
+                "best_step": t.best_step if chosen in t.best else None,
+                "chance": t.chance.get(chosen),
+                "chance_kind": t.chance_kind.get(chosen),
+                "ceiling": t.ceiling.get(chosen),
                 "swept": [override_value(t, k) for k in swept],
-                "metrics": cells,
                 "fixed": [override_value(t, k) for k in fixed],
                 "below_chance": t.below_chance(chosen),
+                "standings": standings(t),
             }
         )
-    return {"kinds": kinds, "metrics": metrics, "chosen": chosen, "swept": swept, "fixed": fixed, "rows": rows}
+    others = [m for m in metrics if m != chosen]
+    groups = []
+    for kind, shown in (("final", others), ("best", others), ("baseline", metrics)):
+        if not shown or not any(getattr(t, kind) for t in trials):
+            continue
+        cells = {
+            t.dir: [
+                MetricCell(
+                    t.metric(kind, m),
+                    t.chance.get(m) if kind == "final" else None,
+                    t.chance_kind.get(m) if kind == "final" else None,
+                    t.ceiling.get(m) if kind == "final" else None,
+                    t.best_step if kind == "best" and m in t.best else None,
+                    kind == "final" and t.below_chance(m),
+                )
+                for m in shown
+            ]
+            for t in ranked
+        }
+        groups.append({"kind": kind, "metrics": shown, "cells": cells})
+    return {"chosen": chosen, "swept": swept, "fixed": fixed, "rows": rows, "groups": groups, "ranked": ranked}
 
 
 def _file_name(key: str) -> str:

@@ -119,6 +119,9 @@ class DataConfig:
         _between(self.seed, "seed", 0, SEED_MAX)
 
 
+SPLIT_MAX = 1_000_000  # examples in a split: each is drawn and cached on disk (tens of KB a pair)
+
+
 @dataclass
 class SynthConfig(DataConfig):
     train_size: int = 500
@@ -129,8 +132,14 @@ class SynthConfig(DataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.train_size >= 1, "train_size", self.train_size, "must be >= 1")
-        _check(self.test_size >= 1, "test_size", self.test_size, "must be >= 1")
+        for key in ("train_size", "test_size"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+            _check(
+                getattr(self, key) <= SPLIT_MAX,
+                key,
+                getattr(self, key),
+                f"must be <= {SPLIT_MAX:,}: every example is drawn and kept in the dataset cache on disk",
+            )
         _check(len(self.terminal_shapes) > 0, "terminal_shapes", self.terminal_shapes, "must name at least one shape")
         _check(
             len(set(self.terminal_shapes)) == len(self.terminal_shapes),

@@ -195,6 +195,9 @@ class LoraTarget(str, enum.Enum):
     all_linear = "all_linear"  # every linear layer but the output head
 
 
+LORA_RANK_MAX = 4096
+
+
 @dataclass
 class LoraConfig:
     name: str = MISSING
@@ -207,6 +210,13 @@ class LoraConfig:
 
     def __post_init__(self):
         _check(self.r >= 1, "r", self.r, "must be >= 1")
+        _check(
+            self.r <= LORA_RANK_MAX,
+            "r",
+            self.r,
+            f"must be <= {LORA_RANK_MAX}: a rank above a layer's width is no longer low-rank (the adapter costs more "
+            f"memory than the layer; the widest supported family's layers are 4096 wide)",
+        )
         _check(self.alpha > 0, "alpha", self.alpha, "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")  # nan fails too
 

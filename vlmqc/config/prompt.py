@@ -61,3 +61,19 @@ class PromptConfig:
         )
         _check("{position}" in self.answer_star, "answer_star", self.answer_star, "must contain {position}")
         _check("{position}" in self.defect_item, "defect_item", self.defect_item, "must contain {position}")
+        # formatted once here with sample values, as vlmqc/prompts.py formats them for every answer
+        for key, values in (
+            ("answer_defective", {"defects": "missing terminal at C5"}),
+            ("defect_item", {"name": "missing terminal", "position": "C5"}),
+            ("answer_star", {"position": "C5"}),
+        ):
+            try:
+                getattr(self, key).format(**values)
+            except (KeyError, IndexError, ValueError, AttributeError) as e:
+                _check(
+                    False,
+                    key,
+                    getattr(self, key),
+                    f"does not format with {', '.join('{' + v + '}' for v in values)} alone ({type(e).__name__}: "
+                    f"{e}); write a literal brace as {{{{ or }}}}",
+                )

@@ -43,6 +43,45 @@ class VisionCache(str, enum.Enum):
     disk = "disk"  # and on disk (paths.features_dir), for the other trials of a sweep and reruns
 
 
+# upper bounds, each with its reason: a value past them cannot run on any machine vlmqc targets
+BATCH_MAX = 4096  # rows per device in one step: activations grow with it; no GPU holds 4096 rows of a VLM
+# an answer is one sentence (the longest a prompt renders is under 200 tokens); each new token is one more
+# forward pass over the batch and one more key/value row per layer in memory
+MAX_NEW_TOKENS_MAX = 1024
+# schedulers that step on an evaluation metric of the Trainer's own evaluate(); vlmqc evaluates by
+# generation, its metrics outside the Trainer, so they would never get one
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+
+
+def check_schedule(t: TrainerConfig) -> None:
+    """Build the trial's learning-rate scheduler as the Trainer will (transformers' ``get_scheduler``,
+    no scheduler arguments, the warmup of ``warmup_ratio``) on a one-parameter optimiser, and take
+    a step: a scheduler that needs what the trial does not give it is refused here, not at step 0."""
+    import math
+
+    import torch
+    from transformers import get_scheduler
+
+    _check(
+        t.lr_schedule not in METRIC_SCHEDULERS,
+        "lr_schedule",
+        t.lr_schedule,
+        "steps on a metric of the Trainer's own evaluation, which vlmqc's evaluation (by generation) does not "
+        "give it; use linear, cosine, constant, constant_with_warmup, polynomial, cosine_with_restarts or "
+        "inverse_sqrt",
+    )
+    steps = t.max_steps if t.max_steps > 0 else 100
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.lr)
+    try:
+        scheduler = get_scheduler(
+            t.lr_schedule, optimizer, num_warmup_steps=math.ceil(steps * t.warmup_ratio), num_training_steps=steps
+        )
+        optimizer.step()
+        scheduler.step()
+    except (TypeError, ValueError) as e:
+        _check(False, "lr_schedule", t.lr_schedule, f"cannot run with this trial's settings: {e}")
+
+
 @dataclass
 class TrainerConfig:
     epochs: float = 3.0
@@ -138,6 +177,21 @@ class TrainerConfig:
             "lr_reference_batch",
         ):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        for key in ("batch_size", "eval_batch_size"):
+            _check(
+                getattr(self, key) <= BATCH_MAX,
+                key,
+                getattr(self, key),
+                f"must be <= {BATCH_MAX}: the rows of one step are held in memory at once, and no GPU holds that many "
+                f"(use trainer.grad_accum for a larger effective batch)",
+            )
+        _check(
+            self.max_new_tokens <= MAX_NEW_TOKENS_MAX,
+            "max_new_tokens",
+            self.max_new_tokens,
+            f"must be <= {MAX_NEW_TOKENS_MAX}: answers are one sentence, and each token more is a forward pass over "
+            f"the batch and a key/value row in memory",
+        )
         _check(1 <= self.rdzv_port <= 65535, "rdzv_port", self.rdzv_port, "must be a TCP port, 1 to 65535")
         _check(self.dataloader_workers >= 0, "dataloader_workers", self.dataloader_workers, "must be >= 0")
         _check(self.eval_workers >= 0, "eval_workers", self.eval_workers, "must be >= 0")
@@ -153,6 +207,7 @@ class TrainerConfig:
             self.lr_schedule,
             f"must be one of transformers' schedulers: {', '.join(schedules)}",
         )
+        check_schedule(self)
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
         # on an explicit CPU the answer is known now; with device=auto it depends on the machine
         # (train.training_arguments)

@@ -240,6 +240,8 @@ def read(cfg: CustomConfig) -> Source:
             if rec.get("reference") is not None
             else None
         )
+        if file is not None and reference is not None and cfg.stack_reference:
+            _stack_fits(reference, file, where, cfg.max_pixels, errors)
         labels = _labels(cfg, rec, where, errors)
         split = rec.get("split")
         if split is not None and split not in SPLITS:
@@ -301,15 +303,44 @@ def _open(path: Path) -> Image.Image:
         return rgb(ImageOps.exif_transpose(im))
 
 
+def stacked_layout(reference: tuple[int, int], candidate: tuple[int, int]) -> tuple[int, int, int]:
+    """The stacked pair's geometry from the two sizes (width, height): the reference's height once
+    scaled to the candidate's width, the gap, and the whole image's height."""
+    top = max(1, round(reference[1] * candidate[0] / reference[0]))
+    gap = max(2, candidate[0] // 100)
+    return top, gap, top + gap + candidate[1]
+
+
 def stack_pair(reference: Image.Image, candidate: Image.Image) -> tuple[Image.Image, dict]:
     """The reference (scaled to the candidate's width) on top of the candidate, and where the
     pair splits (``{"top", "gap"}``): how a custom row with a reference is shown, in training
     and in ``vlmqc.inspector``."""
-    ref = reference.resize(
-        (candidate.width, max(1, round(reference.height * candidate.width / reference.width))), Image.BICUBIC
-    )
-    gap = max(2, candidate.width // 100)
+    top, gap, _ = stacked_layout(reference.size, candidate.size)
+    ref = reference.resize((candidate.width, top), Image.BICUBIC)
     return stack(ref, candidate, gap=gap), {"top": ref.height, "gap": gap}
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    """An image's size as it is shown (EXIF orientation applied), from its header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            turned = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            return (im.height, im.width) if turned else im.size
+
+
+def _stack_fits(reference: Path, file: Path, where: str, max_pixels: int, errors: list[str]) -> None:
+    """The stacked pair is bounded by data.max_pixels as each image is: a thin reference scaled to a
+    wide candidate's width can make it far larger than either."""
+    candidate = _upright_size(file)
+    _, _, height = stacked_layout(_upright_size(reference), candidate)
+    if candidate[0] * height > max_pixels:
+        errors.append(
+            f"{where}: the pair stacked for the model (the reference scaled to {candidate[0]} pixels wide, on top of "
+            f"the candidate) is {candidate[0]}x{height} = {candidate[0] * height} pixels, more than "
+            f"data.max_pixels={max_pixels}; give a reference of the candidate's proportions, or set "
+            f"data.stack_reference=false"
+        )
 
 
 def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:

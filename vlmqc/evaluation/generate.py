@@ -3,11 +3,21 @@ training (every evaluation, ``predict_sharded`` over the ranks) and after it (vl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from vlmqc.answers import parse_answer
 from vlmqc.collate import Collator
 from vlmqc.config import Layout, PromptConfig
+
+
+class EvaluationStopped(Exception):  # noqa: N818 - a request, not an error
+    """``stop`` asked ``predict`` to end between two batches (a signal's name); ``done`` rows were answered."""
+
+    def __init__(self, name: str, done: int, total: int):
+        super().__init__(f"{name}: stopped after {done} of {total} rows")
+        self.name, self.done, self.total = name, done, total
 
 
 def _batches(collate: Collator, rows: list[dict], batch_size: int, workers: int):
@@ -35,10 +45,13 @@ def predict(
     layout: Layout = Layout.stacked,
     workers: int = 0,
     progress: bool = True,
+    stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
     """One prediction per row, in order: the generated text and what the parser read in it.
     ``workers`` (trainer.eval_workers): processes that collate the batches; the answers are the same.
-    ``progress``: a bar of rows done and rows per second on stderr (vlmqc/console.py)."""
+    ``progress``: a bar of rows done and rows per second on stderr (vlmqc/console.py).
+    ``stop``: asked before every batch; a name it returns (a signal's) ends the evaluation there,
+    raising ``EvaluationStopped``, so a SIGTERM waits for one batch, not for every row."""
     from vlmqc import console
 
     collate = Collator(processor, family, prompt, train=False, layout=layout)
@@ -52,6 +65,8 @@ def predict(
         for start, collated in zip(
             range(0, len(rows), batch_size), _batches(collate, rows, batch_size, workers), strict=True
         ):
+            if stop is not None and (name := stop()):
+                raise EvaluationStopped(name, start, len(rows))
             chunk = rows[start : start + batch_size]
             # image inputs (whatever a family's processor names them) in the model's precision
             batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in collated.items()}
@@ -76,8 +91,12 @@ def predict_sharded(
     max_new_tokens: int,
     layout: Layout = Layout.stacked,
     workers: int = 0,
+    stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
     """``predict`` spread over the ranks of a distributed run; every rank gets all predictions.
+    ``stop`` is asked between batches in a single process only: ranks stopping at different
+    batches would wait for each other's answers for ever (under DDP a signal stops at the next
+    step end, as in training).
 
     Whole batches are dealt out (batch k to rank k mod world size), so each batch holds the
     same rows, padded the same way, as in a single process: the predictions are the ones a
@@ -89,7 +108,7 @@ def predict_sharded(
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return predict(model, processor, family, prompt, rows, batch_size, max_new_tokens, layout, workers)
+        return predict(model, processor, family, prompt, rows, batch_size, max_new_tokens, layout, workers, stop=stop)
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     ks = list(range(rank, len(batches), world))

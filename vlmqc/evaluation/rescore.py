@@ -8,7 +8,8 @@ Every stored answer (``predictions/step-*.jsonl``) is parsed again with the curr
 summary.json), and scored with the current ``vlmqc.evaluate.score``. Then, each file written
 atomically: the prediction rows, the evaluation rows of ``metrics.jsonl``, and the summary's
 final / baseline / best / chance, with ``rescored: {parser_version, schema_version, time}``.
-It prints old -> new for every metric of the final evaluation. Version-1 folders (written before
+It prints old -> new for every metric of the final evaluation, and the answers the current parser
+reads differently (how many per evaluation, the first few quoted). Version-1 folders (written before
 records had a schema version) are read too, and written back as the current version.
 
 Chance levels need the prior-only answers: a version-2 summary keeps them; for a version-1 one
@@ -84,11 +85,13 @@ def _planned_answers(data: dict | None) -> dict | None:
     )
 
 
-def rescore(run_dir: Path) -> list[str]:
-    """Rescore one run folder in place; returns what it did, one line each."""
+def rescore(run_dir: Path) -> tuple[list[str], bool]:
+    """Rescore one run folder in place; returns what it did, one line each, and whether every
+    part of it was rescored (an unreadable summary or prediction file, chance levels that could
+    not be worked out again, leave a part as it was)."""
     summary, problems = read_summary(run_dir / "summary.json")
     if summary is None or not summary.config.get("prompt"):
-        return [f"{run_dir}: no summary with a prompt config; not rescored", *problems]
+        return [f"{run_dir}: no summary with a prompt config; not rescored", *problems], False
     prompt = to_object(OmegaConf.merge(OmegaConf.structured(PromptConfig), summary.config["prompt"]), "prompt")
     lines = [
         f"{run_dir}: schema version {summary.schema_version}, parser version "
@@ -96,15 +99,18 @@ def rescore(run_dir: Path) -> list[str]:
         *problems,
     ]
 
+    complete = not problems
     scores: dict[int, dict] = {}
     test: list[dict] = []
     for path in sorted((run_dir / "predictions").glob("step-*.jsonl")):
         rows, bad = read_predictions(path)
         if bad:  # scoring the readable rows alone would give other denominators: the step keeps its old values
             lines += [*bad, f"{path}: {len(bad)} problem(s); this evaluation is not rescored"]
+            complete = False
             continue
         step = int(path.stem.split("-")[1])
         parsed = [parse_answer(prompt, r.prediction, r.task) for r in rows]
+        lines += _read_differently(step, rows, parsed)
         test = [r.example() for r in rows]
         scores[step] = {f"eval/{k}": v for k, v in score(test, parsed).items()}
         write_atomic(
@@ -142,13 +148,16 @@ def rescore(run_dir: Path) -> list[str]:
     if answers and test:
         fields["chance"] = chance(test, answers)
     else:
+        complete = False
         lines.append(
             f"{run_dir}: chance levels left as they were: no prior-only answers stored, the train split is gone "
             f"and the data is not synthetic"
         )
     fields["diagnosis"] = diagnose(kept, fields["final"], fields.get("chance") or summary.chance, metric, len(test))
-    if (fields["diagnosis"] or {}).get("plateau"):
-        lines.append(f"  plateau: the training loss is flat while {metric} is at chance")
+    if (d := fields["diagnosis"] or {}).get("plateau"):
+        lines.append(
+            f"  plateau: the training loss is flat while {metric} is at chance ({d['chance']:.3f}, {d['kind']})"
+        )
     old, new = summary.final or {}, fields["final"] or {}
     changed = [name for name in sorted(set(old) | set(new)) if name != "step" and old.get(name) != new.get(name)]
     for name in changed:  # only what changed: an unchanged metric is noise in a sweep's forty lines
@@ -170,4 +179,27 @@ def rescore(run_dir: Path) -> list[str]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    return lines
+    return lines, complete
+
+
+SHOWN = 3  # answers read differently, quoted per evaluation
+
+
+def _read_differently(step: int, rows: list[PredictionRow], parsed: list) -> list[str]:
+    """The answers the current parser reads differently from the one that scored them: how many,
+    and the first few, old reading -> new."""
+    changed = [
+        (r, old, new)
+        for r, new in zip(rows, parsed, strict=True)
+        if (old := r.parsed_answer()) is None
+        or (old.verdict, old.defects, old.target) != (new.verdict, new.defects, new.target)
+    ]
+    if not changed:
+        return []
+
+    def said(p) -> str:
+        return "unread" if p is None or not p.ok else p.target or p.verdict + "".join(f" {d[0]}" for d in p.defects)
+
+    return [f"  step {step}: {len(changed)} of {len(rows)} answers read differently"] + [
+        f"    {r.id}: {r.prediction[:60]!r}: {said(old)} -> {said(new)}" for r, old, new in changed[:SHOWN]
+    ]

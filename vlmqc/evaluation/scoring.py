@@ -11,7 +11,7 @@ from collections import Counter
 
 from vlmqc.answers import Parsed
 from vlmqc.labels import POSITIONS, Task, Verdict
-from vlmqc.metrics import CONFUSION_ORDER, better
+from vlmqc.metrics import CONFUSION_ORDER, better, chance_levels
 
 PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 
@@ -205,16 +205,19 @@ def chance(test: list[dict], answers: dict[str, dict]) -> dict:
       answer is one position of the board);
     - ``constant``: each metric's best over the constant answers (``_best_constant``): the level
       the report and the plateau diagnosis hold a trial against;
-    - ``answer``: the prior-only answers themselves, so ``vlmqc.rescore`` can score them again.
+    - ``answer``: the prior-only answers themselves, so ``vlmqc.rescore`` can score them again;
+    - ``level``: each metric's one level to beat and the kind that scores it
+      (``vlmqc.metrics.chance_levels``), what W&B, the report and the log show.
     """
     prior = score(test, [_prior_parsed(answers.get(r["task"]), r["task"]) for r in test])
     uniform = {"eval/position_accuracy": 1 / len(POSITIONS)} if any(r["task"] == Task.star.value for r in test) else {}
-    return {
+    out = {
         "answer": answers,
         "prior": {f"eval/{k}": v for k, v in prior.items()},
         "uniform": uniform,
         "constant": _best_constant(test, answers),
     }
+    return {**out, "level": chance_levels(out)}
 
 
 def _best_constant(test: list[dict], answers: dict[str, dict]) -> dict[str, float]:

@@ -101,3 +101,33 @@ def _parse(text: str) -> dict | None:
         return json.loads(text) if text.strip() else None
     except json.JSONDecodeError:
         return {"pid": "?", "host": "?", "started": f"unreadable lock content {text[:80]!r}"}
+
+
+def holder_alive(run_dir: Path) -> bool:
+    """Whether a process holds the run folder's lock now: probed with a shared lock, taken and
+    dropped at once, so nothing is written; no lock file means no holder."""
+    try:
+        f = open(Path(run_dir) / NAME)  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+DIED = "died"
+DIED_REASON = (
+    "the process ended without recording its end: killed (kill -9, out of memory) or its last write failed (a full "
+    "disk); the same command resumes it from its last checkpoint"
+)
+
+
+def status_of(run_dir: Path, status: str | None) -> str | None:
+    """A record's status as every reader must show it: ``running`` while no process holds the
+    folder's lock is ``died`` (the kernel drops the lock when its holder ends, however it ends,
+    while a record a full disk would not take keeps saying ``running``)."""
+    return DIED if status == "running" and not holder_alive(run_dir) else status

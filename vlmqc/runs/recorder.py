@@ -8,12 +8,16 @@ end) and the recorder writes the run folder (``Records``, rank 0 only) and the W
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+from vlmqc.metrics import chance_levels
 from vlmqc.runs.records import PredictionRow, Sample
 from vlmqc.runs.tracking import Tracker
 from vlmqc.runs.writer import Records
+
+log = logging.getLogger(__name__)
 
 
 class Recorder:
@@ -49,9 +53,11 @@ class Recorder:
         """What a model scores without learning (chance) and what a no-learning detector scores (ceiling)."""
         self.records.update(chance=chance, ceiling=ceiling)
         if self.tracker:
+            # one level per metric, the one the summary, the report and the log show, and the guesser that scores it
+            levels = chance_levels(chance)
             self.tracker.summary(
-                {f"chance/{k}": v for k, v in chance["prior"].items()}
-                | {f"chance/uniform/{k}": v for k, v in chance["uniform"].items()}
+                {f"chance/{m}": level["value"] for m, level in levels.items()}
+                | {f"chance_kind/{m}": level["kind"] for m, level in levels.items()}
             )
             if ceiling:
                 self.tracker.summary({f"ceiling/{k}": v for k, v in ceiling.items() if k != "examples"})
@@ -94,14 +100,19 @@ class Recorder:
             self.tracker.summary({"status": "completed", **parts})
 
     def close(self, status: str, reason: str | None, step: int | None, started: float) -> None:
-        """The end, however it came: the status is written first, then W&B is closed."""
-        self.records.update(
-            status=status,
-            reason=reason,
-            step=step,
-            ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            runtime_seconds=round(time.time() - started, 2),
-        )
+        """The end, however it came: the status is written first, then W&B is closed. A status the
+        disk will not take (full) is said in one line, and the record keeps ``running``, which every
+        reader shows as ``died`` once this process has released the folder (vlmqc/runs/lock.py)."""
+        try:
+            self.records.update(
+                status=status,
+                reason=reason,
+                step=step,
+                ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                runtime_seconds=round(time.time() - started, 2),
+            )
+        except OSError as e:
+            log.error("the trial's end (%s) could not be written to %s: %s", status, self.records.summary_path, e)
         if self.tracker is not None:
             self.tracker.summary({"status": status, "reason": reason})
             self.tracker.finish(status)

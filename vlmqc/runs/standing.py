@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from vlmqc.metrics import METRICS, better, chance_level
+from vlmqc.metrics import METRICS, better, chance_of
 from vlmqc.runs.tracking import STEP
 
 
@@ -53,19 +53,23 @@ PLATEAU_FLAT = 0.02  # ... falling by less than 2 % across it counts as flat
 
 def diagnose(rows: list[dict], final: dict | None, chance: dict | None, metric: str, n_test: int) -> dict | None:
     """The study's symptom, checked: a training loss that has stopped falling while the answers
-    score at chance.
+    score at chance, for every metric that has a chance level a model can beat.
 
     - ``loss_change``: how much the mean training loss of the second half of the last third of the
       logs is below that of its first half, relative to the first (at least 6 logs; else None);
       ``loss_flat`` when it is under ``PLATEAU_FLAT``;
-    - ``at_chance``: the final ``metric`` is not better than its chance level by more than two
-      binomial standard errors on ``n_test`` rows (``margin``), so a few lucky answers do not count;
-    - ``plateau``: both. A flat loss alone is also what a converged model shows; answers at chance
-      alone is also a model still learning.
+    - ``metrics``: per metric, its final ``value``, its one chance level (``chance``, and the
+      guesser that scores it, ``kind``: ``vlmqc.metrics.chance_of``), ``margin`` (two binomial
+      standard errors on ``n_test`` rows, so a few lucky answers do not count), ``at_chance`` (not
+      better than the level by more than the margin) and ``plateau`` (a flat loss and at chance);
+      a metric whose level is already its best possible value (no unreadable answer when guessing)
+      is left out, as nothing can beat it;
+    - at the top, the same for ``metric`` (the sweep metric), named: the trial's ``plateau`` is its.
+      A flat loss alone is also what a converged model shows; answers at chance alone is also a
+      model still learning.
     None where there is no final evaluation or no chance level for ``metric``.
     """
-    level, value = chance_level(chance, metric), (final or {}).get(metric)
-    if level is None or not isinstance(value, (int, float)) or n_test < 1:
+    if not final or n_test < 1:
         return None
     losses = [v for r in rows if isinstance(v := r.get("train/loss"), (int, float)) and math.isfinite(v)]
     window = losses[-max(6, round(len(losses) * PLATEAU_WINDOW)) :] if len(losses) >= 6 else []
@@ -74,17 +78,32 @@ def diagnose(rows: list[dict], final: dict | None, chance: dict | None, metric: 
         first, second = window[: len(window) // 2], window[len(window) // 2 :]
         before = sum(first) / len(first)
         change = (before - sum(second) / len(second)) / before if before > 0 else 0.0
-    margin = 2 * math.sqrt(max(level * (1 - level), 0.0) / n_test) if 0 <= level <= 1 else 0.0
-    beyond = level + margin if METRICS[metric].higher_is_better else level - margin
-    at_chance = not better(metric, value, beyond)
     flat = change is not None and change < PLATEAU_FLAT
+    per = {}
+    for name, value in final.items():
+        found = chance_of(chance, name)
+        if found is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        level, kind = found
+        if name != metric and (level >= 1 if METRICS[name].higher_is_better else level <= 0):
+            continue  # already the best possible score: nothing could beat it
+        margin = 2 * math.sqrt(max(level * (1 - level), 0.0) / n_test) if 0 <= level <= 1 else 0.0
+        beyond = level + margin if METRICS[name].higher_is_better else level - margin
+        at_chance = not better(name, value, beyond)
+        per[name] = {
+            "value": value,
+            "chance": level,
+            "kind": kind,
+            "margin": margin,
+            "at_chance": at_chance,
+            "plateau": flat and at_chance,
+        }
+    if metric not in per:
+        return None
     return {
         "metric": metric,
-        "value": value,
-        "chance": level,
-        "margin": margin,
-        "at_chance": at_chance,
+        **per[metric],
         "loss_change": change,
         "loss_flat": flat if change is not None else None,
-        "plateau": flat and at_chance,
+        "metrics": per,
     }

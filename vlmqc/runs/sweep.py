@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from vlmqc.metrics import DEFAULT_METRIC
+from vlmqc.runs.lock import DIED, DIED_REASON, status_of
 from vlmqc.runs.records import Summary, read_summary
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class SweepSummary(Callback):
                     else ("no record", "the trial wrote no summary.json")
                 )
             else:
-                status, reason = summary.status or "unknown", summary.reason or "no reason recorded"
+                status = status_of(folder, summary.status) or "unknown"
+                reason = DIED_REASON if status == DIED else summary.reason or "no reason recorded"
             value = (summary.final or {}).get(self.metric) if summary else None
             shown = f"{self.metric}={float(value):.4f}" if value is not None else ""
             lines.append(f"  {status:<11} {folder.name}  {shown}")

@@ -31,6 +31,8 @@ CSP = (
     "default-src 'none'; img-src data:; style-src 'self'; script-src 'self'; form-action 'self'; base-uri "
     "'none'; frame-ancestors 'none'"
 )
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+BUSY_WAIT_S = 5.0  # how long a request waits for a free slot before it is told the page is busy
 
 
 class InMemoryRequest(Request):
@@ -90,13 +92,30 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
-    """The app; ``inspector`` is loaded once by the caller and shared by every request."""
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8000`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def create_app(
+    inspector, run_dir: Path, max_bytes: int = MAX_BYTES, hosts: tuple[str, ...] | None = LOOPBACK_NAMES, slots: int = 2
+) -> Flask:
+    """The app; ``inspector`` is loaded once by the caller and shared by every request.
+
+    ``hosts``: the names a request's Host header may carry (the bound address; None where the
+    server listens on every address). A page on another site that rebinds its DNS name to this
+    machine sends its own name, and is refused, as is a POST whose Origin is another site's.
+    ``slots``: requests decoded, answered and drawn at once; the others wait ``BUSY_WAIT_S``, then
+    get 503, so memory stays within ``slots`` x (an upload, its decoded images, the drawn page)."""
     run_dir = Path(run_dir)
     info = trial_info(run_dir)
     examples = test_images(run_dir)
     by_id = {e["id"]: e for e in examples}
     lock = threading.Lock()  # one generation at a time: the model is not shared between threads
+    # taken before the request's body is read: a waiting request holds no upload in memory
+    free = threading.BoundedSemaphore(slots)
 
     app = Flask(__name__, static_folder=None)
     app.request_class = InMemoryRequest
@@ -158,6 +177,38 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
         )
         return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
+    def refused(message: str, status: int):
+        if request.path.startswith("/api/"):
+            return jsonify(error=message), status
+        return page(error=message, status=status)
+
+    @app.before_request
+    def same_site():
+        # Hand-written: Flask's TRUSTED_HOSTS answers a bare 400 without saying why, and nothing
+        # in Flask checks a POST's Origin (no CSRF layer for a page without sessions).
+        if hosts is not None and host_name(request.host) not in hosts:
+            return (
+                f"this page answers requests for {', '.join(hosts)}, not for {request.host}",
+                403,
+                {"Content-Type": "text/plain; charset=utf-8"},
+            )
+        if request.method == "POST":
+            origin = request.headers.get("Origin")
+            if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site") or (
+                origin not in (None, "null") and origin != f"{request.scheme}://{request.host}"
+            ):
+                return refused(f"a request from another site ({origin or 'cross-site'}) is refused", 403)
+        return None
+
+    def answered(respond):
+        """``respond()`` in one of the slots, or 503 when none frees up in time."""
+        if not free.acquire(timeout=BUSY_WAIT_S):
+            return refused("the page is busy with other requests; try again in a moment", 503)
+        try:
+            return respond()
+        finally:
+            free.release()
+
     @app.after_request
     def headers(response):
         response.headers["Content-Security-Policy"] = CSP
@@ -171,20 +222,26 @@ def create_app(inspector, run_dir: Path, max_bytes: int = MAX_BYTES) -> Flask:
 
     @app.post("/")
     def submit():
-        try:
-            return page(answer())
-        except UploadError as e:
-            return page(error=str(e), status=400)
+        def respond():
+            try:
+                return page(answer())
+            except UploadError as e:
+                return page(error=str(e), status=400)
+
+        return answered(respond)
 
     @app.post("/api/predict")
     def api():
-        try:
-            result = answer()
-        except UploadError as e:
-            return jsonify(error=str(e)), 400
-        return jsonify(
-            {k: v for k, v in result.items() if not k.endswith("_image")} | {"image": result["candidate_image"]}
-        )
+        def respond():
+            try:
+                result = answer()
+            except UploadError as e:
+                return jsonify(error=str(e)), 400
+            return jsonify(
+                {k: v for k, v in result.items() if not k.endswith("_image")} | {"image": result["candidate_image"]}
+            )
+
+        return answered(respond)
 
     @app.get("/page.css")
     def css():

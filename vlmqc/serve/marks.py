@@ -15,6 +15,7 @@ from vlmqc.labels import cell_index
 
 MARK = (255, 32, 160)  # magenta: no board look, terminal or defect is drawn in it
 TOLERANCE = 2  # pixels of height a board image may differ from the geometry's by rounding
+MAX_SHOWN_PIXELS = 4_000_000  # an image is enlarged only up to this size: a 25-megapixel upload is shown as it is
 
 
 def is_board(image: Image.Image) -> bool:
@@ -40,7 +41,10 @@ def positions_of(answer: dict) -> list[str]:
 
 def mark(image: Image.Image, positions: list[str], upscale: int = 2) -> tuple[Image.Image, str | None]:
     """The image, enlarged ``upscale`` times, with each named cell outlined; and why nothing was
-    marked, when the grid cannot be placed or a position is not on it."""
+    marked, when the grid cannot be placed or a position is not on it. The enlargement stops at
+    ``MAX_SHOWN_PIXELS`` (a large upload is drawn on at its own size), bounding the page's memory."""
+    while upscale > 1 and image.width * image.height * upscale**2 > MAX_SHOWN_PIXELS:
+        upscale -= 1
     out = image.convert("RGB").resize((image.width * upscale, image.height * upscale), Image.Resampling.LANCZOS)
     if not positions:
         return out, None

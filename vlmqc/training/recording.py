@@ -18,11 +18,12 @@ import torch
 from transformers import TrainerCallback
 
 from vlmqc.data.layout import images as row_images
-from vlmqc.evaluation.generate import predict_sharded
+from vlmqc.evaluation.generate import EvaluationStopped, predict_sharded
 from vlmqc.evaluation.scoring import score
 from vlmqc.prompts import instruction, render_answer
 from vlmqc.runs.recorder import Recorder
 from vlmqc.runs.records import PredictionRow, Sample, sample_image
+from vlmqc.training.signals import Interrupted, StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,12 @@ class RecordingCallback(TrainerCallback):
         test_rows: list[dict],
         sample_ids: list[str],
         metric: str,
+        stopper: StopOnSignal | None = None,
     ):
         self.t, self.prompt, self.layout, self.recorder = trainer_cfg, prompt, layout, recorder
         self.processor, self.family = processor, family
         self.test_rows, self.sample_ids, self.metric = test_rows, set(sample_ids), metric
+        self.stopper = stopper  # a signal during an evaluation ends it between two batches
         self.nonfinite_step: int | None = None
         self.evaluated_step: int | None = None
         self._last = None  # (time, step, tokens) at the previous training log, for throughput
@@ -83,17 +86,28 @@ class RecordingCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         t = self.t
-        preds = predict_sharded(
-            model,
-            self.processor,
-            self.family,
-            self.prompt,
-            self.test_rows,
-            t.eval_batch_size,
-            t.max_new_tokens,
-            self.layout,
-            t.eval_workers,
-        )
+        try:
+            preds = predict_sharded(
+                model,
+                self.processor,
+                self.family,
+                self.prompt,
+                self.test_rows,
+                t.eval_batch_size,
+                t.max_new_tokens,
+                self.layout,
+                t.eval_workers,
+                stop=(lambda: self.stopper.signals.received) if self.stopper is not None else None,
+            )
+        except EvaluationStopped as e:
+            # a part of an evaluation is no evaluation: nothing of it is recorded
+            log.warning("%s: the evaluation at step %d is not recorded", e, state.global_step)
+            if state.global_step == 0:  # the base model's: nothing trained, nothing to save
+                raise Interrupted(e.name) from None
+            # the Trainer saves this step's checkpoint next (it evaluates, then saves) and stops
+            self.stopper.step, self.stopper.name = state.global_step, e.name
+            control.should_save = control.should_training_stop = True
+            return
         self.evaluated_step = (
             state.global_step
         )  # on every rank: whether to evaluate again must not differ between ranks
@@ -126,12 +140,17 @@ class RecordingCallback(TrainerCallback):
             d = diagnosis
             log.warning(
                 "step %d: the training loss is flat (%.1f%% fall over the last third) while %s=%.3f is at chance "
-                "(%.3f): the plateau; "
-                "train longer or with warm-up (experiments/LOG.md)",
+                "(%.3f, %s)%s: the plateau; train longer or with warm-up (experiments/LOG.md)",
                 step,
                 100 * d["loss_change"],
                 d["metric"],
                 d["value"],
                 d["chance"],
+                d["kind"],
+                "".join(
+                    f"; {m[5:]}={x['value']:.3f} is above its chance ({x['chance']:.3f}, {x['kind']})"
+                    for m, x in d["metrics"].items()
+                    if not x["at_chance"]
+                ),
             )
         log.info("step %d: %s", step, ", ".join(f"{k[5:]}={v:.3f}" for k, v in sorted(scores.items())))

@@ -5,7 +5,8 @@ A scheduler's SIGTERM (Slurm's pre-emption, a container's stop) or a Ctrl-C othe
 anywhere: Python's default KeyboardInterrupt mid-step, or, for SIGTERM, death without a record.
 Here a signal during training only asks; ``StopOnSignal`` (a Trainer callback) answers at the
 end of the step by setting the Trainer's own ``should_save`` and ``should_training_stop``, so the
-checkpoint is the Trainer's usual one. Outside training (loading data or the model) there is
+checkpoint is the Trainer's usual one; an evaluation by generation asks between its batches, and
+stops there unrecorded (vlmqc/training/recording.py). Outside training (loading data or the model) there is
 nothing to save, and the signal stops the trial at once (``Interrupted``). A second signal of the
 same kind, two seconds or more after the first, also stops at once: the person means it. (Within
 two seconds it is the same request delivered twice: a terminal's Ctrl-C reaches every process of
@@ -69,7 +70,11 @@ class Signals:
             raise Interrupted(name)  # asked again: stop now
         if not self.graceful:
             raise Interrupted(name)
-        log.warning("%s: stopping at the end of this step, with a checkpoint (send it again to stop at once)", name)
+        log.warning(
+            "%s: stopping at the end of this step (or of this evaluation batch), with a checkpoint (send it again to "
+            "stop at once)",
+            name,
+        )
 
 
 class StopOnSignal(TrainerCallback):

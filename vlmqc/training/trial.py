@@ -37,7 +37,7 @@ from vlmqc.data.custom import CustomDataError
 from vlmqc.data.layout import images as row_images
 from vlmqc.devices import pick_device
 from vlmqc.evaluation.scoring import chance, prior_answers
-from vlmqc.metrics import chance_level
+from vlmqc.metrics import chance_of
 from vlmqc.models import adapt, load, parameter_counts
 from vlmqc.runs.recorder import Recorder
 from vlmqc.runs.resume import Plan
@@ -125,8 +125,12 @@ def run(cfg: DictConfig, objs: dict, run_dir: Path, context: dict, plan: Plan) -
         raise
     except Exception as e:  # noqa: BLE001 - a trial's record must say why it failed, whatever it was
         status, reason = "failed", f"{type(e).__name__}: {e}"
-        recorder.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
-        log.exception("trial %s failed", cfg.run_name)
+        try:
+            recorder.update(traceback="".join(traceback.format_exc().splitlines(keepends=True)[-25:]))
+        except OSError as unwritten:  # a full disk: one line, not a traceback of the write that failed too
+            log.error("trial %s failed: %s (and its record could not be written: %s)", cfg.run_name, reason, unwritten)
+        else:
+            log.exception("trial %s failed", cfg.run_name)
         if world > 1:
             # raised again, so this rank's process fails: the launcher then stops the other ranks, which
             # would otherwise wait for this one in their next collective, and reports this exception
@@ -264,7 +268,7 @@ def build_trainer(
     """transformers' Trainer with vlmqc's collator, callbacks and speed levers (each the same computation)."""
     t, layout, prompt = objs["trainer"], objs["data"].layout, objs["prompt"]
     callback = RecordingCallback(
-        t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric
+        t, prompt, layout, recorder, processor, family, data.test, data.sample_ids, cfg.sweep_metric, stopper
     )
     args = training_arguments(t, run_dir, device, world, eval_on_start=t.eval_before and plan.checkpoint is None)
     # the frozen image path's features, once per image (vlmqc/features.py); None when off
@@ -338,7 +342,7 @@ def report_end(recorder: Recorder, run_name: str, status: str, reason: str | Non
     if status != "completed" or not final:
         return
     shown = ", ".join(
-        f"{k[5:]} {v:.3f}" + (f" (chance {c:.3f})" if (c := chance_level(levels, k)) is not None else "")
+        f"{k[5:]} {v:.3f}" + (f" (chance {c[0]:.3f}, {c[1]})" if (c := chance_of(levels, k)) is not None else "")
         for k, v in final.items()
         if k.startswith("eval/") and k not in ("eval/loss", "eval/unparseable_rate")
     )
