@@ -4,9 +4,9 @@ MMAD (ICLR 2025) asks multiple-choice questions about industrial images and repo
 row per source dataset (the first segment of the query image's path: ``MVTec-AD``, ``VisA``...), a
 column per question type, each cell the accuracy of that source's questions of that type, except:
 
-- Anomaly Detection: the mean of the accuracy on normal queries (whose path contains ``good``)
-  and on anomalous ones, so that a model answering "no defect" to all scores 50, not the share of
-  normal images;
+- Anomaly Detection: the mean of the accuracy on normal queries (whose path contains ``good``:
+  the row's ``normal``, vlmqc/data/mmad.py) and on anomalous ones, so that a model answering "no
+  defect" to all scores 50, not the share of normal images;
 - Overkill: normal queries answered wrong on Anomaly Detection / normal queries; Miss: anomalous
   queries answered wrong on it / anomalous queries;
 - Average: a row's mean over its question types (Overkill and Miss left out); the ``Average`` row:
@@ -47,7 +47,6 @@ TYPES = (
 )
 MERGED = {"Object Structure": "Object Analysis", "Object Details": "Object Analysis"}
 AVERAGE, OVERKILL, MISS = "Average", "Overkill", "Miss"
-NORMAL_FLAG = "good"  # MMAD: a query whose path contains it is a normal (defect-free) product
 
 
 def slug(name: str) -> str:
