@@ -17,6 +17,8 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "vlmqc" / "conf"
 DATA_OPTIONS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+# the options that read a user's files (data.path) rather than draw their data
+READ_OPTIONS = ("conversations", "custom", "mmad", "mvtec", "visa")
 
 
 def compose_app(config_name: str, overrides: list[str] = ()):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import CONF, DATA_OPTIONS, compose_app, run_app
+from conftest import CONF, DATA_OPTIONS, READ_OPTIONS, compose_app, run_app
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
@@ -31,10 +31,20 @@ def data(*overrides: str):
 
 @pytest.mark.parametrize("option", DATA_OPTIONS)
 def test_every_data_option_composes_and_validates(option):
-    extra = ["data.path=/some/folder"] if option == "custom" else []
+    from vlmqc.config import ConversationsConfig, MmadConfig, MvtecConfig, VisaConfig
+
+    extra = ["data.path=/some/folder"] if option in READ_OPTIONS else []
     cfg = data(f"data={option}", *extra)
     assert cfg.name == option
-    expected = {"star": StarConfig, "custom": CustomConfig, "diff": DiffConfig}.get(option, PairConfig)
+    expected = {
+        "star": StarConfig,
+        "custom": CustomConfig,
+        "diff": DiffConfig,
+        "mvtec": MvtecConfig,
+        "visa": VisaConfig,
+        "mmad": MmadConfig,
+        "conversations": ConversationsConfig,
+    }.get(option, PairConfig)
     assert type(cfg) is expected
 
 
@@ -127,10 +137,22 @@ def test_typos_and_wrong_types_fail_at_composition(override, key):
         ("star", "data.distractors.max=30", "data.distractors.max=30"),
         ("diff", "data.diff.scale=0", "data.diff.scale=0"),
         ("custom", "data.test_fraction=1.0", "data.test_fraction=1.0"),
+        ("mvtec", "data.grid=[4,3]", "data.grid=[4, 3]"),
+        ("mvtec", "data.grid=[3,10]", "data.grid=[3, 10]"),
+        ("mvtec", "data.grid=[3]", "data.grid=[3]"),
+        ("visa", "data.defect_type='a b'", "data.defect_type='a b'"),
+        ("mmad", "data.shots=9", "data.shots=9"),
+        ("mmad", "data.test_fraction=0", "data.test_fraction=0"),
+        ("conversations", "data.split_seed=-1", "data.split_seed=-1"),
+        ("mmad", "data.layout=separate", None),  # several images: allowed
+        ("star", "data.layout=separate", "data.layout='separate'"),
     ],
 )
 def test_bad_values_fail_with_the_key(option, override, key):
-    extra = ["data.path=/x"] if option == "custom" else []
+    extra = ["data.path=/x"] if option in READ_OPTIONS else []
+    if key is None:
+        data(f"data={option}", override, *extra)
+        return
     with pytest.raises(ConfigError) as e:
         data(f"data={option}", override, *extra)
     assert key in str(e.value)
@@ -253,6 +275,21 @@ def test_custom_data_needs_an_existing_folder(tmp_path):
         validated(tmp_path, "data=custom", app="data_app")
     with pytest.raises(ConfigError, match=r"^data.path='/no/such/folder': folder not found"):
         validated(tmp_path, "data=custom", "data.path=/no/such/folder")
+
+
+@pytest.mark.parametrize("option", ["mvtec", "visa", "mmad", "conversations"])
+def test_published_layouts_need_their_folder_or_file(tmp_path, option):
+    with pytest.raises(ConfigError, match=r"^data.path: required"):
+        validated(tmp_path, f"data={option}", app="data_app")
+    kind = "file" if option == "conversations" else "folder"
+    with pytest.raises(ConfigError, match=rf"^data.path='/no/such/place': {kind} not found"):
+        validated(tmp_path, f"data={option}", "data.path=/no/such/place")
+    (tmp_path / "data.jsonl").write_text("")
+    found = tmp_path / "data.jsonl" if option == "conversations" else tmp_path
+    assert validated(tmp_path, f"data={option}", f"data.path={found}", app="data_app")["data"].path == str(found)
+    wrong = tmp_path if option == "conversations" else tmp_path / "data.jsonl"
+    with pytest.raises(ConfigError, match=f"{kind} not found"):
+        validated(tmp_path, f"data={option}", f"data.path={wrong}")
 
 
 def test_a_sweep_is_checked_trial_by_trial_before_it_starts():

@@ -15,7 +15,7 @@ STAGES = [
     ("vlmqc.labels", "vlmqc.files", "vlmqc.console"),
     ("vlmqc.metrics",),
     ("vlmqc.config",),
-    ("vlmqc.devices", "vlmqc.prompts", "vlmqc.answers"),
+    ("vlmqc.devices", "vlmqc.prompts", "vlmqc.answers", "vlmqc.choice", "vlmqc.tasks"),
     ("vlmqc.models", "vlmqc.data"),
     ("vlmqc.preflight", "vlmqc.features", "vlmqc.collate"),
     ("vlmqc.runs",),

@@ -73,7 +73,7 @@ class Parsed:
     defects: tuple[
         tuple[str, str | None], ...
     ] = ()  # (position, type key or None), sorted, distinct; empty unless defective
-    target: str | None = None  # star task: the position answered
+    target: str | None = None  # star task: the position answered; choice: the letters (vlmqc/choice.py)
     ok: bool = False  # readable for its task: a target (star) or a verdict (the others)
     text: str = field(default="", compare=False, repr=False)  # the answer as given: answer-only rows are scored on it
 
@@ -188,7 +188,7 @@ def _vocabulary(prompt_names: tuple[tuple[str, str], ...]) -> _Vocabulary:
     for t, synonyms in DEFECT_SYNONYMS.items():
         for name in (t.value, _CANONICAL[t.value], *synonyms):
             names[_normalize(name).lower()] = t.value
-    for t, name in prompt_names:  # the prompt's own names win over a synonym that happens to equal one
+    for t, name in prompt_names:  # the prompt's (and dataset's) own names win over a synonym that equals one
         if name and name.strip():
             names[_normalize(name).strip().lower()] = t
     ordered = sorted(names, key=lambda n: (-len(n), n))
@@ -406,11 +406,13 @@ def _read_json(obj: dict, task: Task, vocab: _Vocabulary) -> tuple[str | None, t
     return (*_finish(verdict, defects), None) if verdict else None
 
 
-def parse_answer(cfg: PromptConfig, text: str, task: str) -> Parsed:
-    """Read a model's answer back into labels; tolerant of messy text, never raises on a string."""
+def parse_answer(cfg: PromptConfig, text: str, task: str, types: tuple[str, ...] = ()) -> Parsed:
+    """Read a model's answer back into labels; tolerant of messy text, never raises on a string.
+    ``types``: a dataset's own defect types (an MVTec folder's ``broken_large``), each its own name,
+    read before the built-in synonyms (``contamination`` stays itself)."""
     task = Task(task)
     normal = _normalize(text)
-    vocab = _vocabulary(tuple(sorted(cfg.defect_names.items())))
+    vocab = _vocabulary(tuple(sorted(cfg.defect_names.items())) + tuple((t, t) for t in types))
     found = None
     if cfg.format == AnswerFormat.json:
         objects = _json_objects(normal)

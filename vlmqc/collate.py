@@ -19,7 +19,7 @@ from PIL import Image
 from vlmqc.config import Layout, PromptConfig
 from vlmqc.data.layout import images as row_images
 from vlmqc.features import attach_keys
-from vlmqc.prompts import instruction, render_answer
+from vlmqc.tasks import answer_text, prompt_text
 
 IGNORE = -100  # the label value cross-entropy skips
 
@@ -43,16 +43,14 @@ class Collator:
 
     def __call__(self, examples: list[dict]) -> dict:
         images = [row_images(ex, self.layout) for ex in examples]
-        instructions = [
-            instruction(self.prompt, ex["task"], len(imgs)) for ex, imgs in zip(examples, images, strict=True)
-        ]
+        instructions = [prompt_text(self.prompt, ex, len(imgs)) for ex, imgs in zip(examples, images, strict=True)]
 
         def encode(answers, side):
             return self.family.encode(self.processor, instructions, images, answers, side)
 
         if not self.train:
             return encode(None, "left")
-        batch = encode([render_answer(self.prompt, ex) for ex in examples], "right")
+        batch = encode([answer_text(self.prompt, ex) for ex in examples], "right")
         prompt_only = encode(None, "right")
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE
@@ -74,31 +72,40 @@ def sequence_lengths(collator: Collator, dataset) -> list[int]:
     Collating every row would decode and process every image before training starts; instead one
     row of each kind (task, image size, pair geometry: what sets the prompt and image tokens) is
     collated, and the others differ from it by their answers' token counts. Exact unless the
-    tokenizer merges across the prompt/answer boundary, which the label mask already refuses.
+    tokenizer merges across the prompt/answer boundary, which the label mask already refuses. A
+    row's own prompt (``question``) and the sizes of the images shown before it (``context``) are
+    part of its kind.
     """
     import datasets
 
-    headers = dataset.select_columns(["image", "meta"] if "meta" in dataset.column_names else ["image"]).cast_column(
-        "image", datasets.Image(decode=False)
-    )
-    answers = dataset.remove_columns([c for c in ("image", "source_image") if c in dataset.column_names])
+    columns = [c for c in ("image", "meta", "context") if c in dataset.column_names]
+    headers = dataset.select_columns(columns).cast_column("image", datasets.Image(decode=False))
+    if "context" in columns:
+        headers = headers.cast_column("context", datasets.List(datasets.Image(decode=False)))
+    answers = dataset.remove_columns([c for c in ("image", "source_image", "context") if c in dataset.column_names])
     tokenizer = getattr(collator.processor, "tokenizer", collator.processor)
     counts = [
         len(ids)
-        for ids in tokenizer([render_answer(collator.prompt, row) for row in answers], add_special_tokens=False)[
+        for ids in tokenizer([answer_text(collator.prompt, row) for row in answers], add_special_tokens=False)[
             "input_ids"
         ]
     ]
     base: dict[tuple, int] = {}  # kind -> its sequence length less its answer's tokens
     lengths = []
     for i, (header, row) in enumerate(zip(headers, answers, strict=True)):
-        size = (
-            Image.open(io.BytesIO(header["image"]["bytes"])).size
-            if header["image"]["bytes"]
-            else header["image"]["path"]
-        )  # the header alone
-        kind = (row["task"], size, json.dumps(json.loads(header.get("meta") or "{}").get("stack")))
+        sizes = tuple(_size(im) for im in [*(header.get("context") or []), header["image"]])
+        kind = (
+            row["task"],
+            sizes,
+            json.dumps(json.loads(header.get("meta") or "{}").get("stack")),
+            row.get("question"),
+        )
         if kind not in base:
             base[kind] = int(collator([dataset[i]])["attention_mask"].sum()) - counts[i]
         lengths.append(base[kind] + counts[i])
     return lengths
+
+
+def _size(image: dict):
+    """An encoded image's size, from its header alone (its path where it has no bytes)."""
+    return Image.open(io.BytesIO(image["bytes"])).size if image["bytes"] else image["path"]

@@ -24,6 +24,11 @@ class Task(str, enum.Enum):
     pair = "pair"  # reference on top, candidate below: passed or defective, where, what
     diff = "diff"  # the pair turned into one image that concentrates the difference
     custom = "custom"  # the user's own images
+    mvtec = "mvtec"  # an MVTec AD tree: test images against a good training image (vlmqc/data/mvtec.py)
+    visa = "visa"  # a VisA tree, read from its split CSV (vlmqc/data/mvtec.py)
+    mmad = "mmad"  # MMAD's multiple-choice questions (vlmqc/data/mmad.py)
+    conversations = "conversations"  # multi-image conversation JSONL (vlmqc/data/conversations.py)
+    choice = "choice"  # a row that asks a multiple-choice question (vlmqc/choice.py): a row's task, no dataset's
 
 
 class Shape(str, enum.Enum):
@@ -62,6 +67,16 @@ DEFECT_NAMES = {
 def position(row: int, col: int) -> str:
     """Grid indices (0-based row, 0-based column) to the printed coordinate, e.g. (1, 4) -> C5."""
     return f"{ROWS[row]}{COLUMNS[col]}"
+
+
+# the rows of a grid laid over a real image (data.grid of data=mvtec / visa), named as the study
+# names the board's: U (up), C (centre), D (down); fewer rows keep the names of their places
+GRID_ROWS = {1: ("C",), 2: ("U", "D"), 3: ROWS}
+
+
+def grid_positions(rows: int, columns: int) -> tuple[str, ...]:
+    """The positions of a ``rows`` x ``columns`` grid, row by row: ``U1 .. D3`` for 3 x 3."""
+    return tuple(f"{r}{c}" for r in GRID_ROWS[rows] for c in range(1, columns + 1))
 
 
 def cell_index(pos: str, rows=ROWS, n_columns: int = len(COLUMNS)) -> tuple[int, int]:

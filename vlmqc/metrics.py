@@ -20,32 +20,100 @@ class Metric:
     chance: str  # how its chance level is computed
 
 
+class _Registry(dict):
+    """Fixed names, and families of names under a prefix: one metric per question type or source
+    dataset, named by the data (``eval/source/mvtec_ad``). ``name in METRICS`` and ``METRICS[name]``
+    know both; iterating lists the fixed names."""
+
+    def __init__(self, fixed: dict[str, Metric], families: dict[str, Metric]):
+        super().__init__(fixed)
+        self.families = families
+
+    def _family(self, name) -> Metric | None:
+        if isinstance(name, str):
+            for prefix, metric in self.families.items():
+                if name.startswith(prefix) and len(name) > len(prefix):
+                    return metric
+        return None
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or self._family(name) is not None
+
+    def __missing__(self, name) -> Metric:
+        metric = self._family(name)
+        if metric is None:
+            raise KeyError(name)
+        return metric
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
 _PRIOR = "score of the prior-only answer: every test row answered with the train split's most frequent label"
-METRICS: dict[str, Metric] = {
-    "eval/verdict_accuracy": Metric(True, "pass / defective rows whose predicted verdict is the true one", _PRIOR),
-    "eval/defect_recall": Metric(True, "defective rows predicted defective / defective rows", _PRIOR),
-    "eval/escape_rate": Metric(
-        False, "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall", _PRIOR
-    ),
-    "eval/false_reject_rate": Metric(False, "pass rows predicted defective / pass rows", _PRIOR),
-    "eval/position_accuracy": Metric(
-        True,
-        "star rows with the right target and defective rows predicted defective with the true set of positions / "
-        "those rows",
-        _PRIOR + "; also 1/27, a uniformly guessed position",
-    ),
-    "eval/defect_type_accuracy": Metric(
-        True, "true defects whose position the answer names with the true type / true defects", _PRIOR
-    ),
-    "eval/exact_match": Metric(
-        True,
-        "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); "
-        "answer-only text",
-        _PRIOR,
-    ),
-    "eval/unparseable_rate": Metric(False, "answers the parser could not read / rows with structured labels", _PRIOR),
-    "eval/loss": Metric(False, "the language-model loss on the test answers", "none"),
-}
+# choice rows (vlmqc/choice.py): a uniformly guessed letter scores 1 / number of options
+_LETTERS = (
+    "a uniformly guessed letter (1 / number of options, uniform); the best letter given to every question "
+    "(constant); the train split's most frequent letter (prior)"
+)
+# MMAD's table (vlmqc/evaluation/choice.py): a row per source dataset (the query path's first segment), a
+# column per question type; a row's average is over its types, each column's over the sources
+_MMAD = "MMAD's table (vlmqc/evaluation/choice.py): "
+METRICS: dict[str, Metric] = _Registry(
+    {
+        "eval/verdict_accuracy": Metric(True, "pass / defective rows whose predicted verdict is the true one", _PRIOR),
+        "eval/defect_recall": Metric(True, "defective rows predicted defective / defective rows", _PRIOR),
+        "eval/escape_rate": Metric(
+            False,
+            "defective rows not predicted defective (pass or unreadable) / defective rows; 1 - defect_recall",
+            _PRIOR,
+        ),
+        "eval/false_reject_rate": Metric(False, "pass rows predicted defective / pass rows", _PRIOR),
+        "eval/position_accuracy": Metric(
+            True,
+            "star rows with the right target and defective rows predicted defective with the true set of positions / "
+            "those rows",
+            _PRIOR + "; also 1/27, a uniformly guessed position",
+        ),
+        "eval/defect_type_accuracy": Metric(
+            True, "true defects whose position the answer names with the true type / true defects", _PRIOR
+        ),
+        "eval/exact_match": Metric(
+            True,
+            "rows answered exactly: star target; pass verdict; defective verdict and set of (position, type); "
+            "answer-only text; choice: every question's letter",
+            _PRIOR,
+        ),
+        "eval/unparseable_rate": Metric(
+            False, "answers the parser could not read / rows with structured labels", _PRIOR
+        ),
+        "eval/loss": Metric(False, "the language-model loss on the test answers", "none"),
+        "eval/mmad_average": Metric(
+            True, _MMAD + "the mean over source datasets of each one's mean accuracy over question types", _LETTERS
+        ),
+        "eval/type/anomaly_detection": Metric(
+            True,
+            _MMAD + "Anomaly Detection questions: the mean of the accuracy on normal queries (path containing "
+            "'good') and on anomalous ones, averaged over source datasets",
+            _LETTERS,
+        ),
+        "eval/overkill": Metric(
+            False,
+            _MMAD + "normal queries answered wrong on Anomaly Detection / normal queries, averaged over sources",
+            _LETTERS,
+        ),
+        "eval/miss": Metric(
+            False,
+            _MMAD + "anomalous queries answered wrong on Anomaly Detection / anomalous queries, averaged over sources",
+            _LETTERS,
+        ),
+    },
+    {
+        "eval/type/": Metric(
+            True, _MMAD + "accuracy on the questions of one type, averaged over source datasets", _LETTERS
+        ),
+        "eval/source/": Metric(True, _MMAD + "one source dataset's mean accuracy over question types", _LETTERS),
+    },
+)
 DEFAULT_METRIC = "eval/exact_match"
 # rows and columns of the defect-type confusion matrix, in this order; other labels follow, sorted
 CONFUSION_ORDER = (PASS, *(t.value for t in DefectType), DEFECTIVE, "untyped", "elsewhere", "unparseable")
@@ -85,5 +153,8 @@ def chance_level(chance: dict | None, metric: str) -> float | None:
 
 
 def chance_levels(chance: dict | None) -> dict[str, dict]:
-    """Every metric's level and kind, ``{metric: {"value": v, "kind": k}}``: the summary's ``chance.level``."""
-    return {m: {"value": v, "kind": k} for m in METRICS if (found := chance_of(chance, m)) for v, k in [found]}
+    """Every metric's level and kind, ``{metric: {"value": v, "kind": k}}``: the summary's ``chance.level``;
+    the registry's fixed names, then the family members (per type, per source) the guessers scored."""
+    scored = [m for kind in CHANCE_KINDS for m in ((chance or {}).get(kind) or {})]
+    names = dict.fromkeys([*METRICS, *scored])
+    return {m: {"value": v, "kind": k} for m in names if (found := chance_of(chance, m)) for v, k in [found]}

@@ -25,8 +25,10 @@ from vlmqc import models
 from vlmqc.config import (
     CONF_DIR,
     ConfigError,
+    ConversationsConfig,
     CustomConfig,
     DataAppConfig,
+    FolderConfig,
     ImageSizeConfig,
     Layout,
     PreviewAppConfig,
@@ -58,9 +60,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     objs = {group: None if cfg[group] is None else to_object(cfg[group], group) for group in groups}
     _check(cfg.num_workers >= 0, "num_workers", cfg.num_workers, "must be >= 0")
     data = objs["data"]
-    if isinstance(data, CustomConfig):
-        # as vlmqc/data/custom.py reads it
-        _check(os.path.isdir(os.path.expanduser(data.path)), "data.path", data.path, "folder not found")
+    if isinstance(data, (CustomConfig, FolderConfig)):
+        # as vlmqc/data/custom.py and the readers of published layouts read it: a folder, or a JSONL file
+        a_file = isinstance(data, ConversationsConfig)
+        found = (os.path.isfile if a_file else os.path.isdir)(os.path.expanduser(data.path))
+        _check(found, "data.path", data.path, "file not found" if a_file else "folder not found")
     if app is DataAppConfig:
         return objs
     if app is TrainAppConfig:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_OPTIONS, compose_app
+from conftest import DATA_OPTIONS, READ_OPTIONS, compose_app
 from PIL import Image
 
 SHRINK = ["data.train_size=12", "data.test_size=9"]
@@ -56,7 +56,7 @@ def test_generates_prints_counts_and_draws_a_contact_sheet(tmp_path):
 # five datasets generated in one process; tests/runs/test_sweep.py's sweep is the default run's multirun
 @pytest.mark.slow
 def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
-    options = [o for o in DATA_OPTIONS if o != "custom"]
+    options = [o for o in DATA_OPTIONS if o not in READ_OPTIONS]
     out = run_app(tmp_path, "-m", f"data={','.join(options)}", *SHRINK, "baseline=false")
     assert out.returncode == 0, out.stderr
     for option in options:

@@ -95,7 +95,7 @@ def test_rescoring_a_version_1_folder_reproduces_its_answers_under_the_current_d
 def test_rescoring_uses_the_current_parser(old_run, monkeypatch):
     """A parser change shows in the rescored rows: here a parser that reads every answer as pass."""
     monkeypatch.setattr(
-        "vlmqc.evaluation.rescore.parse_answer", lambda cfg, text, task: Parsed(verdict="pass", ok=True, text=text)
+        "vlmqc.tasks.parse_answer", lambda cfg, text, task, types=(): Parsed(verdict="pass", ok=True, text=text)
     )
     assert main([str(old_run)]) == 0
     rows = lines(old_run / "predictions" / "step-000004.jsonl")

@@ -33,6 +33,7 @@ EXAMPLE = {
     "defects": [{"position": "C5", "type": "missing"}],
     "target": "",
     "answer": "",
+    "question": "",
 }
 
 
@@ -41,6 +42,10 @@ def test_prediction_rows_and_samples_round_trip():
     row = PredictionRow.of(EXAMPLE, "NG C5 missing, U3", parsed)
     again = PredictionRow.from_dict(json.loads(json.dumps(row.to_dict())))
     assert again == row and again.parsed_answer() == parsed and again.example() == EXAMPLE
+    # a choice row keeps what it asks (its options), so that rescoring reads its answers again
+    asked = {**EXAMPLE, "task": "choice", "verdict": "", "defects": [], "target": "B", "question": '{"questions": []}'}
+    row = PredictionRow.of(asked, "B.", Parsed(target="B", ok=True, text="B."))
+    assert PredictionRow.from_dict(json.loads(json.dumps(row.to_dict()))).example() == asked
     sample = Sample(id="a/b", step=4, image=sample_image("a/b"), prompt="p", truth="t", prediction="x", correct=False)
     assert Sample.from_dict(json.loads(json.dumps(sample.to_dict()))) == sample
 

@@ -111,7 +111,7 @@ class DataConfig:
     def __post_init__(self):
         _check(self.task == self.TASK, "task", self.task.value, f"must be {self.TASK.value!r} for this kind of dataset")
         _check(
-            self.layout is Layout.stacked or self.TASK in (Task.pair, Task.custom),
+            self.layout is Layout.stacked or self.TASK not in (Task.star, Task.diff),
             "layout",
             self.layout.value,
             f"must be stacked: the {self.TASK.value} task shows one image by construction",

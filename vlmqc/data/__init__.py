@@ -11,24 +11,40 @@ line and also prints the counts and draws a contact sheet.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 
 import datasets
 
-from vlmqc.config import CustomConfig, SynthConfig
+from vlmqc.config import (
+    ConversationsConfig,
+    CustomConfig,
+    DataConfig,
+    MmadConfig,
+    MvtecConfig,
+)
 from vlmqc.data import store, synth
 
+# the readers of data on disk, by config: each module's read(cfg) validates everything and returns
+# its Source; rows(job) turns a chunk of it into rows (vlmqc/data/folder.py for the published layouts)
+READERS = {
+    CustomConfig: ("custom", "custom"),
+    MvtecConfig: ("mvtec", "folder"),  # and VisaConfig, its subclass
+    MmadConfig: ("mmad", "folder"),
+    ConversationsConfig: ("conversations", "folder"),
+}
 
-def _plan(cfg: SynthConfig | CustomConfig, cache_dir: str | Path) -> tuple[Path, dict, object, dict]:
+
+def _plan(cfg: DataConfig, cache_dir: str | Path) -> tuple[Path, dict, object, dict]:
     """Where the dataset of ``cfg`` is cached, its chunk tasks by split, the function that draws
-    (or reads) a chunk's rows, and its info; custom data is validated here, before anything is written."""
-    if isinstance(cfg, CustomConfig):
-        from vlmqc.data import custom
-
-        source = custom.read(cfg)  # validates everything before anything is written
+    (or reads) a chunk's rows, and its info; data on disk is validated here, before anything is written."""
+    reader = next((r for kind, r in READERS.items() if isinstance(cfg, kind)), None)
+    if reader is not None:
+        source = importlib.import_module(f"vlmqc.data.{reader[0]}").read(cfg)  # validates everything first
         # the digest covers every file by its path inside the folder: a moved folder is the same data
         key = store.cache_key(dataclasses.replace(cfg, path=""), source.digest)
-        splits, rows_of, n = source.chunks(store.CHUNK), custom.rows, source.size
+        rows_of = importlib.import_module(f"vlmqc.data.{reader[1]}").rows
+        splits, n = source.chunks(store.CHUNK), source.size
     else:
         key = store.cache_key(cfg)
         splits = {split: synth.chunks(cfg, split, store.CHUNK) for split in synth.SPLITS}
@@ -38,7 +54,7 @@ def _plan(cfg: SynthConfig | CustomConfig, cache_dir: str | Path) -> tuple[Path,
 
 
 def get_dataset(
-    cfg: SynthConfig | CustomConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True
+    cfg: DataConfig, cache_dir: str | Path, num_workers: int = 2, progress: bool = True
 ) -> tuple[datasets.DatasetDict, Path]:
     """Load the dataset for ``cfg`` from the cache, generating it first if needed."""
     path, splits, rows_of, info = _plan(cfg, cache_dir)
@@ -47,7 +63,7 @@ def get_dataset(
     return store.build(path, splits, rows_of, info, num_workers=num_workers, progress=progress), path
 
 
-def first_examples(cfg: SynthConfig | CustomConfig, cache_dir: str | Path, n: int, split: str = "test") -> list[dict]:
+def first_examples(cfg: DataConfig, cache_dir: str | Path, n: int, split: str = "test") -> list[dict]:
     """The first ``n`` rows of ``split`` as ``get_dataset`` gives them, without building the rest:
     read from the cache when the dataset is there, else drawn (or read) alone, in this process,
     and not cached. A chunk's rows depend on its task alone, so they are the same rows either way."""

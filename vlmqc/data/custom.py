@@ -361,10 +361,12 @@ def _row(cfg: CustomConfig, root: Path, e: Entry) -> dict:
         "task": "custom",
         "image": image,
         "source_image": source,
+        "context": [],
         "verdict": e.labels["verdict"],
         "defects": e.labels["defects"],
         "target": "",
         "shape": "",
         "answer": e.labels["answer"],
         "meta": json.dumps(meta, sort_keys=True),
+        "question": "",
     }

@@ -5,6 +5,11 @@
 cut at the gap its meta records (``stack``: the top image's height and the gap), without drawing
 it again; a custom row stored unstacked gives its reference (``source_image``) and its image. A
 custom row without a reference stays one image.
+
+A row read from a published layout (vlmqc/data/folder.py) keeps the images shown before its
+query unstacked (``context``: an MVTec query's good reference, MMAD's templates, a conversation's
+leading images): ``separate`` gives them in order, then the query; ``stacked`` stacks them, query
+last at the bottom, each scaled to the query's width, for a family that takes one image.
 """
 
 from __future__ import annotations
@@ -16,8 +21,28 @@ from PIL import Image
 from vlmqc.config import Layout
 
 
+def stack_all(images: list[Image.Image]) -> Image.Image:
+    """The images top to bottom, each scaled to the last one's width, a dark band between them
+    (as the pair task and custom data stack a pair: vlmqc/data/synth.py, custom.py)."""
+    width = images[-1].width
+    scaled = [
+        im if im.width == width else im.resize((width, max(1, round(im.height * width / im.width))), Image.BICUBIC)
+        for im in images
+    ]
+    gap = max(2, width // 100)
+    out = Image.new("RGB", (width, sum(im.height for im in scaled) + gap * (len(scaled) - 1)), (40, 40, 40))
+    top = 0
+    for im in scaled:
+        out.paste(im, (0, top))
+        top += im.height + gap
+    return out
+
+
 def images(row: dict, layout: Layout) -> list[Image.Image]:
     image = row["image"].convert("RGB")
+    context = [im.convert("RGB") for im in row.get("context") or []]
+    if context:
+        return [*context, image] if Layout(layout) is Layout.separate else [stack_all([*context, image])]
     if Layout(layout) is Layout.stacked or row["task"] not in ("pair", "custom"):
         return [image]
     stack = json.loads(row.get("meta") or "{}").get("stack")

@@ -47,16 +47,22 @@ FEATURES = datasets.Features(
         "task": datasets.Value("string"),
         "image": datasets.Image(),  # what the model sees
         "source_image": datasets.Image(),  # diff task: the raw pair the image was derived from
+        # images shown before `image`, in order: the good reference of an MVTec query, MMAD's templates (layout.py)
+        "context": datasets.List(datasets.Image()),
         "verdict": datasets.Value("string"),  # pass | defective | "" (star task, or an answer-only row)
         "defects": datasets.List({"position": datasets.Value("string"), "type": datasets.Value("string")}),
         "target": datasets.Value("string"),  # star task: the star's position
         "shape": datasets.Value("string"),  # terminal shape of the product
         "answer": datasets.Value("string"),  # custom rows labelled with a free answer text
         "meta": datasets.Value("string"),  # JSON: how the example was made (nuisance, defect details, file)
+        "question": datasets.Value("string"),  # JSON: what the row asks beyond its task (vlmqc/tasks.py), or ""
     }
 )
 INFO = "vlmqc.json"
-_SOURCES = ("board.py", "nuisance.py", "synth.py", "diff.py", "custom.py", "store.py", "../labels.py")
+_SOURCES = (
+    *("board.py", "nuisance.py", "synth.py", "diff.py", "custom.py", "store.py", "../labels.py"),
+    *("folder.py", "mvtec.py", "mmad.py", "conversations.py"),  # the readers of published layouts
+)
 
 
 def encode(img: Image.Image, fmt: str = "WEBP") -> dict:
@@ -128,7 +134,7 @@ def _write_chunk(job) -> int:
 
 
 # imported once by the forkserver, so that each worker it forks starts with the drawing code loaded
-_PRELOAD = ["vlmqc.data.store", "vlmqc.data.synth", "vlmqc.data.custom"]
+_PRELOAD = ["vlmqc.data.store", "vlmqc.data.synth", "vlmqc.data.custom", "vlmqc.data.folder"]
 # the thread pools a worker may start (torch's OpenMP pool, BLAS's), and one thread each: the workers
 # already fill the cores, and a pool of one thread per core in each of N workers runs N x cores threads
 # on the cores (0 of 3,000 examples encoded after 47 s on 16 cores; 2 s with one thread each). PyTorch's

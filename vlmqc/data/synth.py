@@ -177,12 +177,14 @@ def _row(spec: dict, task: Task, image: Image.Image, meta: dict, **labels) -> di
         "task": task.value,
         "image": store.encode(image),
         "source_image": None,
+        "context": [],
         "verdict": "",
         "defects": [],
         "target": "",
         "shape": spec["shape"],
         "answer": "",
         "meta": json.dumps(meta, sort_keys=True),
+        "question": "",
     }
     row.update(labels)
     return row

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from vlmqc.answers import parse_answer
 from vlmqc.collate import Collator
 from vlmqc.config import Layout, PromptConfig
+from vlmqc.tasks import parse
 
 
 class EvaluationStopped(Exception):  # noqa: N818 - a request, not an error
@@ -73,7 +73,7 @@ def predict(
             tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
             texts = processor.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for row, text in zip(chunk, texts, strict=True):
-                out.append({"id": row["id"], "text": text.strip(), "parsed": parse_answer(prompt, text, row["task"])})
+                out.append({"id": row["id"], "text": text.strip(), "parsed": parse(prompt, text, row)})
             bar.update(len(chunk))
     finally:
         bar.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vlmqc.answers import PARSER_VERSION, parse_answer
+from vlmqc.answers import PARSER_VERSION
 from vlmqc.config import PromptConfig, to_object
 from vlmqc.evaluation.scoring import chance, prior_answers, score
 from vlmqc.files import write_atomic
@@ -35,6 +35,7 @@ from vlmqc.runs.records import SCHEMA_VERSION, PredictionRow, read_predictions, 
 from vlmqc.runs.standing import diagnose, evaluations, standing
 from vlmqc.runs.tracking import STEP
 from vlmqc.runs.writer import Records
+from vlmqc.tasks import parse
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -109,7 +110,7 @@ def rescore(run_dir: Path) -> tuple[list[str], bool]:
             complete = False
             continue
         step = int(path.stem.split("-")[1])
-        parsed = [parse_answer(prompt, r.prediction, r.task) for r in rows]
+        parsed = [parse(prompt, r.prediction, r.example()) for r in rows]
         lines += _read_differently(step, rows, parsed)
         test = [r.example() for r in rows]
         scores[step] = {f"eval/{k}": v for k, v in score(test, parsed).items()}
@@ -123,7 +124,9 @@ def rescore(run_dir: Path) -> tuple[list[str], bool]:
 
     # the evaluation rows of metrics.jsonl: scored metrics replaced, everything else (loss, train rows, unreadable
     # lines) kept as it was
-    scored_names = set(METRICS) - {"eval/loss"}
+    def scored(name: str) -> bool:  # every metric the scorer gives (per-type and per-source ones too)
+        return name in METRICS and name != "eval/loss"
+
     metrics_path, out, kept = run_dir / "metrics.jsonl", [], []
     for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
         try:
@@ -131,8 +134,8 @@ def rescore(run_dir: Path) -> tuple[list[str], bool]:
         except json.JSONDecodeError:
             out.append(line)
             continue
-        if isinstance(row, dict) and row.get(STEP) in scores and scored_names & set(row):
-            row = {k: v for k, v in row.items() if k not in scored_names} | scores[row[STEP]]
+        if isinstance(row, dict) and row.get(STEP) in scores and any(map(scored, row)):
+            row = {k: v for k, v in row.items() if not scored(k)} | scores[row[STEP]]
         out.append(json.dumps(row))
         if isinstance(row, dict) and isinstance(row.get(STEP), int):
             kept.append(row)

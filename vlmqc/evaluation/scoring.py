@@ -6,12 +6,16 @@ functions of the labels and those parsed answers, so any saved set of answers ca
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections import Counter
 
+from vlmqc import choice as letters
 from vlmqc.answers import Parsed
+from vlmqc.evaluation import choice
 from vlmqc.labels import POSITIONS, Task, Verdict
 from vlmqc.metrics import CONFUSION_ORDER, better, chance_levels
+from vlmqc.tasks import options
 
 PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 
@@ -20,9 +24,9 @@ PASS, DEFECTIVE = Verdict.passed.value, Verdict.defective.value
 
 
 def _kind(example: dict) -> str:
-    """What an example is scored as: star, pass, defective, or answer (an answer-only custom row)."""
-    if example["task"] == Task.star.value:
-        return "star"
+    """What an example is scored as: star, choice, pass, defective, or answer (an answer-only row)."""
+    if example["task"] in (Task.star.value, Task.choice.value):
+        return example["task"]
     verdict = example.get("verdict") or ""
     if verdict in (PASS, DEFECTIVE):
         return verdict
@@ -60,6 +64,8 @@ def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
     Star rows and defective rows together:
       position_accuracy     star: predicted target == target; defective: predicted defective with
                             the true set of positions
+    Choice rows (vlmqc/choice.py): exact_match when every question's letter is right; on MMAD's
+      rows also MMAD's table, by question type and source dataset (vlmqc/evaluation/choice.py)
     All rows:
       exact_match           star: target right; pass: verdict right; defective: verdict and the set
                             of (position, type) right; answer-only custom rows (verdict "", no
@@ -81,6 +87,9 @@ def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
             continue
         rows["structured"] += 1
         hits["unparseable"] += not p.ok
+        if kind == "choice":
+            hits["exact"] += p.ok and p.target == example["target"]
+            continue
         if kind == "star":
             right = p.target is not None and p.target == example["target"]
             rows["position"] += 1
@@ -114,7 +123,8 @@ def score(examples: list[dict], parsed: list[Parsed]) -> dict[str, float]:
         "exact_match": ("exact", "exact"),
         "unparseable_rate": ("unparseable", "structured"),
     }
-    return {name: hits[hit] / rows[over] for name, (hit, over) in metrics.items() if rows[over]}
+    out = {name: hits[hit] / rows[over] for name, (hit, over) in metrics.items() if rows[over]}
+    return out | choice.metrics(examples, parsed)
 
 
 def _predicted_label(p: Parsed, position: str | None) -> str:
@@ -181,14 +191,18 @@ def prior_answers(train: list[dict]) -> dict[str, dict]:
             "verdict": _most_frequent(r.get("verdict") for r in rows),
             "position": _most_frequent(d["position"] for d in defects),
             "type": _most_frequent(d["type"] for d in defects),
-            "target": _most_frequent(r.get("target") for r in rows),
+            # a choice row's letters, one per question, each counted
+            "target": _most_frequent(t for r in rows for t in letters.split(r.get("target"))),
             "answer": _most_frequent(r.get("answer") for r in rows if not r.get("verdict")),
         }
     return out
 
 
-def _prior_parsed(answer: dict | None, task: str) -> Parsed:
-    answer = answer or {}
+def _prior_parsed(answer: dict | None, row: dict) -> Parsed:
+    answer, task = answer or {}, row["task"]
+    if task == Task.choice.value:  # the one letter to every question of the row
+        letter = answer.get("target")
+        return Parsed(target=letters.join([letter] * len(options(row))), ok=letter is not None)
     if task == Task.star.value:
         return Parsed(target=answer.get("target"), ok=answer.get("target") is not None)
     verdict = answer.get("verdict")
@@ -202,15 +216,22 @@ def chance(test: list[dict], answers: dict[str, dict]) -> dict:
     - ``prior``: ``score`` of the prior-only answers (``prior_answers`` of the train split), the
       same answer for every row of a task;
     - ``uniform``: position_accuracy of a uniformly guessed position, 1/27 (star data, where the
-      answer is one position of the board);
+      answer is one position of the board); on choice rows, the expected score of a uniformly
+      guessed letter (1 / number of options a question) on exact_match and MMAD's table;
     - ``constant``: each metric's best over the constant answers (``_best_constant``): the level
       the report and the plateau diagnosis hold a trial against;
     - ``answer``: the prior-only answers themselves, so ``vlmqc.rescore`` can score them again;
     - ``level``: each metric's one level to beat and the kind that scores it
       (``vlmqc.metrics.chance_levels``), what W&B, the report and the log show.
     """
-    prior = score(test, [_prior_parsed(answers.get(r["task"]), r["task"]) for r in test])
+    prior = score(test, [_prior_parsed(answers.get(r["task"]), r) for r in test])
     uniform = {"eval/position_accuracy": 1 / len(POSITIONS)} if any(r["task"] == Task.star.value for r in test) else {}
+    chosen = [r for r in test if r["task"] == Task.choice.value]
+    if chosen:
+        exact = sum(math.prod(1 / len(o) for o in options(r)) for r in chosen) / len(test)
+        uniform = {"eval/exact_match": exact} | {
+            f"eval/{k}": v for k, v in choice.flatten(choice.table(choice.guessed(chosen))).items()
+        }
     out = {
         "answer": answers,
         "prior": {f"eval/{k}": v for k, v in prior.items()},
@@ -225,14 +246,17 @@ def _best_constant(test: list[dict], answers: dict[str, dict]) -> dict[str, floa
     looking: the prior-only one, "pass" to every row, and "defective" with the most frequent
     defect to every row. On a balanced split the prior-only answer is a coin's choice between
     the last two, and the other one can score far higher (exact match 0.5 for "pass" where the
-    prior's "defective at C5, missing" scores 0.007): a trial must beat both to beat chance."""
+    prior's "defective at C5, missing" scores 0.007): a trial must beat both to beat chance. On
+    choice rows: each letter any question offers, given to every question."""
     variants = [answers] + [
         {task: {**a, "verdict": verdict} if a.get("verdict") else a for task, a in answers.items()}
         for verdict in (PASS, DEFECTIVE)
     ]
+    offered = sorted({k for r in test if r["task"] == Task.choice.value for o in options(r) for k in o})
+    variants += [{**answers, Task.choice.value: {**answers.get(Task.choice.value, {}), "target": k}} for k in offered]
     best: dict[str, float] = {}
     for variant in variants:
-        for k, v in score(test, [_prior_parsed(variant.get(r["task"]), r["task"]) for r in test]).items():
+        for k, v in score(test, [_prior_parsed(variant.get(r["task"]), r) for r in test]).items():
             name = f"eval/{k}"
             if name not in best or better(name, v, best[name]):
                 best[name] = v

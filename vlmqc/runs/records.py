@@ -228,6 +228,7 @@ class PredictionRow(_Record):
     defects: list[dict[str, str]] = field(default_factory=list)  # [{"position", "type"}]
     target: str | None = ""
     answer: str | None = ""  # an answer-only custom row's label text (version 2; version 1 did not keep it)
+    question: str | None = ""  # what the row asks beyond its task, JSON (vlmqc/tasks.py): a choice row's options
 
     @classmethod
     def of(cls, example: dict, text: str, parsed: Parsed) -> PredictionRow:
@@ -239,6 +240,7 @@ class PredictionRow(_Record):
             defects=list(example.get("defects") or []),
             target=example.get("target") or "",
             answer=example.get("answer") or "",
+            question=example.get("question") or "",
             parsed={
                 "verdict": parsed.verdict,
                 "defects": [list(d) for d in parsed.defects],
@@ -256,6 +258,7 @@ class PredictionRow(_Record):
             "defects": self.defects,
             "target": self.target,
             "answer": self.answer,
+            "question": self.question or "",
         }
 
     def parsed_answer(self) -> Parsed | None:

@@ -20,9 +20,9 @@ from transformers import TrainerCallback
 from vlmqc.data.layout import images as row_images
 from vlmqc.evaluation.generate import EvaluationStopped, predict_sharded
 from vlmqc.evaluation.scoring import score
-from vlmqc.prompts import instruction, render_answer
 from vlmqc.runs.recorder import Recorder
 from vlmqc.runs.records import PredictionRow, Sample, sample_image
+from vlmqc.tasks import answer_text, prompt_text
 from vlmqc.training.signals import Interrupted, StopOnSignal
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,14 @@ class RecordingCallback(TrainerCallback):
         for row, pred in zip(self.test_rows, preds, strict=True):
             if row["id"] in self.sample_ids:
                 correct = score([row], [pred["parsed"]]).get("exact_match") == 1.0
-                shown = instruction(self.prompt, row["task"], len(row_images(row, self.layout)))
+                shown = prompt_text(self.prompt, row, len(row_images(row, self.layout)))
                 samples.append(
                     Sample(
                         id=row["id"],
                         step=step,
                         image=sample_image(row["id"]),
                         prompt=shown,
-                        truth=render_answer(self.prompt, row),
+                        truth=answer_text(self.prompt, row),
                         prediction=pred["text"],
                         correct=correct,
                     )
