@@ -28,8 +28,9 @@ from omegaconf import OmegaConf
 
 from vlmqc.answers import PARSER_VERSION
 from vlmqc.config import PromptConfig, to_object
+from vlmqc.evaluation import choice
 from vlmqc.evaluation.scoring import chance, prior_answers, score
-from vlmqc.files import write_atomic
+from vlmqc.files import write_atomic, write_json
 from vlmqc.metrics import DEFAULT_METRIC, METRICS
 from vlmqc.runs.records import SCHEMA_VERSION, PredictionRow, read_predictions, read_summary
 from vlmqc.runs.standing import diagnose, evaluations, standing
@@ -121,6 +122,8 @@ def rescore(run_dir: Path) -> tuple[list[str], bool]:
                 for r, p in zip(rows, parsed, strict=True)
             ).encode(),
         )
+        if entries := choice.answers_file(test, parsed):  # MMAD's own answers file, read again alike
+            write_json(path.with_name(f"step-{step:06d}.mmad.json"), entries)
 
     # the evaluation rows of metrics.jsonl: scored metrics replaced, everything else (loss, train rows, unreadable
     # lines) kept as it was

@@ -76,11 +76,14 @@ class Recorder:
         images: dict,
         metric: str,
         n_test: int,
+        mmad: list[dict] | None = None,
     ) -> dict | None:
-        """One evaluation: its metrics, every prediction, the inference samples, and the summary's
-        final / baseline / best / diagnosis worked out again from metrics.jsonl. Returns the diagnosis."""
+        """One evaluation: its metrics, every prediction (and, for MMAD's questions, its answers
+        file), the inference samples, and the summary's final / baseline / best / diagnosis worked
+        out again from metrics.jsonl. Returns the diagnosis."""
         self.log(scores, step)
         self.records.predictions(rows, step)
+        self.records.mmad_answers(mmad or [], step)
         self.records.samples(samples, images, step)
         if self.tracker:
             self.tracker.samples(samples, images, step)

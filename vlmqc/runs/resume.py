@@ -51,7 +51,7 @@ ATTEMPT_ENTRIES = (
     "wandb",
 )
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-STEP_FILE = re.compile(r"^step-(\d+)\.jsonl$")
+STEP_FILE = re.compile(r"^step-(\d+)\.(?:jsonl|mmad\.json)$")  # an evaluation's records, and MMAD's answers
 
 
 class ConfigChanged(ConfigError):
@@ -165,7 +165,7 @@ def drop_after(run_dir: Path, step: int, write: bool) -> dict | None:
         if rows and write:
             write_atomic(metrics, "".join(kept).encode())
     for sub in ("predictions", "samples"):
-        for path in sorted((run_dir / sub).glob("step-*.jsonl")):
+        for path in sorted((run_dir / sub).glob("step-*")):
             if (m := STEP_FILE.match(path.name)) and int(m[1]) > step:
                 files.append(str(path.relative_to(run_dir)))
                 if write:

@@ -87,6 +87,16 @@ class Records:
         write_atomic(out, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows).encode())
         return out
 
+    def mmad_answers(self, entries: list[dict], step: int) -> Path | None:
+        """The same evaluation's answers in MMAD's own format (``step-N.mmad.json`` beside
+        ``step-N.jsonl``), which the benchmark's scoring script reads unchanged."""
+        if not self.enabled or not entries:
+            return None
+        out = self.dir / "predictions" / f"step-{step:06d}.mmad.json"
+        out.parent.mkdir(exist_ok=True)
+        write_json(out, entries)
+        return out
+
     def update(self, **fields) -> None:
         for k, v in fields.items():
             Summary.check(k, v, str(self.summary_path))

@@ -18,6 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from vlmqc.data.layout import images as row_images
+from vlmqc.evaluation import choice
 from vlmqc.evaluation.generate import EvaluationStopped, predict_sharded
 from vlmqc.evaluation.scoring import score
 from vlmqc.runs.recorder import Recorder
@@ -135,7 +136,10 @@ class RecordingCallback(TrainerCallback):
                     )
                 )
                 images[row["id"]] = row["image"]
-        diagnosis = self.recorder.evaluation(step, scores, rows, samples, images, self.metric, len(self.test_rows))
+        mmad = choice.answers_file(self.test_rows, parsed)  # empty unless the rows are MMAD's questions
+        diagnosis = self.recorder.evaluation(
+            step, scores, rows, samples, images, self.metric, len(self.test_rows), mmad
+        )
         if (diagnosis or {}).get("plateau"):
             d = diagnosis
             log.warning(
