@@ -28,9 +28,11 @@ from vlmqc.config import (
     ConversationsConfig,
     CustomConfig,
     DataAppConfig,
+    DiffConfig,
     FolderConfig,
     ImageSizeConfig,
     Layout,
+    PairConfig,
     PreviewAppConfig,
     TrainAppConfig,
     register,
@@ -40,7 +42,7 @@ from vlmqc.config.checks import _check
 from vlmqc.metrics import METRICS
 
 TRAIN_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "logger", "paths")
-DATA_APP_GROUPS = ("data", "paths", "contact_sheet")
+DATA_APP_GROUPS = ("data", "paths", "contact_sheet", "prompt")
 PREVIEW_GROUPS = ("model", "data", "prompt", "lora", "image_size", "trainer", "paths")
 # a hub id as the hub spells it, org/name; a local path is anything that exists as a folder
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
@@ -66,6 +68,14 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         found = (os.path.isfile if a_file else os.path.isdir)(os.path.expanduser(data.path))
         _check(found, "data.path", data.path, "file not found" if a_file else "folder not found")
     if app is DataAppConfig:
+        formats = ("mvtec", "mmad", "conversations")  # vlmqc/data/export.py
+        _check(cfg.export in (None, *formats), "export", cfg.export, f"must be one of {', '.join(formats)} (or null)")
+        _check(
+            cfg.export is None or isinstance(data, PairConfig) and not isinstance(data, DiffConfig),
+            "export",
+            cfg.export,
+            f"writes pair data (pair_square, pair_round, pair_mixed and their options), not data={data.name}",
+        )
         return objs
     if app is TrainAppConfig:
         _check(

@@ -5,6 +5,7 @@
     vlmqc data data=diff data.diff.mode=heatmap data.nuisance.strength=2
     vlmqc data data=custom data.path=/path/to/folder
     vlmqc data -m data=star,pair_square,pair_round,pair_mixed,diff   # all of them
+    vlmqc data data=pair_round export=mmad  # also written as MMAD (or mvtec, conversations): vlmqc/data/export.py
 
 The contact sheet lands in the Hydra run folder (``outputs/data/<name>/<time>/``).
 Exit status: 0 done, 2 bad config or bad custom data (the message names the key, on stderr).
@@ -48,6 +49,16 @@ def main(cfg: DictConfig) -> None:
     print(f"contact sheet: {sheet}")
     if cfg.baseline and isinstance(data, PairConfig):
         print(f"pixel-difference baseline on test: {report.pixel_baseline(dsd['test'], data)}")
+    if cfg.export:
+        from vlmqc.data.export import export
+
+        out = Path(cfg.export_dir or Path(cfg.paths.output_dir) / "export").expanduser()
+        try:
+            read_as = export(dsd, cfg.export, out, data.name, objs["prompt"], seed=data.seed)
+        except FileExistsError as e:
+            print(f"config error: export_dir: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"exported as {cfg.export}: {out} (read it back with data={cfg.export} data.path={read_as})")
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -71,6 +71,9 @@ class DataAppConfig:
     num_workers: int = 2  # processes that render examples; results do not depend on it
     contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
     baseline: bool = True  # pair and diff tasks: score the test split with the pixel difference alone
+    prompt: PromptConfig = MISSING  # the words of the conversations export=conversations writes
+    export: str | None = None  # mvtec | mmad | conversations: also write the data in that layout (vlmqc/data/export.py)
+    export_dir: str | None = None  # where (a new folder); default: export/ in the run folder
 
 
 @dataclass

@@ -97,6 +97,10 @@ def _entry(cfg: MmadConfig, root: Path, query: str, entry, where: str, errors: l
     if image is None or not all(context) or not all(asked):
         return []
     facts = {"source": query.split("/")[0], "normal": NORMAL_FLAG in query, "image": query}
+    split = entry.get("split")
+    if split is not None and split not in ("train", "test"):
+        errors.append(f"{where}: unknown split {split!r} (expected train or test)")
+        return []
     group = [[q] for q in asked] if MmadTurn(cfg.mmad_turn) is MmadTurn.question else [asked]
     out = []
     for k, questions in enumerate(group, 1):
@@ -111,6 +115,8 @@ def _entry(cfg: MmadConfig, root: Path, query: str, entry, where: str, errors: l
                 question={"prompt": prompt(cfg.shots, shown), "questions": shown, **facts},
                 meta={"templates": [str(p.relative_to(root)) for p in context]},
                 group=query,
+                # an entry's own split (vlmqc's export writes one; MMAD's file has none: split by data.split_seed)
+                split=split,
             )
         )
     return out
