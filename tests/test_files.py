@@ -53,7 +53,7 @@ def test_concurrent_threads_never_leave_a_mixed_or_missing_file(tmp_path):
 WRITER = """
 import sys
 from pathlib import Path
-from vlmqc.track import write_atomic
+from vlmqc.files import write_atomic
 n = int(sys.argv[2])
 for _ in range({writes}):
     write_atomic(Path(sys.argv[1]), bytes([n]) * {size})

@@ -160,7 +160,7 @@ def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, t
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmqc.evaluation.generate import predict
-    from vlmqc.inspector import Trial
+    from vlmqc.inspector import CompletedRun
     from vlmqc.models import family_for
 
     rows, test, _ = recorded(pair_trial)
@@ -172,7 +172,7 @@ def test_merged_checkpoint_loads_without_peft_and_answers_the_same(pair_trial, t
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
     assert not any("lora" in name for name, _ in model.named_parameters())
     processor = AutoProcessor.from_pretrained(tmp_path / "merged")
-    trial = Trial.read(pair_trial)
+    trial = CompletedRun.read(pair_trial)
     answers = predict(
         model, processor, family_for(model.config.model_type), trial.prompt, test, 8, trial.trainer.max_new_tokens
     )
@@ -206,7 +206,8 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(star_trial, pair_trial, 
     empty = folder("empty", None)
     cases = [
         ([str(empty), str(tmp_path / "cand.png")], [str(empty), "summary.json"]),
-        ([str(running), str(tmp_path / "cand.png")], [str(running), "'running'"]),
+        # a running record no process holds: the trial died (vlmqc/runs/lock.py)
+        ([str(running), str(tmp_path / "cand.png")], [str(running), "not completed (status 'died'"]),
         ([str(no_adapter), str(tmp_path / "cand.png")], [str(no_adapter), "adapter/"]),
         ([str(garbled), str(tmp_path / "cand.png")], [str(garbled / "summary.json"), "not JSON"]),
         (

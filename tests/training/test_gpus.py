@@ -16,7 +16,7 @@ from vlmqc.training import gpus
 # a trial: claim n GPUs, say which and when, hold them for a while, exit (which frees them)
 TRIAL = """
 import json, sys, time
-from vlmqc import gpus
+from vlmqc.training import gpus
 start = time.time()
 claimed = gpus.claim(int(sys.argv[1]), poll_seconds=0.1)
 import os
