@@ -354,6 +354,9 @@ CONFIG_ERRORS = [
     ("vlmqc.train", ["trainer.eval_batch_size=5000"], "trainer.eval_batch_size=5000: must be <= 4096"),
     ("vlmqc.train", ["trainer.max_new_tokens=100000000"], "answers are one sentence"),
     ("vlmqc.train", ["lora.r=100000"], "no longer low-rank"),
+    # export (vlmqc/data/export.py): a layout it knows, of pair data
+    ("vlmqc.data", ["data=pair_mixed", "export=coco"], "must be one of mvtec, mmad, conversations"),
+    ("vlmqc.data", ["data=star", "export=mvtec"], "writes pair data (pair_square, pair_round, pair_mixed"),
 ]
 
 

@@ -63,6 +63,9 @@ def test_every_synthetic_option_runs_in_one_multirun(tmp_path):
         assert (tmp_path / "multirun" / option / "contact_sheet.png").is_file(), option
 
 
+# real processes (~6 s each on 2 cores): the same refusals run in-process in tests/test_config.py,
+# and one of each app as a real process there too
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -78,6 +81,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_key(tmp_path, overrides, me
     assert not datasets_dir.exists() or not any(datasets_dir.iterdir())
 
 
+@pytest.mark.slow  # a real process; tests/test_config.py runs this very typo as one in the default run
 def test_a_typo_in_a_key_fails_before_anything_runs(tmp_path):
     out = run_app(tmp_path, "data=pair_square", "data.defect_rat=0.2")
     assert out.returncode != 0

@@ -107,9 +107,4 @@ def test_an_mmad_root_reads_back_with_every_question_answered_by_the_labels(tmp_
     assert by_type.get("Defect Classification") and by_type.get("Defect Localization")
 
 
-def test_export_is_refused_at_the_door_for_an_unknown_format_and_for_data_that_is_not_pairs(tmp_path):
-    unknown = run_app(tmp_path, "vlmqc.data", *DATA, "export=coco")
-    assert unknown.returncode == 2 and "export" in unknown.stderr and "coco" in unknown.stderr
-    star = run_app(tmp_path, "vlmqc.data", "data=star", "export=mvtec")
-    assert star.returncode == 2 and "not data=star" in star.stderr
-    assert not (tmp_path / "cache").exists(), "nothing drawn before the refusal"
+# the refusals at the door (an unknown layout, data that is not pairs): tests/test_config.py's CONFIG_ERRORS
