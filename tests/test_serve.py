@@ -311,6 +311,8 @@ def test_the_app_refuses_other_hosts_cross_site_posts_and_work_beyond_its_slots(
     assert cross.status_code == 403 and "another site (http://evil.example)" in cross.json["error"]
     fetched = client.post("/", data={"example": sample.id}, headers={"Sec-Fetch-Site": "cross-site"})
     assert fetched.status_code == 403 and "another site" in fetched.text
+    sandboxed = client.post("/api/predict", data={"example": sample.id}, headers={"Origin": "null"})
+    assert sandboxed.status_code == 403, "a sandboxed frame's or a file:// page's POST"
     own = client.post("/api/predict", data={"example": sample.id}, headers={"Origin": "http://localhost"})
     assert own.status_code == 200, own.text
     # a server bound to another address answers its own name only

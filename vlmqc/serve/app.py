@@ -178,6 +178,7 @@ def create_app(
         return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
     def refused(message: str, status: int):
+        """The refusal as the client asked: JSON for the API, the page with the message for the form."""
         if request.path.startswith("/api/"):
             return jsonify(error=message), status
         return page(error=message, status=status)
@@ -195,7 +196,8 @@ def create_app(
         if request.method == "POST":
             origin = request.headers.get("Origin")
             if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site") or (
-                origin not in (None, "null") and origin != f"{request.scheme}://{request.host}"
+                # "null" too: a sandboxed frame or a file:// page of anyone's
+                origin is not None and origin != f"{request.scheme}://{request.host}"
             ):
                 return refused(f"a request from another site ({origin or 'cross-site'}) is refused", 403)
         return None
@@ -253,17 +255,11 @@ def create_app(
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):
-        message = f"the upload is larger than {max_bytes / 2**20:.0f} MB, the most this page accepts"
-        if request.path.startswith("/api/"):
-            return jsonify(error=message), 413
-        return page(error=message, status=413)
+        return refused(f"the upload is larger than {max_bytes / 2**20:.0f} MB, the most this page accepts", 413)
 
     @app.errorhandler(500)
     def failed(_):
         # the traceback goes to the server's console (Flask logs it), never to the page
-        message = "the inspector failed on this input; the server's console has the details"
-        if request.path.startswith("/api/"):
-            return jsonify(error=message), 500
-        return page(error=message, status=500)
+        return refused("the inspector failed on this input; the server's console has the details", 500)
 
     return app
