@@ -58,7 +58,8 @@ def main(cfg: DictConfig) -> None:
         except FileExistsError as e:
             print(f"config error: export_dir: {e}", file=sys.stderr)
             sys.exit(2)
-        print(f"exported as {cfg.export}: {out} (read it back with data={cfg.export} data.path={read_as})")
+        grid = " data.grid=[3,9]" if cfg.export == "mvtec" else ""  # the board's grid: positions as drawn
+        print(f"exported as {cfg.export}: {out} (read it back with data={cfg.export}{grid} data.path={read_as})")
 
 
 def cli(argv: list[str] | None = None) -> None:
