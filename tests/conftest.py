@@ -4,6 +4,7 @@ trial for the whole session."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -182,3 +183,42 @@ def requirement_marks(family) -> list:
             f"(benchmarks/gpu_families.sh runs it on the GPU machine)"
         )
     ]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI a browser test runs or fails, never skips
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"),
+    reason="needs Chromium at /usr/bin/chromium (Debian package chromium)",
+)
+
+
+@contextlib.contextmanager
+def chromium_page(width: int, height: int):
+    """A headless Chromium page (playwright), and the lists its console errors and warnings, page
+    errors and dialogs are collected into: ``(page, problems, dialogs)``."""
+    from playwright.sync_api import sync_playwright
+
+    problems, dialogs = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
+            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            yield page, problems, dialogs
+        finally:
+            browser.close()

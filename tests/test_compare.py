@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import run_app
+from conftest import chromium_page, needs_chromium, run_app
 from PIL import Image
 
 from vlmqc.cli import compare
@@ -29,7 +28,6 @@ TINY = [
     "logger=none",
 ]
 XSS = '<script>alert(1)</script> & "quoted"'
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def train(root: Path, *overrides: str, multirun: bool = False) -> subprocess.Popen:
@@ -530,70 +528,43 @@ def test_baseline_chance_and_best_step_are_shown_and_a_trial_not_above_chance_is
 
 
 @pytest.mark.slow
-# .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
-@pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"),
-    reason="needs Chromium at /usr/bin/chromium (Debian package chromium)",
-)
+@needs_chromium  # in CI (.ci/run installs Chromium) this test runs or fails, never skips
 def test_report_in_a_browser_loads_clean_and_sorts(sweep, report, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    problems, dialogs = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
+    with chromium_page(1400, 1000) as (page, problems, dialogs):
+        page.on(
+            "request",
+            lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None,
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on(
-                "request",
-                lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None,
-            )
-            page.goto(report.resolve().as_uri())
-            page.wait_for_load_state("load")
-            assert page.locator("#trials tbody tr").count() == 6
+        page.goto(report.resolve().as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("#trials tbody tr").count() == 6
 
-            head = page.locator(
-                "#trials thead th.chosen", has_text="final"
-            ).first  # not the baseline's column: the failed trial has one
-            index = page.locator("#trials thead th").all_inner_texts().index(head.inner_text())
+        head = page.locator(
+            "#trials thead th.chosen", has_text="final"
+        ).first  # not the baseline's column: the failed trial has one
+        index = page.locator("#trials thead th").all_inner_texts().index(head.inner_text())
 
-            def values() -> list[str]:
-                return page.eval_on_selector_all(
-                    "#trials tbody tr", f"rows => rows.map(r => r.cells[{index}].getAttribute('data-value'))"
-                )
-
-            head.click()
-            first = values()
-            numbers = [float(v) for v in first if v]
-            assert (
-                numbers == sorted(numbers, reverse=True)
-                and first[len(numbers) :] == [""] * (len(first) - len(numbers))
-                and len(numbers) == 4
+        def values() -> list[str]:
+            return page.eval_on_selector_all(
+                "#trials tbody tr", f"rows => rows.map(r => r.cells[{index}].getAttribute('data-value'))"
             )
-            head.click()
-            second = values()
-            assert [float(v) for v in second if v] == sorted(numbers) and second[-2:] == [
-                "",
-                "",
-            ]  # missing values stay last
-            assert head.get_attribute("aria-sort") == "ascending"
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+
+        head.click()
+        first = values()
+        numbers = [float(v) for v in first if v]
+        assert (
+            numbers == sorted(numbers, reverse=True)
+            and first[len(numbers) :] == [""] * (len(first) - len(numbers))
+            and len(numbers) == 4
+        )
+        head.click()
+        second = values()
+        assert [float(v) for v in second if v] == sorted(numbers) and second[-2:] == [
+            "",
+            "",
+        ]  # missing values stay last
+        assert head.get_attribute("aria-sort") == "ascending"
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     shutil.copy(tmp_path / "report.png", "/tmp/vlmqc-report-screenshot.png")
     assert problems == [] and dialogs == []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import run_app
+from conftest import chromium_page, needs_chromium, run_app
 from PIL import Image
 
 from vlmqc.cli.serve import is_loopback
@@ -34,7 +34,6 @@ TINY = [
     "trainer.samples=4",
     "logger=none",
 ]
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def png(image: Image.Image) -> bytes:
@@ -228,58 +227,29 @@ def test_only_loopback_is_local():
 
 
 @pytest.mark.slow
-# .ci/run installs Chromium and sets VLMQC_REQUIRE_CHROMIUM, so that in CI this test runs or fails, never skips
-@pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("VLMQC_REQUIRE_CHROMIUM"),
-    reason="needs Chromium at /usr/bin/chromium (Debian package chromium)",
-)
+@needs_chromium  # in CI (.ci/run installs Chromium) this test runs or fails, never skips
 def test_the_page_in_a_browser_answers_an_upload(server, pair, expected, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     reference, candidate = pair
     (tmp_path / "candidate.png").write_bytes(png(candidate))
     (tmp_path / "reference.png").write_bytes(png(reference))
-    problems, dialogs = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
+    with chromium_page(1200, 900) as (page, problems, dialogs):
+        page.on(
+            "request",
+            lambda r: problems.append(f"request: {r.url}") if not r.url.startswith((server["url"], "data:")) else None,
         )
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on(
-                "request",
-                lambda r: (
-                    problems.append(f"request: {r.url}") if not r.url.startswith((server["url"], "data:")) else None
-                ),
-            )
-            page.goto(server["url"])
-            page.wait_for_load_state("load")
-            page.set_input_files("input[name=candidate]", str(tmp_path / "candidate.png"))
-            page.set_input_files("input[name=reference]", str(tmp_path / "reference.png"))
-            with page.expect_navigation(timeout=120_000):
-                page.click("button[type=submit]")
-            assert page.locator("#verdict").inner_text() == (expected["verdict"] or "unreadable")
-            # control characters (tiny models write NULs) are shown written out, as \x00
-            assert page.locator("#answer").inner_text() == re.sub(
-                r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", expected["answer"]
-            )
-            assert page.eval_on_selector("#marked", "img => img.complete && img.naturalWidth") == 2 * candidate.width
-            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
-        finally:
-            browser.close()
+        page.goto(server["url"])
+        page.wait_for_load_state("load")
+        page.set_input_files("input[name=candidate]", str(tmp_path / "candidate.png"))
+        page.set_input_files("input[name=reference]", str(tmp_path / "reference.png"))
+        with page.expect_navigation(timeout=120_000):
+            page.click("button[type=submit]")
+        assert page.locator("#verdict").inner_text() == (expected["verdict"] or "unreadable")
+        # control characters (tiny models write NULs) are shown written out, as \x00
+        assert page.locator("#answer").inner_text() == re.sub(
+            r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", expected["answer"]
+        )
+        assert page.eval_on_selector("#marked", "img => img.complete && img.naturalWidth") == 2 * candidate.width
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
     shutil.copy(tmp_path / "serve.png", "/tmp/vlmqc-serve-screenshot.png")
     assert problems == [] and dialogs == []
 
